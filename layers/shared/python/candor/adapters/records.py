@@ -1,0 +1,129 @@
+"""Plain-dict forms of the records, shared by every adapter (DynamoDB needs Decimal instead of float)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from candor.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
+from candor.ports import Collection
+
+
+def to_item(value: Any) -> Any:
+    """Floats become Decimal (DynamoDB's number type), recursively."""
+    if isinstance(value, float):
+        return Decimal(str(round(value, 6)))
+    if isinstance(value, dict):
+        return {k: to_item(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [to_item(v) for v in value]
+    return value
+
+
+def from_item(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: from_item(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_item(v) for v in value]
+    return value
+
+
+def photo_to_dict(photo: PhotoRecord) -> dict[str, Any]:
+    enrolment = photo.enrolment
+    return {
+        "photo_id": photo.photo_id,
+        "bucket": photo.bucket,
+        "key": photo.key,
+        "status": str(photo.status),
+        "image_width": photo.image_width,
+        "image_height": photo.image_height,
+        "face_count": len(photo.faces),
+        "faces": [dict(face.to_dict(), face_id=face_id) for face, face_id in zip(photo.faces, photo.face_ids)],
+        "collection_id": enrolment.collection_id if enrolment else None,
+        "external_image_id": enrolment.external_image_id if enrolment else None,
+        "consent_reference": enrolment.consent_reference if enrolment else None,
+        "error_code": photo.error_code,
+        "error_message": photo.error_message,
+        "detector_version": photo.detector_version,
+        "embedder_version": photo.embedder_version,
+    }
+
+
+def photo_from_dict(data: dict[str, Any]) -> PhotoRecord:
+    data = from_item(data)
+    faces = data.get("faces", [])
+    enrolment = (
+        Enrolment(data["collection_id"], data["external_image_id"], data.get("consent_reference"))
+        if data.get("collection_id")
+        else None
+    )
+    return PhotoRecord(
+        photo_id=data["photo_id"],
+        bucket=data["bucket"],
+        key=data["key"],
+        status=PhotoStatus(data["status"]),
+        image_width=int(data.get("image_width", 0)),
+        image_height=int(data.get("image_height", 0)),
+        faces=[DetectedFace.from_dict(face) for face in faces],
+        face_ids=[face["face_id"] for face in faces],
+        enrolment=enrolment,
+        error_code=data.get("error_code"),
+        error_message=data.get("error_message"),
+        detector_version=data.get("detector_version"),
+        embedder_version=data.get("embedder_version"),
+    )
+
+
+def face_to_dict(face: FaceRecord) -> dict[str, Any]:
+    return {
+        "face_id": face.face_id,
+        "photo_id": face.photo_id,
+        "bounding_box": face.bounding_box.to_dict(),
+        "confidence": face.confidence,
+        # 512 float32 little-endian: 2 KB per face instead of ~10 KB as a list of numbers.
+        "embedding": np.asarray(face.embedding, dtype="<f4").tobytes(),
+        "model_version": face.model_version,
+        "collection_id": face.collection_id,
+        "external_image_id": face.external_image_id,
+        "consent_reference": face.consent_reference,
+    }
+
+
+def face_from_dict(data: dict[str, Any]) -> FaceRecord:
+    data = from_item(data)
+    raw = data["embedding"]
+    raw = raw.value if hasattr(raw, "value") else raw  # boto3 wraps binary attributes
+    return FaceRecord(
+        face_id=data["face_id"],
+        photo_id=data["photo_id"],
+        bounding_box=BoundingBox.from_dict(data["bounding_box"]),
+        confidence=float(data["confidence"]),
+        embedding=np.frombuffer(bytes(raw), dtype="<f4").copy(),
+        model_version=data["model_version"],
+        collection_id=data.get("collection_id"),
+        external_image_id=data.get("external_image_id"),
+        consent_reference=data.get("consent_reference"),
+    )
+
+
+def collection_to_dict(collection: Collection) -> dict[str, Any]:
+    return {
+        "collection_id": collection.collection_id,
+        "created_at": collection.created_at,
+        "face_model_version": collection.face_model_version,
+        "index_version": collection.index_version,
+    }
+
+
+def collection_from_dict(data: dict[str, Any]) -> Collection:
+    data = from_item(data)
+    return Collection(
+        collection_id=data["collection_id"],
+        created_at=data["created_at"],
+        face_model_version=data["face_model_version"],
+        index_version=data.get("index_version", ""),
+    )

@@ -1,0 +1,48 @@
+"""Errors a user can act on. Each carries a stable reason code that is recorded with a FAILED photo
+and mapped onto Rekognition's error names by the face API."""
+
+from __future__ import annotations
+
+
+class CandorError(Exception):
+    code = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImageError(CandorError):
+    """The bytes are not an image we can decode (unknown format, truncated, empty)."""
+
+    code = "InvalidImageFormat"
+
+
+class ImageTooLargeError(CandorError):
+    """Too many bytes or too many pixels (a decompression bomb is refused before it is decoded)."""
+
+    code = "ImageTooLarge"
+
+
+class ImageTooSmallError(CandorError):
+    code = "ImageTooSmall"
+
+
+class InvalidParameterError(CandorError):
+    code = "InvalidParameter"
+
+
+class ResourceNotFoundError(CandorError):
+    code = "ResourceNotFound"
+
+
+class ResourceAlreadyExistsError(CandorError):
+    code = "ResourceAlreadyExists"
+
+
+class NoFaceError(CandorError):
+    code = "NoFaceDetected"
+
+
+class MalformedEventError(CandorError):
+    code = "MalformedEvent"

@@ -1,0 +1,167 @@
+"""The two pipeline stages as plain functions: detect the faces in an uploaded photo, then embed them.
+
+Bad input ends in a FAILED photo record with a reason code and the message is consumed; anything else
+(throttling, a network error) raises, so the queue retries it and, after a few receives, dead-letters it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from candor.enrolment import enrolment_for, face_id_for, photo_id_for
+from candor.errors import CandorError, NoFaceError, ResourceNotFoundError
+from candor.faces import DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
+from candor.images import decode_image
+from candor.ports import (
+    CollectionRepository,
+    FaceDetector,
+    FaceEmbedder,
+    FaceRepository,
+    ImageStore,
+    MessagePublisher,
+    PhotoRepository,
+)
+from candor.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
+
+
+@dataclass(frozen=True)
+class PhotoRef:
+    bucket: str
+    key: str
+    version_id: str | None = None
+
+    @property
+    def photo_id(self) -> str:
+        return photo_id_for(self.bucket, self.key)
+
+
+def detect_photo(
+    ref: PhotoRef,
+    *,
+    images: ImageStore,
+    photos: PhotoRepository,
+    collections: CollectionRepository,
+    detector: FaceDetector,
+    embed_queue: MessagePublisher,
+    min_confidence: float,
+) -> PhotoRecord:
+    """Find up to MAX_FACES faces, record them, and hand the photo to the embed stage."""
+    photo = PhotoRecord(ref.photo_id, ref.bucket, ref.key, PhotoStatus.DETECTED, detector_version=detector.version)
+    try:
+        stored = images.get(ref.bucket, ref.key, ref.version_id, max_bytes=MAX_OBJECT_IMAGE_BYTES)
+        photo.enrolment = enrolment_for(ref.key, stored.metadata)
+        _require_collection(collections, photo.enrolment)
+        image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
+        found = detector.detect(image.pixels, max_faces=MAX_FACES, min_confidence=min_confidence)
+        if photo.enrolment and not found:
+            raise NoFaceError("no face found in an enrolment photo")
+    except CandorError as error:
+        return _record_failure(photos, photo, error)
+
+    photo.image_width, photo.image_height = image.width, image.height
+    photo.faces = [face.scaled(1.0 / image.scale) for face in found]
+    photo.face_ids = [face_id_for(photo.photo_id, i) for i in range(len(photo.faces))]
+    if not photo.faces:
+        photo.status = PhotoStatus.COMPLETE
+    photos.save(photo)
+    if photo.faces:
+        embed_queue.publish(embed_request(photo, ref.version_id))
+    return photo
+
+
+def embed_request(photo: PhotoRecord, version_id: str | None) -> dict[str, Any]:
+    """The embed queue's message: everything the next stage needs, well under SQS's 256 KB for 100 faces."""
+    enrolment = photo.enrolment
+    return {
+        "photo_id": photo.photo_id,
+        "bucket": photo.bucket,
+        "key": photo.key,
+        "version_id": version_id,
+        "face_ids": photo.face_ids,
+        "faces": [face.to_dict() for face in photo.faces],
+        "enrolment": None
+        if enrolment is None
+        else {
+            "collection_id": enrolment.collection_id,
+            "external_image_id": enrolment.external_image_id,
+            "consent_reference": enrolment.consent_reference,
+        },
+    }
+
+
+def embed_photo(
+    request: dict[str, Any],
+    *,
+    images: ImageStore,
+    photos: PhotoRepository,
+    faces: FaceRepository,
+    collections: CollectionRepository,
+    embedder: FaceEmbedder,
+) -> PhotoRecord:
+    """Embed every detected face; the largest face of an enrolment photo joins its collection."""
+    photo = photos.get(request["photo_id"]) or _photo_from_request(request)
+    enrolment = photo.enrolment
+    detected = [DetectedFace.from_dict(face) for face in request["faces"]]
+    try:
+        stored = images.get(photo.bucket, photo.key, request.get("version_id"), max_bytes=MAX_OBJECT_IMAGE_BYTES)
+        _require_collection(collections, enrolment)
+        image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
+    except CandorError as error:
+        return _record_failure(photos, photo, error)
+
+    vectors = embedder.embed_faces(image.pixels, [face.scaled(image.scale) for face in detected])
+    records = [
+        FaceRecord(
+            face_id=face_id,
+            photo_id=photo.photo_id,
+            bounding_box=face.bounding_box,
+            confidence=face.confidence,
+            embedding=vector,
+            model_version=embedder.version,
+        )
+        for face_id, face, vector in zip(request["face_ids"], detected, vectors, strict=True)
+    ]
+    if enrolment is not None:
+        # Faces are sorted largest first; only the person the upload names is enrolled, never bystanders.
+        records[0] = replace(
+            records[0],
+            collection_id=enrolment.collection_id,
+            external_image_id=enrolment.external_image_id,
+            consent_reference=enrolment.consent_reference,
+        )
+    faces.save_all(records)
+    if enrolment is not None:
+        collections.mark_changed(enrolment.collection_id)
+    photo.status = PhotoStatus.COMPLETE
+    photo.embedder_version = embedder.version
+    photos.save(photo)
+    return photo
+
+
+def _require_collection(collections: CollectionRepository, enrolment: Enrolment | None) -> None:
+    if enrolment is not None and collections.get(enrolment.collection_id) is None:
+        raise ResourceNotFoundError(
+            f"collection {enrolment.collection_id!r} does not exist: create it before enrolling into it"
+        )
+
+
+def _record_failure(photos: PhotoRepository, photo: PhotoRecord, error: CandorError) -> PhotoRecord:
+    photo.status = PhotoStatus.FAILED
+    photo.error_code = error.code
+    photo.error_message = error.message
+    photos.save(photo)
+    return photo
+
+
+def _photo_from_request(request: dict[str, Any]) -> PhotoRecord:
+    enrolment = request.get("enrolment")
+    return PhotoRecord(
+        photo_id=request["photo_id"],
+        bucket=request["bucket"],
+        key=request["key"],
+        status=PhotoStatus.DETECTED,
+        faces=[DetectedFace.from_dict(face) for face in request["faces"]],
+        face_ids=list(request["face_ids"]),
+        enrolment=Enrolment(**enrolment) if enrolment else None,
+    )

@@ -1,0 +1,77 @@
+"""The small interfaces the service functions depend on. Each has an AWS adapter (candor.adapters.aws)
+and an in-memory one (candor.adapters.memory) for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from candor.faces import DetectedFace, FaceRecord, PhotoRecord
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    data: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+    version_id: str | None = None
+
+
+@dataclass
+class Collection:
+    collection_id: str
+    created_at: str
+    face_model_version: str
+    # Changes whenever a face is added or removed, so a warm search function knows to reload.
+    index_version: str = ""
+    face_count: int = 0
+
+
+class ImageStore(Protocol):
+    def get(self, bucket: str, key: str, version_id: str | None = None, max_bytes: int | None = None) -> StoredImage:
+        """Raises ImageTooLargeError past max_bytes without reading the body, ResourceNotFoundError if absent."""
+        ...
+
+
+class PhotoRepository(Protocol):
+    def save(self, photo: PhotoRecord) -> None: ...
+
+    def get(self, photo_id: str) -> PhotoRecord | None: ...
+
+
+class FaceRepository(Protocol):
+    def save_all(self, faces: Sequence[FaceRecord]) -> None: ...
+
+    def list_collection(self, collection_id: str) -> Iterable[FaceRecord]: ...
+
+
+class CollectionRepository(Protocol):
+    def get(self, collection_id: str) -> Collection | None: ...
+
+    def create(self, collection: Collection) -> None:
+        """Raises ResourceAlreadyExistsError when the id is taken."""
+        ...
+
+    def delete(self, collection_id: str) -> None: ...
+
+    def list_ids(self) -> list[str]: ...
+
+    def mark_changed(self, collection_id: str) -> None: ...
+
+
+class MessagePublisher(Protocol):
+    def publish(self, body: dict[str, Any]) -> None: ...
+
+
+class FaceDetector(Protocol):
+    version: str
+
+    def detect(self, image: np.ndarray, max_faces: int = ..., min_confidence: float = ...) -> list[DetectedFace]: ...
+
+
+class FaceEmbedder(Protocol):
+    version: str
+
+    def embed_faces(self, image: np.ndarray, faces: Sequence[DetectedFace]) -> np.ndarray: ...

@@ -1,0 +1,112 @@
+"""Search by image: who are the people in this photo, among the faces enrolled in a collection?"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from candor.enrolment import validate_collection_id
+from candor.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
+from candor.faces import DetectedFace, FaceRecord, Match
+from candor.images import DecodedImage, decode_image
+from candor.index import ExactVectorIndex
+from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
+from candor.settings import MAX_FACES, MAX_REQUEST_IMAGE_BYTES
+from candor.similarity import cosine_from_similarity, similarity_from_cosine
+
+
+@dataclass
+class FaceSearchResult:
+    face: DetectedFace  # in pixels of the upright image
+    matches: list[Match] = field(default_factory=list)
+
+
+@dataclass
+class ImageSearchResult:
+    image_width: int
+    image_height: int
+    faces: list[FaceSearchResult]
+
+
+@dataclass
+class _LoadedIndex:
+    index_version: str
+    index: ExactVectorIndex
+    faces: dict[str, FaceRecord]
+
+
+class CollectionIndexes:
+    """Warm indexes, one per collection, reloaded only when the collection says its faces changed."""
+
+    def __init__(self, faces: FaceRepository, collections: CollectionRepository) -> None:
+        self._faces = faces
+        self._collections = collections
+        self._loaded: dict[str, _LoadedIndex] = {}
+        self._lock = threading.Lock()
+
+    def get(self, collection_id: str) -> tuple[Collection, ExactVectorIndex, dict[str, FaceRecord]]:
+        collection = self._collections.get(validate_collection_id(collection_id))
+        if collection is None:
+            raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+        with self._lock:
+            loaded = self._loaded.get(collection_id)
+            if loaded is None or loaded.index_version != collection.index_version:
+                loaded = self._load(collection)
+                self._loaded[collection_id] = loaded
+        return collection, loaded.index, loaded.faces
+
+    def _load(self, collection: Collection) -> _LoadedIndex:
+        records = {face.face_id: face for face in self._faces.list_collection(collection.collection_id)}
+        index = ExactVectorIndex()
+        if records:
+            index.add(list(records), np.stack([face.embedding for face in records.values()]))
+        return _LoadedIndex(collection.index_version, index, records)
+
+
+def search_image(
+    image_bytes: bytes,
+    collection_id: str,
+    *,
+    detector: FaceDetector,
+    embedder: FaceEmbedder,
+    indexes: CollectionIndexes,
+    face_match_threshold: float,
+    max_matches: int,
+    min_confidence: float,
+    largest_face_only: bool = False,
+) -> ImageSearchResult:
+    """Every face in the photo (or only the largest) with its enrolled matches at or above the threshold."""
+    if not 0.0 <= face_match_threshold <= 100.0:
+        raise InvalidParameterError("FaceMatchThreshold must be between 0 and 100")
+    if max_matches < 1:
+        raise InvalidParameterError("MaxFaces must be at least 1")
+    _collection, index, records = indexes.get(collection_id)
+    image = decode_image(image_bytes, MAX_REQUEST_IMAGE_BYTES)
+    found = detector.detect(image.pixels, max_faces=MAX_FACES, min_confidence=min_confidence)
+    if not found:
+        raise NoFaceError("no face found in the search photo")
+    if largest_face_only:
+        found = found[:1]
+    vectors = embedder.embed_faces(image.pixels, found)
+    neighbours = index.search(vectors, max_matches, cosine_from_similarity(face_match_threshold))
+    results = []
+    for face, hits in zip(found, neighbours, strict=True):
+        matches = [
+            Match(
+                face_id=hit.face_id,
+                external_image_id=records[hit.face_id].external_image_id,
+                similarity=round(float(similarity_from_cosine(hit.cosine)), 4),
+                photo_id=records[hit.face_id].photo_id,
+            )
+            for hit in hits
+        ]
+        # A rounding at the cut-off must never let a match below the threshold through.
+        matches = [match for match in matches if match.similarity >= face_match_threshold]
+        results.append(FaceSearchResult(face.scaled(1.0 / image.scale), matches))
+    return _result(image, results)
+
+
+def _result(image: DecodedImage, faces: list[FaceSearchResult]) -> ImageSearchResult:
+    return ImageSearchResult(image.width, image.height, faces)

@@ -1,0 +1,68 @@
+"""Every tunable in one place. Values come from the environment (template.yaml sets them on AWS, the local
+runtime resolves the same template locally); the defaults here are the measured ones."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "candor" / "models"
+
+DETECTOR_FILE = "yunet_2023mar.onnx"
+DETECTOR_VERSION = "yunet-2023mar"
+EMBEDDER_FILE = "facenet_20180408.onnx"
+EMBEDDER_VERSION = "facenet-20180408-102900"
+EMBEDDING_SIZE = 512
+
+# Rekognition's limits: 5 MB for image bytes in a request, 15 MB for an S3 object, 100 faces per image.
+MAX_REQUEST_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_OBJECT_IMAGE_BYTES = 15 * 1024 * 1024
+MAX_FACES = 100
+MIN_IMAGE_SIDE = 80
+# Refused before decoding: a 50,000 x 50,000 PNG header must never reach the decoder.
+MAX_IMAGE_PIXELS = 80_000_000
+# A JPEG whose longest side is at least twice this is decoded at 1/2, 1/4 or 1/8 size (never below it):
+# decoding is then several times faster and lighter, while a face spanning 4% of the longest side still
+# yields a full 160-pixel crop for the embedder (docs/benchmarks-preprocessing.md).
+DECODE_MIN_LONG_SIDE = 4096
+
+# Detection: score = sqrt(cls * obj) of YuNet, 0..1. The default is the measured one
+# (docs/benchmarks-preprocessing.md); NMS_IOU is OpenCV FaceDetectorYN's default.
+MIN_DETECTION_CONFIDENCE = 0.6
+DETECTION_NMS_IOU = 0.3
+# Faces per onnxruntime call to the embedder: bounded so that a 100-face photo stays within Lambda memory.
+EMBED_BATCH_SIZE = 16
+
+# Key layout for enrolment by upload: enroll/<collection_id>/<external_image_id>/<file>.
+ENROLL_PREFIX = "enroll/"
+DEFAULT_FACE_MATCH_THRESHOLD = 80.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path
+    photos_table: str
+    faces_table: str
+    collections_table: str
+    embed_queue_url: str
+    upload_bucket: str
+    min_detection_confidence: float
+    face_match_threshold: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            model_dir=Path(env.get("MODEL_DIR") or DEFAULT_MODEL_DIR),
+            photos_table=env.get("PHOTOS_TABLE", ""),
+            faces_table=env.get("FACES_TABLE", ""),
+            collections_table=env.get("COLLECTIONS_TABLE", ""),
+            embed_queue_url=env.get("EMBED_QUEUE_URL", ""),
+            upload_bucket=env.get("UPLOAD_BUCKET", ""),
+            min_detection_confidence=float(env.get("MIN_DETECTION_CONFIDENCE", str(MIN_DETECTION_CONFIDENCE))),
+            face_match_threshold=float(env.get("FACE_MATCH_THRESHOLD", str(DEFAULT_FACE_MATCH_THRESHOLD))),
+        )
+
+# The cosine similarity that maps to the default FaceMatchThreshold (80); calibrated on ../shared/data/faces.
+COSINE_AT_DEFAULT_THRESHOLD = 0.45

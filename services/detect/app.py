@@ -1,0 +1,66 @@
+"""DetectFunction: S3 upload notifications (via SQS) -> faces found, recorded, passed to the embed stage."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from candor.adapters.aws import DynamoCollectionRepository, DynamoPhotoRepository, S3ImageStore, SqsPublisher
+from candor.errors import MalformedEventError
+from candor.faces import PhotoStatus
+from candor.pipeline import detect_photo
+from candor.s3_events import photo_refs_from_notification
+from candor.settings import Settings
+from candor.vision import load_models
+
+settings = Settings.from_env()
+logger = Logger()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+detector, _ = load_models(settings.model_dir)
+images = S3ImageStore()
+photos = DynamoPhotoRepository(settings.photos_table)
+collections = DynamoCollectionRepository(settings.collections_table)
+embed_queue = SqsPublisher(settings.embed_queue_url)
+
+
+def record_handler(record: SQSRecord) -> None:
+    try:
+        refs = photo_refs_from_notification(record.body)
+    except MalformedEventError as error:
+        # Retrying cannot fix a malformed event: log it with its id and consume it.
+        logger.error("malformed event", extra={"message_id": record.message_id, "reason": error.message})
+        metrics.add_metric(name="MalformedEvents", unit=MetricUnit.Count, value=1)
+        return
+    for ref in refs:
+        logger.set_correlation_id(ref.photo_id)
+        started = time.perf_counter()
+        photo = detect_photo(
+            ref,
+            images=images,
+            photos=photos,
+            collections=collections,
+            detector=detector,
+            embed_queue=embed_queue,
+            min_confidence=settings.min_detection_confidence,
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.add_metric(name="DetectionLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+        if photo.status is PhotoStatus.FAILED:
+            metrics.add_metric(name="PhotosFailed", unit=MetricUnit.Count, value=1)
+            logger.warning("photo failed", extra={"key": ref.key, "code": photo.error_code, "reason": photo.error_message})
+        else:
+            metrics.add_metric(name="FacesDetected", unit=MetricUnit.Count, value=len(photo.faces))
+            logger.info("faces detected", extra={"key": ref.key, "faces": len(photo.faces), "ms": round(elapsed_ms, 1)})
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

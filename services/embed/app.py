@@ -1,0 +1,49 @@
+"""EmbedFunction: detected faces (via SQS) -> 512-d embeddings stored; an enrolment's face joins its collection."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from candor.adapters.aws import DynamoCollectionRepository, DynamoFaceRepository, DynamoPhotoRepository, S3ImageStore
+from candor.faces import PhotoStatus
+from candor.pipeline import embed_photo
+from candor.settings import Settings
+from candor.vision import load_models
+
+settings = Settings.from_env()
+logger = Logger()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+_, embedder = load_models(settings.model_dir)
+images = S3ImageStore()
+photos = DynamoPhotoRepository(settings.photos_table)
+faces = DynamoFaceRepository(settings.faces_table)
+collections = DynamoCollectionRepository(settings.collections_table)
+
+
+def record_handler(record: SQSRecord) -> None:
+    request = record.json_body
+    logger.set_correlation_id(request.get("photo_id"))
+    started = time.perf_counter()
+    photo = embed_photo(request, images=images, photos=photos, faces=faces, collections=collections, embedder=embedder)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    metrics.add_metric(name="EmbeddingLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    if photo.status is PhotoStatus.FAILED:
+        metrics.add_metric(name="PhotosFailed", unit=MetricUnit.Count, value=1)
+        logger.warning("photo failed", extra={"key": photo.key, "code": photo.error_code, "reason": photo.error_message})
+    else:
+        metrics.add_metric(name="FacesEmbedded", unit=MetricUnit.Count, value=len(photo.face_ids))
+        logger.info("faces embedded", extra={"key": photo.key, "faces": len(photo.face_ids), "ms": round(elapsed_ms, 1)})
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,80 @@
+"""SearchFunction: the face API behind a Function URL, speaking Amazon Rekognition's JSON protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from rekognition import FaceApi, UnknownOperationError, error_body
+
+from candor.adapters.aws import DynamoCollectionRepository, DynamoFaceRepository, S3ImageStore
+from candor.errors import CandorError
+from candor.search import CollectionIndexes
+from candor.settings import Settings
+from candor.vision import load_models
+
+AMZ_JSON = "application/x-amz-json-1.1"
+
+settings = Settings.from_env()
+logger = Logger()
+metrics = Metrics()
+app = LambdaFunctionUrlResolver()
+detector, embedder = load_models(settings.model_dir)
+collections = DynamoCollectionRepository(settings.collections_table)
+face_api = FaceApi(
+    images=S3ImageStore(),
+    collections=collections,
+    indexes=CollectionIndexes(DynamoFaceRepository(settings.faces_table), collections),
+    detector=detector,
+    embedder=embedder,
+    min_confidence=settings.min_detection_confidence,
+    region=os.environ.get("AWS_REGION", "us-east-1"),
+    account_id=os.environ.get("CANDOR_ACCOUNT_ID", "000000000000"),
+)
+
+
+@app.post("/")
+def operation() -> Response:
+    target = app.current_event.headers.get("x-amz-target", "")
+    operation_name = target.rpartition(".")[2]
+    try:
+        request = json.loads(app.current_event.decoded_body or "{}")
+        if not isinstance(request, dict):
+            raise ValueError("the request body must be a JSON object")
+        with metrics_timer(operation_name):
+            result = face_api.dispatch(target, request)
+    except CandorError as error:
+        logger.info("request refused", extra={"operation": operation_name, "code": error.code, "reason": error.message})
+        return _reply(400, error_body(error))
+    except UnknownOperationError as error:
+        return _reply(400, {"__type": "UnknownOperationException", "Message": str(error)})
+    except ValueError as error:
+        return _reply(400, {"__type": "SerializationException", "Message": str(error)})
+    return _reply(200, result)
+
+
+@contextmanager
+def metrics_timer(operation_name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    metrics.add_metric(name=f"{operation_name}Latency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+
+
+def _reply(status: int, body: dict[str, Any]) -> Response:
+    return Response(status_code=status, content_type=AMZ_JSON, body=json.dumps(body))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.LAMBDA_FUNCTION_URL)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)
