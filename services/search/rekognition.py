@@ -122,7 +122,7 @@ def list_collections(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 def detect_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     image = decode_image(api.image_bytes(_required(request, "Image")), MAX_OBJECT_IMAGE_BYTES)
     found = api.detector.detect(image.pixels, max_faces=MAX_FACES, min_confidence=api.min_confidence)
-    return {"FaceDetails": [face_detail(face.scaled(1.0 / image.scale), image.width, image.height) for face in found]}
+    return {"FaceDetails": [face_detail(image.to_original(face), image.width, image.height) for face in found]}
 
 
 def search_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def detect_photo(
         return _record_failure(photos, photo, error)
 
     photo.image_width, photo.image_height = image.width, image.height
-    photo.faces = [face.scaled(1.0 / image.scale) for face in found]
+    photo.faces = [image.to_original(face) for face in found]
     photo.face_ids = [face_id_for(photo.photo_id, i) for i in range(len(photo.faces))]
     if not photo.faces:
         photo.status = PhotoStatus.COMPLETE
@@ -110,7 +110,7 @@ def embed_photo(
     except CandorError as error:
         return _record_failure(photos, photo, error)
 
-    vectors = embedder.embed_faces(image.pixels, [face.scaled(image.scale) for face in detected])
+    vectors = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale) for face in detected])
     records = [
         FaceRecord(
             face_id=face_id,

@@ -104,7 +104,7 @@ def search_image(
         ]
         # A rounding at the cut-off must never let a match below the threshold through.
         matches = [match for match in matches if match.similarity >= face_match_threshold]
-        results.append(FaceSearchResult(face.scaled(1.0 / image.scale), matches))
+        results.append(FaceSearchResult(image.to_original(face), matches))
     return _result(image, results)
 
 

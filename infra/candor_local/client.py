@@ -1,0 +1,119 @@
+"""What the CLI talks to: the upload bucket and tables on an AWS endpoint, and the face API.
+
+The face API is spoken through boto3's own Rekognition client; Candor's one extra operation
+(SearchAllFacesByImage) goes over the same protocol, signed the same way (SigV4, as an IAM-authorised
+Function URL requires on AWS).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from candor.enrolment import META_CONSENT, photo_id_for
+from candor.settings import ENROLL_PREFIX
+
+FINAL_STATUSES = ("COMPLETE", "FAILED")
+
+
+@dataclass(frozen=True)
+class StackEndpoints:
+    endpoint_url: str | None  # None: the real AWS endpoints
+    api_url: str
+    bucket: str
+    photos_table: str
+    region: str = "us-east-1"
+
+
+class CandorError(RuntimeError):
+    """An error the face API returned, with Rekognition's exception name."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+
+
+class CandorClient:
+    def __init__(self, stack: StackEndpoints) -> None:
+        self.stack = stack
+        session = boto3.session.Session(region_name=stack.region)
+        self._session = session
+        self.s3 = session.client("s3", endpoint_url=stack.endpoint_url)
+        self.photos = session.resource("dynamodb", endpoint_url=stack.endpoint_url).Table(stack.photos_table)
+        self.rekognition = session.client("rekognition", endpoint_url=stack.api_url)
+
+    def ensure_collection(self, collection_id: str) -> bool:
+        """Create the collection unless it exists; True when it was created."""
+        try:
+            self.rekognition.create_collection(CollectionId=collection_id)
+        except self.rekognition.exceptions.ResourceAlreadyExistsException:
+            return False
+        return True
+
+    def upload_enrolment(self, collection_id: str, person: str, photo: Path, consent: str | None) -> str:
+        key = f"{ENROLL_PREFIX}{collection_id}/{person}/{photo.name}"
+        metadata = {META_CONSENT: consent} if consent else {}
+        self.s3.put_object(Bucket=self.stack.bucket, Key=key, Body=photo.read_bytes(), Metadata=metadata)
+        return key
+
+    def photo_status(self, key: str) -> dict[str, Any] | None:
+        item = self.photos.get_item(Key={"photo_id": photo_id_for(self.stack.bucket, key)}, ConsistentRead=True)
+        return item.get("Item")
+
+    def wait_for_photos(
+        self, keys: Iterable[str], timeout_s: float = 300.0, on_done: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Poll the photos table until every key is COMPLETE or FAILED."""
+        pending = list(keys)
+        done: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for key in list(pending):
+                item = self.photo_status(key)
+                if item is not None and item.get("status") in FINAL_STATUSES:
+                    done[key] = item
+                    pending.remove(key)
+                    if on_done:
+                        on_done(key, item)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(pending)} photo(s) not processed after {timeout_s:.0f} s: {pending[:3]}")
+                time.sleep(0.2)
+        return done
+
+    def search_all_faces(self, image: bytes, collection_id: str, threshold: float, max_matches: int = 5) -> dict:
+        return self.call(
+            "CandorService.SearchAllFacesByImage",
+            {
+                "CollectionId": collection_id,
+                "Image": {"Bytes": base64.b64encode(image).decode()},
+                "FaceMatchThreshold": threshold,
+                "MaxFaces": max_matches,
+            },
+        )
+
+    def call(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(request).encode()
+        headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target}
+        signed = AWSRequest(method="POST", url=self.stack.api_url.rstrip("/") + "/", data=body, headers=headers)
+        credentials = self._session.get_credentials()
+        if credentials is not None:
+            SigV4Auth(credentials.get_frozen_credentials(), "lambda", self.stack.region).add_auth(signed)
+        http_request = urllib.request.Request(signed.url, data=body, headers=dict(signed.headers), method="POST")
+        try:
+            with urllib.request.urlopen(http_request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            payload = json.loads(error.read() or b"{}")
+            raise CandorError(payload.get("__type", f"HTTP {error.code}"), payload.get("Message", "")) from error
