@@ -64,8 +64,13 @@ def test_s3_test_event_names_no_photo() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    ["not json", "[]", json.dumps({"Records": "x"}), _notification("a.jpg", "ObjectRemoved:Delete"),
-     json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]})],
+    [
+        "not json",
+        "[]",
+        json.dumps({"Records": "x"}),
+        _notification("a.jpg", "ObjectRemoved:Delete"),
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}),
+    ],
 )
 def test_malformed_notifications_raise_a_clear_error(body: str) -> None:
     with pytest.raises(MalformedEventError):

@@ -234,8 +234,12 @@ def _enrolment_plan(path: Path, person: str | None) -> list[EnrolmentPhoto]:
     if person:
         files = [path] if path.is_file() else _images_in(path)
         return [EnrolmentPhoto(person, file) for file in files]
-    plan = [EnrolmentPhoto(folder.name, file) for folder in sorted(path.iterdir()) if folder.is_dir()
-            for file in _images_in(folder)]
+    plan = [
+        EnrolmentPhoto(folder.name, file)
+        for folder in sorted(path.iterdir())
+        if folder.is_dir()
+        for file in _images_in(folder)
+    ]
     if not plan:
         raise ValueError(f"{path} has no <person>/<photo> folders; use --person to enrol a flat folder as one person")
     return plan
@@ -253,9 +257,7 @@ def _sample_photos() -> Path:
     return SAMPLES_DIR
 
 
-def _demo_photos(
-    folder: Path, default_set: bool
-) -> tuple[list[EnrolmentPhoto], list[Path], dict[str, set[str]]]:
+def _demo_photos(folder: Path, default_set: bool) -> tuple[list[EnrolmentPhoto], list[Path], dict[str, set[str]]]:
     if default_set:
         # The face_recognition sample set: two portraits to enrol, the other photos (all of Obama) to search.
         enrolment = [EnrolmentPhoto("obama", folder / "obama.jpg"), EnrolmentPhoto("biden", folder / "biden.jpg")]

@@ -72,7 +72,10 @@ class CandorClient:
         return item.get("Item")
 
     def wait_for_photos(
-        self, keys: Iterable[str], timeout_s: float = 300.0, on_done: Callable[[str, dict[str, Any]], None] | None = None
+        self,
+        keys: Iterable[str],
+        timeout_s: float = 300.0,
+        on_done: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Poll the photos table until every key is COMPLETE or FAILED."""
         pending = list(keys)
@@ -110,7 +113,7 @@ class CandorClient:
         credentials = self._session.get_credentials()
         if credentials is not None:
             SigV4Auth(credentials.get_frozen_credentials(), "lambda", self.stack.region).add_auth(signed)
-        http_request = urllib.request.Request(signed.url, data=body, headers=dict(signed.headers), method="POST")
+        http_request = urllib.request.Request(str(signed.url), data=body, headers=dict(signed.headers), method="POST")
         try:
             with urllib.request.urlopen(http_request, timeout=60) as response:
                 return json.loads(response.read())

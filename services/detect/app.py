@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -54,7 +55,9 @@ def record_handler(record: SQSRecord) -> None:
         metrics.add_metric(name="DetectionLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
         if photo.status is PhotoStatus.FAILED:
             metrics.add_metric(name="PhotosFailed", unit=MetricUnit.Count, value=1)
-            logger.warning("photo failed", extra={"key": ref.key, "code": photo.error_code, "reason": photo.error_message})
+            logger.warning(
+                "photo failed", extra={"key": ref.key, "code": photo.error_code, "reason": photo.error_message}
+            )
         else:
             metrics.add_metric(name="FacesDetected", unit=MetricUnit.Count, value=len(photo.faces))
             logger.info("faces detected", extra={"key": ref.key, "faces": len(photo.faces), "ms": round(elapsed_ms, 1)})
@@ -62,5 +65,5 @@ def record_handler(record: SQSRecord) -> None:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

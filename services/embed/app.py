@@ -8,10 +8,16 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from candor.adapters.aws import DynamoCollectionRepository, DynamoFaceRepository, DynamoPhotoRepository, S3ImageStore
+from candor.adapters.aws import (
+    DynamoCollectionRepository,
+    DynamoFaceRepository,
+    DynamoPhotoRepository,
+    S3ImageStore,
+)
 from candor.faces import PhotoStatus
 from candor.pipeline import embed_photo
 from candor.settings import Settings
@@ -37,13 +43,17 @@ def record_handler(record: SQSRecord) -> None:
     metrics.add_metric(name="EmbeddingLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     if photo.status is PhotoStatus.FAILED:
         metrics.add_metric(name="PhotosFailed", unit=MetricUnit.Count, value=1)
-        logger.warning("photo failed", extra={"key": photo.key, "code": photo.error_code, "reason": photo.error_message})
+        logger.warning(
+            "photo failed", extra={"key": photo.key, "code": photo.error_code, "reason": photo.error_message}
+        )
     else:
         metrics.add_metric(name="FacesEmbedded", unit=MetricUnit.Count, value=len(photo.face_ids))
-        logger.info("faces embedded", extra={"key": photo.key, "faces": len(photo.face_ids), "ms": round(elapsed_ms, 1)})
+        logger.info(
+            "faces embedded", extra={"key": photo.key, "faces": len(photo.face_ids), "ms": round(elapsed_ms, 1)}
+        )
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -98,9 +98,7 @@ def _required(request: dict[str, Any], name: str) -> Any:
 
 def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     collection_id = validate_collection_id(str(_required(request, "CollectionId")))
-    api.collections.create(
-        Collection(collection_id, datetime.now(UTC).isoformat(), EMBEDDER_VERSION, index_version="")
-    )
+    api.collections.create(Collection(collection_id, datetime.now(UTC).isoformat(), EMBEDDER_VERSION, index_version=""))
     return {"StatusCode": 200, "CollectionArn": api.collection_arn(collection_id), "FaceModelVersion": EMBEDDER_VERSION}
 
 
@@ -185,7 +183,8 @@ def face_match(match: Match) -> dict[str, Any]:
     return {"Similarity": match.similarity, "Face": face}
 
 
-OPERATIONS: dict[str, Callable[[FaceApi, dict[str, Any]], dict[str, Any]]] = {
+Operation = Callable[[FaceApi, dict[str, Any]], dict[str, Any]]
+OPERATIONS: dict[str, Operation] = {
     "CreateCollection": create_collection,
     "DescribeCollection": describe_collection,
     "ListCollections": list_collections,
@@ -193,5 +192,5 @@ OPERATIONS: dict[str, Callable[[FaceApi, dict[str, Any]], dict[str, Any]]] = {
     "SearchFacesByImage": search_faces_by_image,
 }
 # Candor's own operations speak the same protocol under the target prefix CandorService.
-CANDOR_OPERATIONS = {"SearchAllFacesByImage": search_all_faces_by_image}
-SERVICES = {"RekognitionService": OPERATIONS, "CandorService": CANDOR_OPERATIONS}
+CANDOR_OPERATIONS: dict[str, Operation] = {"SearchAllFacesByImage": search_all_faces_by_image}
+SERVICES: dict[str, dict[str, Operation]] = {"RekognitionService": OPERATIONS, "CandorService": CANDOR_OPERATIONS}

@@ -30,7 +30,9 @@ class Collection:
 
 
 class ImageStore(Protocol):
-    def get(self, bucket: str, key: str, version_id: str | None = None, max_bytes: int | None = None) -> StoredImage:
+    def get(
+        self, bucket: str, key: str, version_id: str | None = None, max_bytes: int | None = None
+    ) -> StoredImage:
         """Raises ImageTooLargeError past max_bytes without reading the body, ResourceNotFoundError if absent."""
         ...
 
@@ -68,7 +70,9 @@ class MessagePublisher(Protocol):
 class FaceDetector(Protocol):
     version: str
 
-    def detect(self, image: np.ndarray, max_faces: int = ..., min_confidence: float = ...) -> list[DetectedFace]: ...
+    def detect(
+        self, image: np.ndarray, max_faces: int = ..., min_confidence: float = ...
+    ) -> list[DetectedFace]: ...
 
 
 class FaceEmbedder(Protocol):

@@ -40,7 +40,12 @@ class S3ImageStore:
         try:
             response = self._s3.get_object(**params)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket", "NoSuchVersion"):
+            if error.response.get("Error", {}).get("Code") in (
+                "NoSuchKey",
+                "404",
+                "NoSuchBucket",
+                "NoSuchVersion",
+            ):
                 raise ResourceNotFoundError(f"s3://{bucket}/{key} does not exist") from error
             raise
         body = response["Body"]
@@ -118,7 +123,7 @@ class DynamoCollectionRepository:
         params: dict[str, Any] = {"ProjectionExpression": "collection_id"}
         while True:
             page = self._table.scan(**params)
-            ids.extend(item["collection_id"] for item in page.get("Items", []))
+            ids.extend(str(item["collection_id"]) for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 return sorted(ids)
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]

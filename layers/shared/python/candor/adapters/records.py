@@ -42,7 +42,9 @@ def photo_to_dict(photo: PhotoRecord) -> dict[str, Any]:
         "image_width": photo.image_width,
         "image_height": photo.image_height,
         "face_count": len(photo.faces),
-        "faces": [dict(face.to_dict(), face_id=face_id) for face, face_id in zip(photo.faces, photo.face_ids)],
+        "faces": [
+            dict(face.to_dict(), face_id=face_id) for face, face_id in zip(photo.faces, photo.face_ids, strict=True)
+        ],
         "collection_id": enrolment.collection_id if enrolment else None,
         "external_image_id": enrolment.external_image_id if enrolment else None,
         "consent_reference": enrolment.consent_reference if enrolment else None,
