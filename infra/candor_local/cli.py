@@ -94,7 +94,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    with _local_stack(args) as stack:
+    with _local_stack(args) as client:
+        stack = client.stack
         _save_state(stack)
         print(f"AWS_ENDPOINT_URL={stack.endpoint_url or ''}")
         print(f"CANDOR_API={stack.api_url}", flush=True)
@@ -133,8 +134,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     photos_dir = args.photos or _sample_photos()
     enrolment, probes, expected = _demo_photos(photos_dir, default_set=args.photos is None)
-    with _local_stack(args) as stack:
-        client = CandorClient(stack)
+    with _local_stack(args) as client:
         client.ensure_collection(DEMO_COLLECTION)
         outcomes = enrol(client, DEMO_COLLECTION, enrolment, consent="candor-demo", quiet=args.json)
         if not args.json:
@@ -276,7 +276,7 @@ def _demo_photos(folder: Path, default_set: bool) -> tuple[list[EnrolmentPhoto],
 
 
 @contextmanager
-def _local_stack(args: argparse.Namespace) -> Iterator[StackEndpoints]:
+def _local_stack(args: argparse.Namespace) -> Iterator[CandorClient]:
     from candor_local.models import ensure_models
     from candor_local.runtime import LocalEnvironment
 
@@ -285,12 +285,14 @@ def _local_stack(args: argparse.Namespace) -> Iterator[StackEndpoints]:
     with LocalEnvironment.start(
         stack_name=args.stack_name, model_dir=model_dir, api_port=args.api_port, echo_logs=args.verbose
     ) as env:
-        yield StackEndpoints(
+        stack = StackEndpoints(
             endpoint_url=env.endpoint_url,
             api_url=env.api_url,
             bucket=env.resources["UploadBucket"],
             photos_table=env.resources["PhotosTable"],
+            region=env.region,
         )
+        yield CandorClient(stack, env.session)
 
 
 def _save_state(stack: StackEndpoints) -> None:

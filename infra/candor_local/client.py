@@ -11,6 +11,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 
 from candor.enrolment import META_CONSENT, photo_id_for
 from candor.settings import ENROLL_PREFIX
+from candor_local.emulator import EMULATOR_CREDENTIALS
 
 FINAL_STATUSES = ("COMPLETE", "FAILED")
 
@@ -36,6 +38,10 @@ class StackEndpoints:
     region: str = "us-east-1"
 
 
+def _is_loopback(url: str | None) -> bool:
+    return bool(url) and urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 class CandorError(RuntimeError):
     """An error the face API returned, with Rekognition's exception name."""
 
@@ -45,9 +51,16 @@ class CandorError(RuntimeError):
 
 
 class CandorClient:
-    def __init__(self, stack: StackEndpoints) -> None:
+    def __init__(self, stack: StackEndpoints, session: boto3.session.Session | None = None) -> None:
         self.stack = stack
-        session = boto3.session.Session(region_name=stack.region)
+        session = session or boto3.session.Session(region_name=stack.region)
+        if session.get_credentials() is None and _is_loopback(stack.endpoint_url):
+            # The embedded emulator accepts any key; AWS and LocalStack users bring their own.
+            session = boto3.session.Session(
+                aws_access_key_id=EMULATOR_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=EMULATOR_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                region_name=stack.region,
+            )
         self._session = session
         self.s3 = session.client("s3", endpoint_url=stack.endpoint_url)
         self.photos = session.resource("dynamodb", endpoint_url=stack.endpoint_url).Table(stack.photos_table)
