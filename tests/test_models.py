@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from candor.settings import DETECTOR_FILE, EMBEDDER_FILE, EMBEDDING_SIZE
 from candor_local import models
 

@@ -1,0 +1,292 @@
+"""template.yaml: it lints clean, translates offline, and says what a reviewer would check by hand."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from candor_local.template import (
+    DEFAULT_TEMPLATE_PATH,
+    Template,
+    load_template,
+    load_yaml,
+    referenced_resources,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "template.yaml"
+FUNCTIONS = {
+    "DetectFunction": "services/detect",
+    "EmbedFunction": "services/embed",
+    "SearchFunction": "services/search",
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return load_template(TEMPLATE)
+
+
+def _resources(template: Template, resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template.resources.items() if r["Type"] == resource_type}
+
+
+def _statements(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    statements = document.get("Statement", [])
+    yield from statements if isinstance(statements, list) else [statements]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    # In a process of its own: cfn-lint sets AWS_DEFAULT_REGION while it translates.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cfnlint.runner import main; sys.exit(main())",
+            str(TEMPLATE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_template_is_the_default_of_the_local_runtime() -> None:
+    assert DEFAULT_TEMPLATE_PATH == TEMPLATE
+
+
+def test_sam_translates_offline_into_three_functions_with_their_code_and_layers(template: Template) -> None:
+    assert set(template.functions) == set(FUNCTIONS)
+    for logical_id, code in FUNCTIONS.items():
+        function = template.functions[logical_id]
+        assert function.code_dir == ROOT / code
+        assert function.handler == "app.lambda_handler"
+        assert function.layer_dirs == (ROOT / "layers/shared", ROOT / "layers/models")
+        assert (ROOT / "layers/shared/python/candor/__init__.py").is_file()
+    assert not _resources(template, "AWS::Serverless::Function"), "nothing of SAM is left after translation"
+
+
+def test_functions_have_the_memory_timeout_and_triggers_asked_for(template: Template) -> None:
+    detect, embed, search = (template.functions[name] for name in ("DetectFunction", "EmbedFunction", "SearchFunction"))
+    assert (detect.memory_mb, detect.timeout_s) == (1536, 60)
+    assert (embed.memory_mb, embed.timeout_s) == (2048, 120)
+    assert (search.memory_mb, search.timeout_s) == (2048, 30)
+    assert [(s.queue_logical_id, s.batch_size, s.maximum_batching_window_s) for s in detect.sqs_sources] == [
+        ("DetectQueue", 10, 1)
+    ]
+    assert [(s.queue_logical_id, s.batch_size) for s in embed.sqs_sources] == [("EmbedQueue", 5)]
+    assert not search.sqs_sources
+
+
+def test_every_function_gets_the_shared_settings(template: Template) -> None:
+    for function in template.functions.values():
+        env = function.environment
+        assert env["PHOTOS_TABLE"] == {"Ref": "PhotosTable"}
+        assert env["FACES_TABLE"] == {"Ref": "FacesTable"}
+        assert env["COLLECTIONS_TABLE"] == {"Ref": "CollectionsTable"}
+        assert env["EMBED_QUEUE_URL"] == {"Ref": "EmbedQueue"}
+        assert env["UPLOAD_BUCKET"] == {"Ref": "UploadBucket"}
+        assert env["MODEL_DIR"] == "/opt/models"
+        assert env["MIN_DETECTION_CONFIDENCE"] == {"Ref": "MinDetectionConfidence"}
+        assert env["FACE_MATCH_THRESHOLD"] == {"Ref": "FaceMatchThreshold"}
+        assert env["POWERTOOLS_SERVICE_NAME"] == function.logical_id.removesuffix("Function").lower()
+    defaults = template.parameter_defaults
+    assert (defaults["FaceMatchThreshold"], defaults["MinDetectionConfidence"], defaults["LogLevel"]) == (
+        "80",
+        "0.8",
+        "INFO",
+    )
+
+
+def test_upload_bucket_is_encrypted_private_and_tls_only(template: Template) -> None:
+    bucket = template.resources["UploadBucket"]["Properties"]
+    rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+
+    (policy,) = _resources(template, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": "UploadBucket"}
+    denials = [
+        s
+        for s in _statements(policy["Properties"]["PolicyDocument"])
+        if s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+    ]
+    assert denials and denials[0]["Principal"] == "*"
+    assert len(_as_list(denials[0]["Resource"])) == 2, "the bucket and its objects"
+
+
+def test_uploads_notify_the_detect_queue_which_only_the_bucket_may_send_to(template: Template) -> None:
+    bucket = template.resources["UploadBucket"]
+    (notification,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert notification == {"Event": "s3:ObjectCreated:*", "Queue": {"Fn::GetAtt": ["DetectQueue", "Arn"]}}
+    assert "DetectQueuePolicy" in _as_list(bucket["DependsOn"])
+
+    policy = template.resources["DetectQueuePolicy"]["Properties"]
+    (statement,) = _statements(policy["PolicyDocument"])
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    # The queue policy names the bucket by the same fixed name the bucket is given.
+    bucket_name = bucket["Properties"]["BucketName"]["Fn::Sub"]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {
+        "Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{bucket_name}"
+    }
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_every_queue_has_a_dead_letter_queue_and_encryption(template: Template) -> None:
+    queues = _resources(template, "AWS::SQS::Queue")
+    dead_letter = {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in queues.values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    assert dead_letter == {"DetectDeadLetterQueue", "EmbedDeadLetterQueue"}
+    for name, queue in queues.items():
+        properties = queue["Properties"]
+        assert properties["SqsManagedSseEnabled"] is True, name
+        if name in dead_letter:
+            assert properties["MessageRetentionPeriod"] == 14 * 24 * 3600
+        else:
+            assert 1 <= properties["RedrivePolicy"]["maxReceiveCount"] <= 5, name
+
+
+def test_every_sqs_event_source_reports_batch_item_failures_and_outlives_its_function(
+    template: Template,
+) -> None:
+    mappings = _resources(template, "AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == 2
+    for mapping in mappings.values():
+        assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    for function in template.functions.values():
+        for source in function.sqs_sources:
+            assert source.report_batch_item_failures
+            queue = template.resources[source.queue_logical_id]["Properties"]
+            # AWS's advice: the visibility timeout is six times the function's timeout.
+            assert queue["VisibilityTimeout"] == 6 * function.timeout_s, source.queue_logical_id
+
+
+def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) -> None:
+    tables = _resources(template, "AWS::DynamoDB::Table")
+    assert set(tables) == {"PhotosTable", "FacesTable", "CollectionsTable"}
+    for name, table in tables.items():
+        properties = table["Properties"]
+        assert properties["SSESpecification"]["SSEEnabled"] is True, name
+        assert properties["BillingMode"] == "PAY_PER_REQUEST", name
+        assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+
+
+def test_faces_are_searchable_by_collection(template: Template) -> None:
+    faces = template.resources["FacesTable"]["Properties"]
+    (index,) = faces["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "ByCollection"
+    assert index["KeySchema"] == [
+        {"AttributeName": "collection_id", "KeyType": "HASH"},
+        {"AttributeName": "face_id", "KeyType": "RANGE"},
+    ]
+    assert index["Projection"] == {"ProjectionType": "ALL"}
+
+
+def test_no_policy_allows_a_wildcard_action_or_resource(template: Template) -> None:
+    documents = [
+        policy["PolicyDocument"]
+        for role in _resources(template, "AWS::IAM::Role").values()
+        for policy in role["Properties"].get("Policies", [])
+    ]
+    documents += [r["Properties"]["PolicyDocument"] for r in _resources(template, "AWS::SQS::QueuePolicy").values()]
+    assert len(documents) >= 4
+    for document in documents:
+        for statement in _statements(document):
+            if statement["Effect"] != "Allow":
+                continue  # a Deny may be broad: the TLS-only bucket policy denies s3:*
+            assert not any("*" in action for action in _as_list(statement["Action"])), statement
+            assert "*" not in _as_list(statement["Resource"]), statement
+
+
+def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
+    def grants(function: str) -> dict[str, set[str]]:
+        role = template.resources[f"{function}Role"]["Properties"]
+        granted: dict[str, set[str]] = {}
+        for policy in role["Policies"]:
+            for statement in _statements(policy["PolicyDocument"]):
+                for resource in _as_list(statement["Resource"]):
+                    for target in referenced_resources(resource):
+                        granted.setdefault(target, set()).update(_as_list(statement["Action"]))
+        return granted
+
+    assert grants("DetectFunction") == {
+        "UploadBucket": {"s3:GetObject"},
+        "PhotosTable": {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"},
+        "CollectionsTable": {"dynamodb:GetItem"},
+        "EmbedQueue": {"sqs:SendMessage"},
+    }
+    assert grants("EmbedFunction") == {
+        "UploadBucket": {"s3:GetObject"},
+        "PhotosTable": {"dynamodb:UpdateItem", "dynamodb:GetItem"},
+        "FacesTable": {"dynamodb:PutItem", "dynamodb:BatchWriteItem"},
+        "CollectionsTable": {"dynamodb:GetItem"},
+    }
+    assert grants("SearchFunction") == {
+        "UploadBucket": {"s3:GetObject"},
+        "FacesTable": {"dynamodb:Query", "dynamodb:GetItem"},
+        "CollectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"},
+    }
+
+
+def test_search_is_a_function_url_behind_iam(template: Template) -> None:
+    (url,) = _resources(template, "AWS::Lambda::Url").values()
+    assert url["Properties"]["AuthType"] == "AWS_IAM"
+    assert url["Properties"]["TargetFunctionArn"] == {"Ref": "SearchFunction"}
+    assert template.functions["SearchFunction"].function_url_auth == "AWS_IAM"
+    assert template.cfn["Outputs"]["SearchFunctionUrl"]["Value"] == {"Fn::GetAtt": ["SearchFunctionUrl", "FunctionUrl"]}
+
+
+def test_outputs_name_every_bucket_table_and_queue(template: Template) -> None:
+    referenced = set().union(*(referenced_resources(o["Value"]) for o in template.cfn["Outputs"].values()))
+    stateful = ("AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SQS::Queue")
+    assert {name for name, r in template.resources.items() if r["Type"] in stateful} <= referenced
+
+
+def test_the_local_runtime_deploys_everything_but_the_functions(template: Template) -> None:
+    infrastructure = template.infrastructure()["Resources"]
+    assert {r["Type"] for r in infrastructure.values()} == {
+        "AWS::S3::Bucket",
+        "AWS::S3::BucketPolicy",
+        "AWS::SQS::Queue",
+        "AWS::SQS::QueuePolicy",
+        "AWS::DynamoDB::Table",
+    }
+    assert "SearchFunctionUrl" not in template.infrastructure()["Outputs"]
+
+
+def test_layers_are_in_lambdas_layout_and_the_model_layer_builds_with_make() -> None:
+    sam = load_yaml(TEMPLATE)
+    assert sam["Resources"]["SharedLayer"]["Properties"]["ContentUri"] == "layers/shared/"
+    model_layer = sam["Resources"]["ModelLayer"]
+    assert model_layer["Metadata"]["BuildMethod"] == "makefile"
+    makefile = ROOT / model_layer["Properties"]["ContentUri"] / "Makefile"
+    assert "build-ModelLayer:" in makefile.read_text(encoding="utf-8")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    plan = subprocess.run(
+        ["make", "-n", "-f", str(makefile), "build-ModelLayer", "ARTIFACTS_DIR=/artifacts"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    runtime = sam["Globals"]["Function"]["Runtime"].removeprefix("python")
+    assert f"--python-version {runtime}" in plan
+    assert "/artifacts/models/" in plan and '--target "/artifacts/python"' in plan
