@@ -12,7 +12,8 @@ DEFAULT_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"
 DETECTOR_FILE = "yunet_2023mar.onnx"
 DETECTOR_VERSION = "yunet-2023mar"
 EMBEDDER_FILE = "facenet_20180408.onnx"
-EMBEDDER_VERSION = "facenet-20180408-102900"
+# Names the crop too: embeddings made with another crop are not comparable.
+EMBEDDER_VERSION = "facenet-20180408-102900+box-stretch-0.10-0.05"
 EMBEDDING_SIZE = 512
 
 # Rekognition's limits: 5 MB for image bytes in a request, 15 MB for an S3 object, 100 faces per image.
@@ -69,4 +70,4 @@ class Settings:
 
 
 # The cosine similarity that maps to the default FaceMatchThreshold (80); calibrated on ../shared/data/faces.
-COSINE_AT_DEFAULT_THRESHOLD = 0.45
+COSINE_AT_DEFAULT_THRESHOLD = 0.47
