@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import EndpointConnectionError
 from tqdm import tqdm
 
 from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (CandorError, FileNotFoundError, TimeoutError, ValueError) as error:
         print(f"candor: {error}", file=sys.stderr)
+        return 1
+    except EndpointConnectionError as error:
+        print(f"candor: {error}; is `candor up` still running?", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -98,7 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack = client.stack
         _save_state(stack)
         print(f"AWS_ENDPOINT_URL={stack.endpoint_url or ''}")
-        print(f"CANDOR_API={stack.api_url}", flush=True)
+        print(f"CANDOR_API={stack.api_url.rstrip('/')}", flush=True)
         print(f"upload bucket: {stack.bucket}   (Ctrl-C stops the stack)", file=sys.stderr)
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -114,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_enroll(args: argparse.Namespace) -> int:
     client = CandorClient(_connected_stack())
     plan = _enrolment_plan(args.path, args.person)
+    if client.ensure_collection(args.collection) and not args.json:
+        print(f"created collection '{args.collection}'", file=sys.stderr)
     outcomes = enrol(client, args.collection, plan, args.consent, quiet=args.json)
     for outcome in outcomes:
         if args.json:
@@ -128,7 +134,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     client = CandorClient(_connected_stack())
     result = search_photo(client, args.photo, args.collection, args.threshold, args.max_matches)
     print(json.dumps(result) if args.json else format_result(result))
-    return 0
+    return 1 if result.get("error") else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ class CandorClient:
                 region_name=stack.region,
             )
         self._session = session
+        self._uploads: dict[str, tuple[str, str]] = {}  # key -> (ETag, LastModified) of the latest upload
         self.s3 = session.client("s3", endpoint_url=stack.endpoint_url)
         self.photos = session.resource("dynamodb", endpoint_url=stack.endpoint_url).Table(stack.photos_table)
         self.rekognition = session.client("rekognition", endpoint_url=stack.api_url)
@@ -78,11 +79,19 @@ class CandorClient:
         key = f"{ENROLL_PREFIX}{collection_id}/{person}/{photo.name}"
         metadata = {META_CONSENT: consent} if consent else {}
         self.s3.put_object(Bucket=self.stack.bucket, Key=key, Body=photo.read_bytes(), Metadata=metadata)
+        head = self.s3.head_object(Bucket=self.stack.bucket, Key=key)
+        self._uploads[key] = (head["ETag"].strip('"'), head["LastModified"].isoformat())
         return key
 
     def photo_status(self, key: str) -> dict[str, Any] | None:
+        """The photo's record, once it describes this client's latest upload of the key (not an earlier one)."""
         item = self.photos.get_item(Key={"photo_id": photo_id_for(self.stack.bucket, key)}, ConsistentRead=True)
-        return item.get("Item")
+        record = item.get("Item")
+        if record is None or key not in self._uploads:
+            return record
+        etag, modified = self._uploads[key]
+        current = record.get("source_etag") == etag and str(record.get("source_modified", "")) >= modified
+        return record if current else None
 
     def wait_for_photos(
         self,

@@ -90,7 +90,7 @@ class Enrolment:
     """Where a photo's face goes: a collection, the person it shows, and the consent reference recorded."""
 
     collection_id: str
-    external_image_id: str
+    external_image_id: str | None  # None: IndexFaces without an ExternalImageId
     consent_reference: str | None = None
 
 
@@ -110,6 +110,8 @@ class PhotoRecord:
     error_code: str | None = None
     error_message: str | None = None
     detector_version: str | None = None
+    source_etag: str | None = None
+    source_modified: str | None = None
     embedder_version: str | None = None
 
 
@@ -126,6 +128,10 @@ class FaceRecord:
     collection_id: str | None = None
     external_image_id: str | None = None
     consent_reference: str | None = None
+    # The photo's upright size, so the box can be reported as ratios (0: unknown, a record from before).
+    image_width: int = 0
+    image_height: int = 0
+    user_id: str | None = None  # Rekognition's users: at most one per face
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ Bad input ends in a FAILED photo record with a reason code and the message is co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from candor.enrolment import enrolment_for, face_id_for, photo_id_for
 from candor.errors import CandorError, NoFaceError, ResourceNotFoundError
-from candor.faces import DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
+from candor.faces import DetectedFace, Enrolment, PhotoRecord, PhotoStatus
 from candor.images import decode_image
+from candor.indexing import embed_and_store
 from candor.ports import (
     CollectionRepository,
     FaceDetector,
@@ -52,6 +53,7 @@ def detect_photo(
     )
     try:
         stored = images.get(ref.bucket, ref.key, ref.version_id, max_bytes=MAX_OBJECT_IMAGE_BYTES)
+        photo.source_etag, photo.source_modified = stored.etag, stored.last_modified
         photo.enrolment = enrolment_for(ref.key, stored.metadata)
         _require_collection(collections, photo.enrolment)
         image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
@@ -114,29 +116,18 @@ def embed_photo(
     except CandorError as error:
         return _record_failure(photos, photo, error)
 
-    vectors = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale) for face in detected])
-    records = [
-        FaceRecord(
-            face_id=face_id,
-            photo_id=photo.photo_id,
-            bounding_box=face.bounding_box,
-            confidence=face.confidence,
-            embedding=vector,
-            model_version=embedder.version,
-        )
-        for face_id, face, vector in zip(request["face_ids"], detected, vectors, strict=True)
-    ]
-    if enrolment is not None:
-        # Faces are sorted largest first; only the person the upload names is enrolled, never bystanders.
-        records[0] = replace(
-            records[0],
-            collection_id=enrolment.collection_id,
-            external_image_id=enrolment.external_image_id,
-            consent_reference=enrolment.consent_reference,
-        )
-    faces.save_all(records)
-    if enrolment is not None:
-        collections.mark_changed(enrolment.collection_id)
+    # Faces are sorted largest first; only the person the upload names is enrolled, never bystanders.
+    embed_and_store(
+        image,
+        photo.photo_id,
+        detected,
+        request["face_ids"],
+        enrolment=enrolment,
+        enrol_count=1,
+        embedder=embedder,
+        face_repository=faces,
+        collections=collections,
+    )
     photo.status = PhotoStatus.COMPLETE
     photo.embedder_version = embedder.version
     photos.save(photo)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from candor.faces import DetectedFace, FaceRecord, PhotoRecord
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,9 @@ class StoredImage:
     data: bytes
     metadata: dict[str, str] = field(default_factory=dict)
     version_id: str | None = None
+    # Which upload of the key this is: a re-upload under the same key must not be mistaken for the last one.
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass
@@ -27,6 +32,23 @@ class Collection:
     # Changes whenever a face is added or removed, so a warm search function knows to reload.
     index_version: str = ""
     face_count: int = 0
+
+
+@dataclass(frozen=True)
+class User:
+    """Rekognition's user: one person's faces in a collection, searched as one (faces carry the user_id)."""
+
+    collection_id: str
+    user_id: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; `next_token` is None on the last page."""
+
+    items: list[T]
+    next_token: str | None
 
 
 class ImageStore(Protocol):
@@ -48,6 +70,16 @@ class FaceRepository(Protocol):
 
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]: ...
 
+    def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
+        """Up to `limit` faces of the collection in face_id order, starting after the face id `after`."""
+        ...
+
+    def delete_all(self, face_ids: Sequence[str]) -> None: ...
+
+    def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
+        """Associate the faces with a user (None: with nobody)."""
+        ...
+
 
 class CollectionRepository(Protocol):
     def get(self, collection_id: str) -> Collection | None: ...
@@ -61,6 +93,20 @@ class CollectionRepository(Protocol):
     def list_ids(self) -> list[str]: ...
 
     def mark_changed(self, collection_id: str) -> None: ...
+
+
+class UserRepository(Protocol):
+    def get(self, collection_id: str, user_id: str) -> User | None: ...
+
+    def create(self, user: User) -> None:
+        """Raises ConflictError when the user id is taken in the collection."""
+        ...
+
+    def delete(self, collection_id: str, user_id: str) -> None: ...
+
+    def list_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[User]:
+        """Up to `limit` users in user_id order, starting after the user id `after`."""
+        ...
 
 
 class MessagePublisher(Protocol):

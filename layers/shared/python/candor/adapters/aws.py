@@ -21,10 +21,12 @@ from candor.adapters.records import (
     photo_from_dict,
     photo_to_dict,
     to_item,
+    user_from_dict,
+    user_to_dict,
 )
-from candor.errors import ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
+from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
-from candor.ports import Collection, StoredImage
+from candor.ports import Collection, Page, StoredImage, User
 
 BY_COLLECTION_INDEX = "ByCollection"
 
@@ -53,7 +55,14 @@ class S3ImageStore:
         if max_bytes is not None and size > max_bytes:
             body.close()  # never read an oversized body into memory
             raise ImageTooLargeError(f"object is {size} bytes; the limit is {max_bytes}")
-        return StoredImage(body.read(), dict(response.get("Metadata", {})), response.get("VersionId"))
+        modified = response.get("LastModified")
+        return StoredImage(
+            body.read(),
+            dict(response.get("Metadata", {})),
+            response.get("VersionId"),
+            etag=str(response.get("ETag", "")).strip('"') or None,
+            last_modified=modified.isoformat() if modified else None,
+        )
 
 
 class DynamoPhotoRepository:
@@ -82,12 +91,45 @@ class DynamoFaceRepository:
         for item in self._query_pages(collection_id):
             yield face_from_dict(item)
 
-    def _query_pages(self, collection_id: str) -> Iterator[dict[str, Any]]:
-        params: dict[str, Any] = {
+    def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
+        start = {"collection_id": collection_id, "face_id": after} if after else None
+        items = _query_limited(self._table, self._collection_query(collection_id), limit, start)
+        records = [face_from_dict(item) for item in items]
+        return _page(records, limit, lambda face: face.face_id)
+
+    def delete_all(self, face_ids: Sequence[str]) -> None:
+        with self._table.batch_writer(overwrite_by_pkeys=["face_id"]) as batch:
+            for face_id in face_ids:
+                batch.delete_item(Key={"face_id": face_id})
+
+    def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
+        for face_id in face_ids:
+            params: dict[str, Any] = {
+                "Key": {"face_id": face_id},
+                # Never resurrect a face deleted meanwhile as a bare item holding only a user id.
+                "ConditionExpression": "attribute_exists(face_id)",
+            }
+            if user_id is None:
+                params["UpdateExpression"] = "REMOVE user_id"
+            else:
+                params["UpdateExpression"] = "SET user_id = :u"
+                params["ExpressionAttributeValues"] = {":u": user_id}
+            try:
+                self._table.update_item(**params)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+
+    @staticmethod
+    def _collection_query(collection_id: str) -> dict[str, Any]:
+        return {
             "IndexName": BY_COLLECTION_INDEX,
             "KeyConditionExpression": "collection_id = :c",
             "ExpressionAttributeValues": {":c": collection_id},
         }
+
+    def _query_pages(self, collection_id: str) -> Iterator[dict[str, Any]]:
+        params = self._collection_query(collection_id)
         while True:
             page = self._table.query(**params)
             yield from page.get("Items", [])
@@ -135,6 +177,59 @@ class DynamoCollectionRepository:
             ConditionExpression="attribute_exists(collection_id)",
             ExpressionAttributeValues={":v": uuid.uuid4().hex},
         )
+
+
+class DynamoUserRepository:
+    """Users in their own table, keyed by collection then user id: a collection's users are one Query."""
+
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+
+    def get(self, collection_id: str, user_id: str) -> User | None:
+        key = {"collection_id": collection_id, "user_id": user_id}
+        item = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+        return user_from_dict(item) if item else None
+
+    def create(self, user: User) -> None:
+        try:
+            self._table.put_item(Item=to_item(user_to_dict(user)), ConditionExpression="attribute_not_exists(user_id)")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise ConflictError(f"user {user.user_id!r} already exists in {user.collection_id!r}") from error
+            raise
+
+    def delete(self, collection_id: str, user_id: str) -> None:
+        self._table.delete_item(Key={"collection_id": collection_id, "user_id": user_id})
+
+    def list_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[User]:
+        query = {"KeyConditionExpression": "collection_id = :c", "ExpressionAttributeValues": {":c": collection_id}}
+        start = {"collection_id": collection_id, "user_id": after} if after else None
+        users = [user_from_dict(item) for item in _query_limited(self._table, query, limit, start)]
+        return _page(users, limit, lambda user: user.user_id)
+
+
+def _query_limited(
+    table: Any, query: dict[str, Any], limit: int, start: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Up to limit + 1 items (one more tells whether another page follows), across DynamoDB's 1 MB pages."""
+    params = dict(query, Limit=limit + 1)
+    if start:
+        params["ExclusiveStartKey"] = start
+    items: list[dict[str, Any]] = []
+    while len(items) <= limit:
+        page = table.query(**params)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        params["Limit"] = limit + 1 - len(items)
+    return items[: limit + 1]
+
+
+def _page(items: list[Any], limit: int, key_of: Any) -> Page[Any]:
+    if len(items) > limit:
+        return Page(items[:limit], key_of(items[limit - 1]) if limit else None)
+    return Page(items, None)
 
 
 class SqsPublisher:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from candor.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
-from candor.ports import Collection
+from candor.ports import Collection, User
 
 
 def to_item(value: Any) -> Any:
@@ -51,6 +51,8 @@ def photo_to_dict(photo: PhotoRecord) -> dict[str, Any]:
         "error_code": photo.error_code,
         "error_message": photo.error_message,
         "detector_version": photo.detector_version,
+        "source_etag": photo.source_etag,
+        "source_modified": photo.source_modified,
         "embedder_version": photo.embedder_version,
     }
 
@@ -76,6 +78,8 @@ def photo_from_dict(data: dict[str, Any]) -> PhotoRecord:
         error_code=data.get("error_code"),
         error_message=data.get("error_message"),
         detector_version=data.get("detector_version"),
+        source_etag=data.get("source_etag"),
+        source_modified=data.get("source_modified"),
         embedder_version=data.get("embedder_version"),
     )
 
@@ -92,6 +96,9 @@ def face_to_dict(face: FaceRecord) -> dict[str, Any]:
         "collection_id": face.collection_id,
         "external_image_id": face.external_image_id,
         "consent_reference": face.consent_reference,
+        "image_width": face.image_width,
+        "image_height": face.image_height,
+        "user_id": face.user_id,
     }
 
 
@@ -109,6 +116,9 @@ def face_from_dict(data: dict[str, Any]) -> FaceRecord:
         collection_id=data.get("collection_id"),
         external_image_id=data.get("external_image_id"),
         consent_reference=data.get("consent_reference"),
+        image_width=int(data.get("image_width", 0)),
+        image_height=int(data.get("image_height", 0)),
+        user_id=data.get("user_id"),
     )
 
 
@@ -129,3 +139,12 @@ def collection_from_dict(data: dict[str, Any]) -> Collection:
         face_model_version=data["face_model_version"],
         index_version=data.get("index_version", ""),
     )
+
+
+def user_to_dict(user: User) -> dict[str, Any]:
+    return {"collection_id": user.collection_id, "user_id": user.user_id, "created_at": user.created_at}
+
+
+def user_from_dict(data: dict[str, Any]) -> User:
+    data = from_item(data)
+    return User(collection_id=data["collection_id"], user_id=data["user_id"], created_at=data["created_at"])
