@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (CandorError, FileNotFoundError, TimeoutError, ValueError) as error:
+    except (CandorError, FileNotFoundError, TimeoutError, ValueError, KeyError, RuntimeError) as error:
         print(f"candor: {error}", file=sys.stderr)
         return 1
     except EndpointConnectionError as error:
@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="one JSON object per probe photo")
     _stack_options(demo)
     demo.set_defaults(run=cmd_demo)
+
+    invoke = commands.add_parser(
+        "invoke", help="invoke one function once with an event file, like `sam local invoke` without Docker"
+    )
+    invoke.add_argument("function", help="logical id in template.yaml, e.g. DetectFunction")
+    invoke.add_argument("-e", "--event", type=Path, required=True, help="event JSON, e.g. events/detect-s3-upload.json")
+    invoke.add_argument("--stack-name", default=os.environ.get("CANDOR_STACK", "candor"))
+    invoke.set_defaults(run=cmd_invoke)
 
     enroll = commands.add_parser("enroll", help="enrol photos into a collection through the upload bucket")
     enroll.add_argument("path", type=Path, help="a folder of <person>/<photos>, or with --person a folder or photo")
@@ -112,6 +120,24 @@ def cmd_up(args: argparse.Namespace) -> int:
             pass
         finally:
             STATE_FILE.unlink(missing_ok=True)
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    """Against the stack `candor up` runs (or AWS_ENDPOINT_URL's); with neither, an embedded one for the call."""
+    from candor_local.models import ensure_models
+    from candor_local.runtime import LocalEnvironment
+
+    event = json.loads(args.event.read_text())
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint is None and STATE_FILE.is_file():
+        endpoint = json.loads(STATE_FILE.read_text()).get("endpoint_url")
+    environment = LocalEnvironment.attach(args.stack_name, endpoint)
+    try:
+        result = environment.invoke(args.function, event, ensure_models())
+    finally:
+        environment.stop()
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -220,6 +220,44 @@ class LocalEnvironment:
         self._supervisor.start()
         logger.info("local environment ready: %d worker(s), logs in %s", len(self._workers), self.log_dir)
 
+    @classmethod
+    def attach(
+        cls,
+        stack_name: str = "candor",
+        endpoint_url: str | None = None,
+        template_path: Path | str = DEFAULT_TEMPLATE_PATH,
+    ) -> LocalEnvironment:
+        """The stack on an endpoint, created from the template if missing, without starting any worker
+        (for one-off invocations next to a running `candor up`, or against LocalStack or AWS)."""
+        endpoint, emulator = _connect(endpoint_url)
+        template = load_template(template_path, None, endpoint.region)
+        stack = deploy_stack(template, stack_name, endpoint)
+        run_dir = Path(tempfile.mkdtemp(prefix="candor-local-"))
+        return cls(template, stack, emulator, Path(tempfile.mkdtemp(prefix="candor-logs-")), run_dir)
+
+    def invoke(self, logical_id: str, event: Any, model_dir: Path | str | None = None) -> Any:
+        """Invoke one function once with `event`, as `sam local invoke` does: a fresh process with the
+        function's environment and import path, its logs on stderr; returns the handler's result."""
+        spec = self.template.functions.get(logical_id)
+        if spec is None:
+            known = ", ".join(sorted(self.template.functions))
+            raise KeyError(f"{logical_id} is not a function of the template: {known}")
+        config = self._worker_config(spec, 0)
+        env = {
+            **_worker_base_env(self.stack.endpoint),
+            **self._function_env(spec, config, Path(model_dir) if model_dir else DEFAULT_MODEL_DIR),
+        }
+        scratch = Path(tempfile.mkdtemp(prefix="candor-invoke-", dir=self._run_dir))
+        config_path, event_path, result_path = scratch / "config.json", scratch / "event.json", scratch / "result.json"
+        config.dump(config_path)
+        event_path.write_text(json.dumps(event), encoding="utf-8")
+        command = [sys.executable, "-m", "candor_local.worker", "--invoke", str(config_path), str(event_path)]
+        # Logs go to stderr so that stdout carries only the result, as with `sam local invoke`.
+        completed = subprocess.run([*command, str(result_path)], env=env, stdout=sys.stderr, check=False)
+        if completed.returncode != 0 or not result_path.is_file():
+            raise RuntimeError(f"{logical_id} failed (exit code {completed.returncode}); its log is above")
+        return json.loads(result_path.read_text(encoding="utf-8"))
+
     def _worker_config(self, spec: FunctionSpec, port: int) -> WorkerConfig:
         stack = self.stack
         queues = [

@@ -391,10 +391,24 @@ def run(config: WorkerConfig) -> int:
     return 0
 
 
+def invoke_once(config: WorkerConfig, event_path: Path, result_path: Path) -> int:
+    """`sam local invoke` without Docker: one init, one invocation with the event file, the result as JSON."""
+    handler = load_handler(config.handler, config.python_path)
+    event = json.loads(event_path.read_text(encoding="utf-8"))
+    result = Invoker(handler, config)(event)
+    result_path.write_text(json.dumps(result, default=str), encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 4 and args[0] == "--invoke":
+        _configure_logging()
+        return invoke_once(WorkerConfig.load(Path(args[1])), Path(args[2]), Path(args[3]))
     if len(args) != 1:
-        sys.stderr.write("usage: python -m candor_local.worker CONFIG.json\n")
+        sys.stderr.write(
+            "usage: python -m candor_local.worker CONFIG.json | --invoke CONFIG.json EVENT.json RESULT.json\n"
+        )
         return 2
     _configure_logging()
     config = WorkerConfig.load(Path(args[0]))

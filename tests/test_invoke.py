@@ -1,0 +1,38 @@
+"""`candor invoke`: the recorded events through the same handlers, each in a process of its own, as
+`sam local invoke` runs them, without Docker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from candor_local.runtime import LocalEnvironment
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+
+
+@pytest.fixture(scope="module")
+def attached() -> Iterator[LocalEnvironment]:
+    environment = LocalEnvironment.attach("candor-invoke")
+    yield environment
+    environment.stop()
+
+
+def test_search_function_answers_a_recorded_api_request(attached: LocalEnvironment, model_dir: Path) -> None:
+    event = json.loads((EVENTS / "search-create-collection.json").read_text())
+    response = attached.invoke("SearchFunction", event, model_dir)
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"])["CollectionArn"].endswith(":collection/demo")
+
+
+def test_detect_function_consumes_a_malformed_batch(attached: LocalEnvironment, model_dir: Path) -> None:
+    event = json.loads((EVENTS / "detect-malformed-batch.json").read_text())
+    assert attached.invoke("DetectFunction", event, model_dir) == {"batchItemFailures": []}
+
+
+def test_an_unknown_function_is_named_in_the_error(attached: LocalEnvironment) -> None:
+    with pytest.raises(KeyError, match="DetectFunction, EmbedFunction, SearchFunction"):
+        attached.invoke("ResizeFunction", {})
