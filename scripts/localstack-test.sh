@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Start LocalStack (Docker), then run the integration suite against it: the same tests CI runs against the
+# embedded moto server, with only AWS_ENDPOINT_URL changed. Needs Docker with the compose plugin.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+compose=(docker compose -f infra/localstack/compose.yaml)
+bash scripts/setup.sh
+"${compose[@]}" up -d --wait
+trap '"${compose[@]}" down' EXIT
+
+export AWS_ENDPOINT_URL=http://localhost:4566
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1
+.venv/bin/python -m pytest -q -m integration "$@"
