@@ -180,7 +180,7 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_outlives_its_fun
 
 def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) -> None:
     tables = _resources(template, "AWS::DynamoDB::Table")
-    assert set(tables) == {"PhotosTable", "FacesTable", "CollectionsTable"}
+    assert set(tables) == {"PhotosTable", "FacesTable", "CollectionsTable", "UsersTable"}
     for name, table in tables.items():
         properties = table["Properties"]
         assert properties["SSESpecification"]["SSEEnabled"] is True, name
@@ -240,8 +240,15 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
     }
     assert grants("SearchFunction") == {
         "UploadBucket": {"s3:GetObject"},
-        "FacesTable": {"dynamodb:Query", "dynamodb:GetItem"},
-        "CollectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"},
+        "FacesTable": {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"},
+        "CollectionsTable": {
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:Scan",
+            "dynamodb:UpdateItem",
+        },
+        "UsersTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"},
     }
 
 
@@ -267,8 +274,30 @@ def test_the_local_runtime_deploys_everything_but_the_functions(template: Templa
         "AWS::SQS::Queue",
         "AWS::SQS::QueuePolicy",
         "AWS::DynamoDB::Table",
+        "AWS::CloudWatch::Alarm",
     }
     assert "SearchFunctionUrl" not in template.infrastructure()["Outputs"]
+    # Alarms and dashboards that name a function go with the functions.
+    assert "DetectErrorsAlarm" not in infrastructure and "PipelineDashboard" not in infrastructure
+    assert "DetectDeadLettersAlarm" in infrastructure
+
+
+def test_alarms_watch_dead_letters_queue_age_and_function_errors(template: Template) -> None:
+    watched: dict[str, set[str]] = {}
+    for alarm in _resources(template, "AWS::CloudWatch::Alarm").values():
+        properties = alarm["Properties"]
+        for target in referenced_resources(properties["Dimensions"]):
+            watched.setdefault(target, set()).add(properties["MetricName"])
+    queues = _resources(template, "AWS::SQS::Queue")
+    dead_letter_queues = {name for name in queues if "DeadLetter" in name}
+    for name in queues:
+        wanted = "ApproximateNumberOfMessagesVisible" if name in dead_letter_queues else "ApproximateAgeOfOldestMessage"
+        assert wanted in watched.get(name, set()), name
+    for name in _resources(template, "AWS::Lambda::Function"):
+        assert "Errors" in watched.get(name, set()), name
+    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    body = str(dashboard["Properties"]["DashboardBody"])
+    assert all(metric in body for metric in ("FacesDetected", "PhotosFailed", "DetectionLatency", "Errors"))
 
 
 def test_layers_are_in_lambdas_layout_and_the_model_layer_builds_with_make() -> None:

@@ -124,6 +124,14 @@ class Template:
             for logical_id, resource in self.cfn["Resources"].items()
             if resource["Type"] not in LAMBDA_RESOURCE_TYPES
         }
+        # Whatever names a function (an alarm on its errors, a dashboard of its duration) goes with it.
+        while dropped := [
+            logical_id
+            for logical_id, resource in resources.items()
+            if referenced_resources(resource) - resources.keys() & self.cfn["Resources"].keys()
+        ]:
+            for logical_id in dropped:
+                del resources[logical_id]
         for resource in resources.values():
             depends = resource.get("DependsOn")
             if depends is not None:
