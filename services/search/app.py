@@ -16,10 +16,20 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from rekognition import FaceApi, UnknownOperationError, error_body
 
-from candor.adapters.aws import DynamoCollectionRepository, DynamoFaceRepository, S3ImageStore
+from candor.adapters.aws import (
+    DynamoCollectionRepository,
+    DynamoFaceRepository,
+    DynamoUserRepository,
+    S3ImageStore,
+    S3IndexSnapshotStore,
+    model_source,
+)
+from candor.collection_service import CollectionStore
 from candor.errors import CandorError
+from candor.index_sync import IndexSync
+from candor.model_files import model_dir_with
 from candor.search import CollectionIndexes
-from candor.settings import Settings
+from candor.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
 from candor.vision import load_models
 
 AMZ_JSON = "application/x-amz-json-1.1"
@@ -28,12 +38,21 @@ settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
 app = LambdaFunctionUrlResolver()
-detector, embedder = load_models(settings.model_dir)
+# FaceNet is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
+model_dir = model_dir_with(
+    [DETECTOR_FILE, EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)
+)
+detector, embedder = load_models(model_dir)
 collections = DynamoCollectionRepository(settings.collections_table)
+faces = DynamoFaceRepository(settings.faces_table)
+# Cold start: a collection's index comes from its snapshot in the index bucket, then the table's difference.
+snapshots = S3IndexSnapshotStore(settings.index_bucket) if settings.index_bucket else None
+indexes = CollectionIndexes(faces, collections, IndexSync(snapshots, shard_size=settings.index_shard_size))
 face_api = FaceApi(
     images=S3ImageStore(),
     collections=collections,
-    indexes=CollectionIndexes(DynamoFaceRepository(settings.faces_table), collections),
+    indexes=indexes,
+    store=CollectionStore(collections, faces, DynamoUserRepository(settings.users_table), indexes),
     detector=detector,
     embedder=embedder,
     min_confidence=settings.min_detection_confidence,

@@ -1,0 +1,438 @@
+"""`candor collections|faces|users|compare|detect|show`: every face API operation from the command line.
+
+Each command talks to the stack `candor up` runs (or CANDOR_API / AWS_ENDPOINT_URL) through boto3's
+Rekognition client, prints a short human summary, or with `--json` the API's response as it came.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from tqdm import tqdm
+
+from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
+from candor_local.client import CandorClient, CandorError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+QUALITY_FILTERS = ("NONE", "AUTO", "LOW", "MEDIUM", "HIGH")
+Command = Callable[[argparse.Namespace, CandorClient], int | None]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the face API's commands to `candor`'s subcommands."""
+    _collections(commands.add_parser("collections", help="create, list, describe and delete collections"))
+    _faces(commands.add_parser("faces", help="index, list, delete and search the faces of a collection"))
+    _users(commands.add_parser("users", help="users: one person's faces, searched as one"))
+
+    compare = commands.add_parser("compare", help="is the largest face of SOURCE among the faces of TARGET?")
+    compare.add_argument("source", type=Path)
+    compare.add_argument("target", type=Path)
+    compare.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    _command(compare, cmd_compare)
+
+    detect = commands.add_parser("detect", help="the faces in a photo: box, landmarks, pose, quality")
+    detect.add_argument("photo", type=Path)
+    _command(detect, cmd_detect)
+
+    show = commands.add_parser("show", help="write a PNG of a photo with its faces boxed and named")
+    show.add_argument("photo", type=Path)
+    show.add_argument("--collection", help="name the faces found in this collection")
+    show.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    show.add_argument("--out", type=Path, help="the PNG to write (default: <photo>.faces.png)")
+    _command(show, cmd_show)
+
+
+def _collections(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(title="actions", required=True)
+    for name, run, help_text in (
+        ("create", cmd_collection_create, "create a collection"),
+        ("describe", cmd_collection_describe, "face count, model version, ARN, creation time"),
+        ("delete", cmd_collection_delete, "delete a collection with its faces and users"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("collection")
+        _command(action, run)
+    _command(actions.add_parser("list", help="every collection"), cmd_collection_list)
+
+
+def _faces(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(title="actions", required=True)
+    index = actions.add_parser("index", help="index the faces of photos (files, or folders of <person>/<photos>)")
+    index.add_argument("paths", type=Path, nargs="+")
+    index.add_argument("--collection", required=True)
+    index.add_argument("--external-id", help="ExternalImageId of every photo (default: its folder name)")
+    index.add_argument("--max-faces", type=int, help="index at most this many faces per photo, largest first")
+    index.add_argument("--quality", choices=QUALITY_FILTERS, default="AUTO", help="quality filter (default AUTO)")
+    _command(index, cmd_faces_index)
+
+    listing = actions.add_parser("list", help="the faces of a collection")
+    listing.add_argument("--collection", required=True)
+    listing.add_argument("--user", help="only this user's faces")
+    _command(listing, cmd_faces_list)
+
+    delete = actions.add_parser("delete", help="delete faces by FaceId")
+    delete.add_argument("face_ids", nargs="+")
+    delete.add_argument("--collection", required=True)
+    _command(delete, cmd_faces_delete)
+
+    search = actions.add_parser("search", help="faces like FACE_ID, or like the largest face of --image")
+    search.add_argument("face_id", nargs="?")
+    search.add_argument("--image", type=Path)
+    search.add_argument("--collection", required=True)
+    search.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    search.add_argument("--max", type=int, default=5, help="at most this many matches")
+    _command(search, cmd_faces_search)
+
+
+def _users(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(title="actions", required=True)
+    simple: tuple[tuple[str, Command], ...] = (("create", cmd_user_create), ("delete", cmd_user_delete))
+    for name, run in simple:
+        action = actions.add_parser(name, help=f"{name} a user")
+        action.add_argument("user")
+        action.add_argument("--collection", required=True)
+        _command(action, run)
+    listing = actions.add_parser("list", help="the users of a collection")
+    listing.add_argument("--collection", required=True)
+    _command(listing, cmd_user_list)
+    with_faces: tuple[tuple[str, Command], ...] = (
+        ("associate", cmd_user_associate),
+        ("disassociate", cmd_user_disassociate),
+    )
+    for name, run in with_faces:
+        action = actions.add_parser(name, help=f"{name} faces with a user")
+        action.add_argument("user")
+        action.add_argument("face_ids", nargs="+")
+        action.add_argument("--collection", required=True)
+        _command(action, run)
+    search = actions.add_parser("search", help="users like --user, --face or the largest face of --image")
+    group = search.add_mutually_exclusive_group(required=True)
+    group.add_argument("--user")
+    group.add_argument("--face")
+    group.add_argument("--image", type=Path)
+    search.add_argument("--collection", required=True)
+    search.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    search.add_argument("--max", type=int, default=10, help="at most this many users")
+    _command(search, cmd_user_search)
+
+
+def _command(parser: argparse.ArgumentParser, run: Command) -> None:
+    parser.add_argument("--json", action="store_true", help="print the API's response as JSON")
+    parser.set_defaults(run=_connected(run))
+
+
+def _connected(run: Command) -> Callable[[argparse.Namespace], int]:
+    """Connect to the running stack, run the command, and turn the API's errors into `candor: ...` lines."""
+
+    @wraps(run)
+    def command(args: argparse.Namespace) -> int:
+        from candor_local.cli import _connected_stack  # the CLI imports this module: import it late
+
+        client = CandorClient(_connected_stack())
+        try:
+            result = run(args, client)
+        except ClientError as error:
+            details = error.response.get("Error", {})
+            raise CandorError(details.get("Code", "Error"), details.get("Message", "")) from error
+        return int(result or 0)
+
+    return command
+
+
+def _api(client: CandorClient) -> Any:
+    """boto3's Rekognition client, its responses read as the plain dicts they are."""
+    return client.rekognition
+
+
+def _print(
+    args: argparse.Namespace, response: Any, lines: Iterator[str] | list[str], write: Callable[[str], None] = print
+) -> None:
+    if args.json:
+        response = (
+            {k: v for k, v in response.items() if k != "ResponseMetadata"} if isinstance(response, dict) else response
+        )
+        write(json.dumps(response, default=str))
+    else:
+        for line in lines:
+            write(line)
+
+
+def _image(path: Path) -> dict[str, bytes]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return {"Bytes": path.read_bytes()}
+
+
+def _box(box: dict[str, float]) -> str:
+    return f"left {box['Left']:.2f} top {box['Top']:.2f} size {box['Width']:.2f}x{box['Height']:.2f}"
+
+
+# --- collections ------------------------------------------------------------------------------------------
+
+
+def cmd_collection_create(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).create_collection(CollectionId=args.collection)
+    _print(args, response, [f"created {response['CollectionArn']}"])
+
+
+def cmd_collection_describe(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).describe_collection(CollectionId=args.collection)
+    _print(
+        args,
+        response,
+        [
+            f"{args.collection}: {response['FaceCount']} face(s), model {response['FaceModelVersion']}",
+            f"  {response['CollectionARN']}, created {response['CreationTimestamp']}",
+        ],
+    )
+
+
+def cmd_collection_delete(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).delete_collection(CollectionId=args.collection)
+    _print(args, response, [f"deleted {args.collection} with its faces and users"])
+
+
+def cmd_collection_list(args: argparse.Namespace, client: CandorClient) -> None:
+    ids = [i for page in _api(client).get_paginator("list_collections").paginate() for i in page["CollectionIds"]]
+    _print(args, {"CollectionIds": ids}, ids or ["(no collections)"])
+
+
+# --- faces --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoToIndex:
+    path: Path
+    external_id: str | None
+
+
+def photos_to_index(paths: list[Path], external_id: str | None) -> list[PhotoToIndex]:
+    """Files as given; folders walked, each photo named after the folder it is in (<person>/<photo>)."""
+    plan = []
+    for path in paths:
+        if path.is_file():
+            plan.append(PhotoToIndex(path, external_id))
+        elif path.is_dir():
+            for photo in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                plan.append(PhotoToIndex(photo, external_id or photo.parent.name))
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return plan
+
+
+def cmd_faces_index(args: argparse.Namespace, client: CandorClient) -> int:
+    plan = photos_to_index(args.paths, args.external_id)
+    failed = 0
+    bar = tqdm(plan, desc="indexing", unit="photo", disable=args.json or len(plan) < 2, file=sys.stderr)
+    # Lines go through the bar, so they print above it instead of through it.
+    write = bar.write if not bar.disable else print
+    for photo in bar:
+        request: dict[str, Any] = {"CollectionId": args.collection, "Image": _image(photo.path)}
+        request["QualityFilter"] = args.quality
+        if photo.external_id:
+            request["ExternalImageId"] = photo.external_id
+        if args.max_faces:
+            request["MaxFaces"] = args.max_faces
+        try:
+            response = _api(client).index_faces(**request)
+        except ClientError as error:
+            # One bad photo of a bulk run is reported and the run goes on.
+            failed += 1
+            details = error.response.get("Error", {})
+            outcome = {"photo": str(photo.path), "error": details.get("Code"), "message": details.get("Message")}
+            _print(args, outcome, [f"{photo.path}: {outcome['error']}: {outcome['message']}"], write)
+            continue
+        faces = [record["Face"] for record in response["FaceRecords"]]
+        lines = [f"{photo.path}: {len(faces)} face(s) indexed as {photo.external_id or '(no external id)'}"]
+        lines += [f"  {face['FaceId']} at {_box(face['BoundingBox'])}" for face in faces]
+        lines += [f"  not indexed: {', '.join(u['Reasons'])}" for u in response["UnindexedFaces"]]
+        _print(args, {"photo": str(photo.path), **response}, lines, write)
+    return 1 if failed else 0
+
+
+def cmd_faces_list(args: argparse.Namespace, client: CandorClient) -> None:
+    params: dict[str, Any] = {"CollectionId": args.collection}
+    if args.user:
+        params["UserId"] = args.user
+    pages = _api(client).get_paginator("list_faces").paginate(**params)
+    faces = [face for page in pages for face in page["Faces"]]
+    lines = [
+        f"{face['FaceId']}  {face.get('ExternalImageId', '-'):<20} user {face.get('UserId', '-')}" for face in faces
+    ]
+    _print(args, {"Faces": faces}, [*lines, f"{len(faces)} face(s)"])
+
+
+def cmd_faces_delete(args: argparse.Namespace, client: CandorClient) -> int:
+    response = _api(client).delete_faces(CollectionId=args.collection, FaceIds=args.face_ids)
+    lines = [f"deleted {face_id}" for face_id in response["DeletedFaces"]]
+    lines += [f"not deleted {u['FaceId']}: {', '.join(u['Reasons'])}" for u in response["UnsuccessfulFaceDeletions"]]
+    _print(args, response, lines)
+    return 1 if response["UnsuccessfulFaceDeletions"] else 0
+
+
+def cmd_faces_search(args: argparse.Namespace, client: CandorClient) -> None:
+    if (args.face_id is None) == (args.image is None):
+        raise ValueError("give a FACE_ID or --image PHOTO")
+    common = {"CollectionId": args.collection, "FaceMatchThreshold": args.threshold, "MaxFaces": args.max}
+    if args.face_id:
+        response = _api(client).search_faces(FaceId=args.face_id, **common)
+    else:
+        response = _api(client).search_faces_by_image(Image=_image(args.image), **common)
+    lines = [
+        f"{m['Face'].get('ExternalImageId', '-'):<20} similarity {m['Similarity']:.1f}  face {m['Face']['FaceId']}"
+        for m in response["FaceMatches"]
+    ]
+    _print(args, response, lines or ["no match"])
+
+
+# --- compare, detect, show ----------------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).compare_faces(
+        SourceImage=_image(args.source), TargetImage=_image(args.target), SimilarityThreshold=args.threshold
+    )
+    lines = [
+        f"{args.target.name}: face at {_box(m['Face']['BoundingBox'])} matches (similarity {m['Similarity']:.1f})"
+        for m in response["FaceMatches"]
+    ]
+    lines += [
+        f"{args.target.name}: face at {_box(face['BoundingBox'])} does not match" for face in response["UnmatchedFaces"]
+    ]
+    _print(args, response, lines or [f"{args.target.name}: no face"])
+
+
+def cmd_detect(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).detect_faces(Image=_image(args.photo))
+    lines = [f"{args.photo.name}: {len(response['FaceDetails'])} face(s)"]
+    for number, face in enumerate(response["FaceDetails"], 1):
+        pose, quality = face["Pose"], face["Quality"]
+        lines.append(
+            f"  face {number} at {_box(face['BoundingBox'])}: confidence {face['Confidence']:.1f}, "
+            f"roll {pose['Roll']:.0f} yaw {pose['Yaw']:.0f} pitch {pose['Pitch']:.0f}, "
+            f"brightness {quality['Brightness']:.0f} sharpness {quality['Sharpness']:.0f}"
+        )
+    _print(args, response, lines)
+
+
+@dataclass(frozen=True)
+class ShownFace:
+    """A face to draw: box and landmarks as ratios of the upright image, and the label under the box."""
+
+    box: dict[str, float]
+    landmarks: list[tuple[float, float]]
+    label: str
+    matched: bool
+
+
+def cmd_show(args: argparse.Namespace, client: CandorClient) -> None:
+    data = _image(args.photo)
+    if args.collection:
+        response = client.search_all_faces(data["Bytes"], args.collection, args.threshold)
+        faces = [_shown(face, face["FaceMatches"]) for face in response["Faces"]]
+    else:
+        response = _api(client).detect_faces(Image=data)
+        faces = [_shown(face, None) for face in response["FaceDetails"]]
+    out = args.out or args.photo.with_name(f"{args.photo.stem}.faces.png")
+    with Image.open(args.photo) as photo:
+        # The API's ratios are of the upright photo: turn it as its EXIF orientation says, as the API did.
+        draw_faces(ImageOps.exif_transpose(photo).convert("RGB"), faces).save(out, "PNG")
+    _print(args, {"photo": str(args.photo), "out": str(out), **response}, [f"wrote {out} ({len(faces)} face(s))"])
+
+
+def _shown(face: dict[str, Any], matches: list[dict[str, Any]] | None) -> ShownFace:
+    landmarks = [(point["X"], point["Y"]) for point in face.get("Landmarks", [])]
+    if matches is None:
+        return ShownFace(face["BoundingBox"], landmarks, f"{face['Confidence']:.0f}%", matched=True)
+    if not matches:
+        return ShownFace(face["BoundingBox"], landmarks, "no match", matched=False)
+    best = matches[0]
+    name = best["Face"].get("ExternalImageId") or best["Face"]["FaceId"][:8]
+    return ShownFace(face["BoundingBox"], landmarks, f"{name} {best['Similarity']:.0f}", matched=True)
+
+
+def draw_faces(image: Image.Image, faces: list[ShownFace]) -> Image.Image:
+    """A copy of the image with each face's box, five landmarks and label; sizes follow the image's size."""
+    canvas = image.copy()
+    draw = ImageDraw.Draw(canvas)
+    width, height = canvas.size
+    line = max(2, round(max(width, height) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(width, height) / 40)))
+    for face in faces:
+        colour = (40, 220, 90) if face.matched else (255, 170, 0)
+        left, top = face.box["Left"] * width, face.box["Top"] * height
+        right, bottom = left + face.box["Width"] * width, top + face.box["Height"] * height
+        draw.rectangle((left, top, right, bottom), outline=colour, width=line)
+        radius = line * 1.5
+        for x, y in face.landmarks:
+            draw.ellipse(
+                (x * width - radius, y * height - radius, x * width + radius, y * height + radius), fill=colour
+            )
+        # The label sits on a filled band just below the box (above it when the box touches the bottom).
+        text_box = draw.textbbox((0, 0), face.label, font=font)
+        text_w, text_h = text_box[2] - text_box[0], text_box[3] - text_box[1]
+        band_top = bottom if bottom + text_h + 2 * line <= height else max(top - text_h - 2 * line, 0)
+        draw.rectangle((left, band_top, left + text_w + 2 * line, band_top + text_h + 2 * line), fill=colour)
+        draw.text((left + line, band_top + line - text_box[1]), face.label, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+# --- users --------------------------------------------------------------------------------------------------
+
+
+def cmd_user_create(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).create_user(CollectionId=args.collection, UserId=args.user)
+    _print(args, response, [f"created user {args.user} in {args.collection}"])
+
+
+def cmd_user_delete(args: argparse.Namespace, client: CandorClient) -> None:
+    response = _api(client).delete_user(CollectionId=args.collection, UserId=args.user)
+    _print(args, response, [f"deleted user {args.user}; its faces stay in {args.collection}"])
+
+
+def cmd_user_list(args: argparse.Namespace, client: CandorClient) -> None:
+    pages = _api(client).get_paginator("list_users").paginate(CollectionId=args.collection)
+    users = [user for page in pages for user in page["Users"]]
+    _print(args, {"Users": users}, [f"{u['UserId']}  {u['UserStatus']}" for u in users] or ["(no users)"])
+
+
+def cmd_user_associate(args: argparse.Namespace, client: CandorClient) -> int:
+    response = _api(client).associate_faces(CollectionId=args.collection, UserId=args.user, FaceIds=args.face_ids)
+    lines = [f"associated {face['FaceId']} with {args.user}" for face in response["AssociatedFaces"]]
+    lines += [
+        f"not associated {u['FaceId']}: {', '.join(u['Reasons'])}" for u in response["UnsuccessfulFaceAssociations"]
+    ]
+    _print(args, response, lines)
+    return 1 if response["UnsuccessfulFaceAssociations"] else 0
+
+
+def cmd_user_disassociate(args: argparse.Namespace, client: CandorClient) -> int:
+    response = _api(client).disassociate_faces(CollectionId=args.collection, UserId=args.user, FaceIds=args.face_ids)
+    lines = [f"disassociated {face['FaceId']} from {args.user}" for face in response["DisassociatedFaces"]]
+    lines += [
+        f"not disassociated {u['FaceId']}: {', '.join(u['Reasons'])}"
+        for u in response["UnsuccessfulFaceDisassociations"]
+    ]
+    _print(args, response, lines)
+    return 1 if response["UnsuccessfulFaceDisassociations"] else 0
+
+
+def cmd_user_search(args: argparse.Namespace, client: CandorClient) -> None:
+    common = {"CollectionId": args.collection, "UserMatchThreshold": args.threshold, "MaxUsers": args.max}
+    if args.image:
+        response = _api(client).search_users_by_image(Image=_image(args.image), **common)
+    elif args.user:
+        response = _api(client).search_users(UserId=args.user, **common)
+    else:
+        response = _api(client).search_users(FaceId=args.face, **common)
+    lines = [f"{m['User']['UserId']:<20} similarity {m['Similarity']:.1f}" for m in response["UserMatches"]]
+    _print(args, response, lines or ["no user matches"])

@@ -1,0 +1,428 @@
+"""Every face operation through boto3's own Rekognition client against the local runtime, with real photos:
+collections, IndexFaces, ListFaces, DeleteFaces, SearchFaces, SearchFacesByImage, CompareFaces, DetectFaces
+and users, asserting the identities found and Rekognition's error codes for bad requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from candor_local.runtime import LocalEnvironment
+
+pytestmark = pytest.mark.integration
+
+PORTRAITS = {
+    "obama": ("obama/obama.jpg", "obama/obama2.jpg"),
+    "biden": ("biden/biden.jpg",),
+    "kit_harington": ("kit_harington/john1.jpeg",),
+    "rose_leslie": ("rose_leslie/img1.jpg",),
+    "alex_lacamoire": ("alex_lacamoire/img1.jpg",),
+}
+MISSING_FACE_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    with LocalEnvironment.start(
+        stack_name="candor-api", model_dir=model_dir, log_dir=tmp_path_factory.mktemp("logs")
+    ) as environment:
+        yield environment
+
+
+@pytest.fixture(scope="module")
+def rekognition(env: LocalEnvironment) -> Any:
+    return env.session.client("rekognition", endpoint_url=env.api_url)
+
+
+@pytest.fixture(scope="module")
+def people(env: LocalEnvironment, rekognition: Any, faces_dir: Path) -> dict[str, Any]:
+    """A collection filled both ways: portraits through IndexFaces, and biden2.jpg uploaded to the bucket."""
+    collection = f"people-{uuid.uuid4().hex[:8]}"
+    rekognition.create_collection(CollectionId=collection)
+    face_ids: dict[str, list[str]] = {}
+    for person, photos in PORTRAITS.items():
+        for photo in photos:
+            response = rekognition.index_faces(
+                CollectionId=collection,
+                Image={"Bytes": (faces_dir / "enroll" / photo).read_bytes()},
+                ExternalImageId=person,
+                MaxFaces=1,
+            )
+            face_ids.setdefault(person, []).extend(r["Face"]["FaceId"] for r in response["FaceRecords"])
+    env.client("s3").put_object(
+        Bucket=env.resources["UploadBucket"],
+        Key=f"enroll/{collection}/biden/biden2.jpg",
+        Body=(faces_dir / "enroll/biden/biden2.jpg").read_bytes(),
+    )
+    env.wait_idle(timeout=120)
+    return {"collection": collection, "face_ids": face_ids}
+
+
+def _photo(faces_dir: Path, name: str) -> dict[str, bytes]:
+    return {"Bytes": (faces_dir / name).read_bytes()}
+
+
+def _scratch(rekognition: Any) -> str:
+    collection = f"scratch-{uuid.uuid4().hex[:8]}"
+    rekognition.create_collection(CollectionId=collection)
+    return collection
+
+
+def _noise_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), uuid.uuid4().bytes * (side * side * 3 // 16 + 1)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_collections_are_created_described_listed_and_deleted_with_their_faces(
+    rekognition: Any, faces_dir: Path
+) -> None:
+    collection = _scratch(rekognition)
+    rekognition.index_faces(CollectionId=collection, Image=_photo(faces_dir, "enroll/obama/obama.jpg"))
+    described = rekognition.describe_collection(CollectionId=collection)
+    assert described["FaceCount"] == 1 and described["CollectionARN"].endswith(f"collection/{collection}")
+    assert described["UserCount"] == 0
+    assert collection in rekognition.list_collections()["CollectionIds"]
+    paged = rekognition.get_paginator("list_collections").paginate(PaginationConfig={"PageSize": 1})
+    assert [page["CollectionIds"] for page in paged] == [[c] for c in rekognition.list_collections()["CollectionIds"]]
+
+    assert rekognition.delete_collection(CollectionId=collection)["StatusCode"] == 200
+    assert collection not in rekognition.list_collections()["CollectionIds"]
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.describe_collection(CollectionId=collection)
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.delete_collection(CollectionId=collection)
+    # A collection created again under the same name starts empty: its faces went with it.
+    rekognition.create_collection(CollectionId=collection)
+    assert rekognition.list_faces(CollectionId=collection)["Faces"] == []
+    rekognition.delete_collection(CollectionId=collection)
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.create_collection(CollectionId="not a valid id!")
+
+
+def test_index_faces_returns_the_face_and_its_details(rekognition: Any, people: dict, faces_dir: Path) -> None:
+    response = rekognition.index_faces(
+        CollectionId=_scratch(rekognition),
+        Image=_photo(faces_dir, "enroll/rose_leslie/img2.jpg"),
+        ExternalImageId="rose",
+    )
+    (record,) = response["FaceRecords"]
+    assert response["UnindexedFaces"] == [] and response["FaceModelVersion"].startswith("facenet")
+    assert record["Face"]["ExternalImageId"] == "rose" and record["Face"]["Confidence"] > 80
+    detail = record["FaceDetail"]
+    assert {landmark["Type"] for landmark in detail["Landmarks"]} == {
+        "eyeLeft",
+        "eyeRight",
+        "nose",
+        "mouthLeft",
+        "mouthRight",
+    }
+    assert all(abs(detail["Pose"][angle]) < 25 for angle in ("Roll", "Yaw", "Pitch"))
+    assert detail["Quality"]["Sharpness"] > 50 and 20 < detail["Quality"]["Brightness"] < 90
+    assert all(len(ids) == len(PORTRAITS[person]) for person, ids in people["face_ids"].items())
+
+
+def test_index_faces_says_why_faces_were_left_out(rekognition: Any, faces_dir: Path) -> None:
+    collection = _scratch(rekognition)
+    group = rekognition.index_faces(
+        CollectionId=collection, Image=_photo(faces_dir, "probe/obama_and_biden.jpg"), MaxFaces=1
+    )
+    assert len(group["FaceRecords"]) == 1 and len(group["UnindexedFaces"]) >= 1
+    assert all(face["Reasons"] == ["EXCEEDS_MAX_FACES"] for face in group["UnindexedFaces"])
+    # The one indexed is the largest face.
+    indexed_box = group["FaceRecords"][0]["FaceDetail"]["BoundingBox"]
+    assert all(face["FaceDetail"]["BoundingBox"]["Width"] <= indexed_box["Width"] for face in group["UnindexedFaces"])
+    crowd = rekognition.index_faces(
+        CollectionId=collection, Image=_photo(faces_dir, "detect/2007_007763.jpg"), QualityFilter="HIGH"
+    )
+    assert crowd["UnindexedFaces"] and all("SMALL_BOUNDING_BOX" in f["Reasons"] for f in crowd["UnindexedFaces"])
+    unfiltered = rekognition.index_faces(
+        CollectionId=collection, Image=_photo(faces_dir, "detect/2007_007763.jpg"), QualityFilter="NONE"
+    )
+    assert unfiltered["UnindexedFaces"] == []
+    assert len(unfiltered["FaceRecords"]) == len(crowd["FaceRecords"]) + len(crowd["UnindexedFaces"])
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.index_faces(
+            CollectionId=collection, Image=_photo(faces_dir, "probe/obama1.jpg"), QualityFilter="BEST"
+        )
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.index_faces(
+            CollectionId=collection, Image=_photo(faces_dir, "probe/obama1.jpg"), ExternalImageId="no spaces"
+        )
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.index_faces(CollectionId="no-such-collection", Image=_photo(faces_dir, "probe/obama1.jpg"))
+
+
+def test_faces_from_uploads_and_from_index_faces_share_the_collection(rekognition: Any, people: dict) -> None:
+    faces = rekognition.list_faces(CollectionId=people["collection"])["Faces"]
+    by_person: dict[str, int] = {}
+    for face in faces:
+        by_person[face["ExternalImageId"]] = by_person.get(face["ExternalImageId"], 0) + 1
+    # biden: one portrait through IndexFaces, one through the upload bucket.
+    assert by_person == {"obama": 2, "biden": 2, "kit_harington": 1, "rose_leslie": 1, "alex_lacamoire": 1}
+    assert all(0 < face["BoundingBox"]["Width"] <= 1 for face in faces)
+
+
+def test_list_faces_pages_through_every_face_once(rekognition: Any, people: dict) -> None:
+    seen: list[str] = []
+    pages = 0
+    request: dict[str, Any] = {"CollectionId": people["collection"], "MaxResults": 3}
+    while True:
+        page = rekognition.list_faces(**request)
+        assert len(page["Faces"]) <= 3
+        seen += [face["FaceId"] for face in page["Faces"]]
+        pages += 1
+        if "NextToken" not in page:
+            break
+        request["NextToken"] = page["NextToken"]
+    assert pages == 3 and len(seen) == len(set(seen)) == 7
+    # boto3's paginator follows the same tokens.
+    paginated = rekognition.get_paginator("list_faces").paginate(CollectionId=people["collection"], MaxResults=2)
+    assert sorted(face["FaceId"] for page in paginated for face in page["Faces"]) == sorted(seen)
+    with pytest.raises(rekognition.exceptions.InvalidPaginationTokenException):
+        rekognition.list_faces(CollectionId=people["collection"], NextToken="not-a-token")
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.list_faces(CollectionId="no-such-collection")
+
+
+def test_search_faces_by_face_id_finds_the_same_person(rekognition: Any, people: dict) -> None:
+    first, second = people["face_ids"]["obama"]
+    response = rekognition.search_faces(CollectionId=people["collection"], FaceId=first, MaxFaces=5)
+    assert response["SearchedFaceId"] == first
+    assert [match["Face"]["FaceId"] for match in response["FaceMatches"]] == [second]
+    assert response["FaceMatches"][0]["Face"]["ExternalImageId"] == "obama"
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.search_faces(CollectionId=people["collection"], FaceId=MISSING_FACE_ID)
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.search_faces(CollectionId=people["collection"], FaceId="not-a-face-id")
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.search_faces(CollectionId="no-such-collection", FaceId=first)
+
+
+@pytest.mark.parametrize(
+    ("probe", "identity"),
+    [
+        ("probe/obama1.jpg", "obama"),
+        ("probe/johnsnow_test1.jpg", "kit_harington"),
+        ("probe/lin-manuel-miranda.png", None),
+    ],
+)
+def test_search_faces_by_image_names_the_person(
+    rekognition: Any, people: dict, faces_dir: Path, probe: str, identity: str | None
+) -> None:
+    response = rekognition.search_faces_by_image(
+        CollectionId=people["collection"], Image=_photo(faces_dir, probe), MaxFaces=5
+    )
+    found = {match["Face"]["ExternalImageId"] for match in response["FaceMatches"]}
+    assert found == ({identity} if identity else set())
+
+
+def test_compare_faces_matches_the_source_among_the_targets(rekognition: Any, faces_dir: Path) -> None:
+    response = rekognition.compare_faces(
+        SourceImage=_photo(faces_dir, "enroll/biden/biden.jpg"), TargetImage=_photo(faces_dir, "probe/two_people.jpg")
+    )
+    (match,) = response["FaceMatches"]
+    assert match["Similarity"] >= 80 and len(response["UnmatchedFaces"]) == 1
+    # Biden stands on the right of two_people.jpg.
+    assert match["Face"]["BoundingBox"]["Left"] > response["UnmatchedFaces"][0]["BoundingBox"]["Left"]
+    assert response["SourceImageFace"]["Confidence"] > 80
+    stranger = rekognition.compare_faces(
+        SourceImage=_photo(faces_dir, "probe/lin-manuel-miranda.png"),
+        TargetImage=_photo(faces_dir, "probe/two_people.jpg"),
+    )
+    assert stranger["FaceMatches"] == [] and len(stranger["UnmatchedFaces"]) == 2
+    # A threshold of 0 matches every face, best first.
+    everyone = rekognition.compare_faces(
+        SourceImage=_photo(faces_dir, "enroll/biden/biden.jpg"),
+        TargetImage=_photo(faces_dir, "probe/two_people.jpg"),
+        SimilarityThreshold=0,
+    )
+    similarities = [m["Similarity"] for m in everyone["FaceMatches"]]
+    assert len(similarities) == 2 and similarities == sorted(similarities, reverse=True)
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.compare_faces(
+            SourceImage={"Bytes": _noise_png(200)}, TargetImage=_photo(faces_dir, "probe/obama1.jpg")
+        )
+
+
+def test_detect_faces_reports_boxes_landmarks_pose_and_quality(
+    env: LocalEnvironment, rekognition: Any, faces_dir: Path
+) -> None:
+    details = rekognition.detect_faces(Image=_photo(faces_dir, "probe/two_people.jpg"), Attributes=["ALL"])[
+        "FaceDetails"
+    ]
+    assert len(details) == 2
+    for detail in details:
+        assert detail["Confidence"] > 80 and len(detail["Landmarks"]) == 5
+        assert set(detail["Pose"]) == {"Roll", "Yaw", "Pitch"} and set(detail["Quality"]) == {"Brightness", "Sharpness"}
+    # The same photo from the bucket (S3Object) gives the same faces.
+    s3 = env.client("s3")
+    s3.put_object(
+        Bucket=env.resources["UploadBucket"],
+        Key="api/two_people.jpg",
+        Body=(faces_dir / "probe/two_people.jpg").read_bytes(),
+    )
+    from_s3 = rekognition.detect_faces(
+        Image={"S3Object": {"Bucket": env.resources["UploadBucket"], "Name": "api/two_people.jpg"}}
+    )
+    assert [d["BoundingBox"] for d in from_s3["FaceDetails"]] == [d["BoundingBox"] for d in details]
+
+
+def test_bad_images_are_refused_with_rekognitions_errors(env: LocalEnvironment, rekognition: Any, people: dict) -> None:
+    with pytest.raises(rekognition.exceptions.InvalidImageFormatException):
+        rekognition.detect_faces(Image={"Bytes": b"not an image at all"})
+    with pytest.raises(rekognition.exceptions.ImageTooLargeException):
+        rekognition.detect_faces(Image={"Bytes": b"\xff\xd8\xff" + bytes(5 * 1024 * 1024)})
+    with pytest.raises(rekognition.exceptions.InvalidS3ObjectException):
+        rekognition.detect_faces(Image={"S3Object": {"Bucket": env.resources["UploadBucket"], "Name": "no/such.jpg"}})
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.index_faces(CollectionId=people["collection"], Image={"Bytes": _noise_png(40)})  # too small
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.search_faces_by_image(CollectionId=people["collection"], Image={"Bytes": _noise_png(200)})
+
+
+def test_delete_faces_deletes_known_faces_and_reports_the_rest(rekognition: Any, faces_dir: Path) -> None:
+    collection = _scratch(rekognition)
+    indexed = rekognition.index_faces(CollectionId=collection, Image=_photo(faces_dir, "enroll/obama/obama.jpg"))
+    face_id = indexed["FaceRecords"][0]["Face"]["FaceId"]
+    response = rekognition.delete_faces(CollectionId=collection, FaceIds=[face_id, MISSING_FACE_ID])
+    assert response["DeletedFaces"] == [face_id]
+    assert response["UnsuccessfulFaceDeletions"] == [{"FaceId": MISSING_FACE_ID, "Reasons": ["FACE_NOT_FOUND"]}]
+    assert rekognition.list_faces(CollectionId=collection)["Faces"] == []
+    assert rekognition.describe_collection(CollectionId=collection)["FaceCount"] == 0
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.delete_faces(CollectionId=collection, FaceIds=["bad-id"])
+
+
+def test_users_group_a_persons_faces_and_are_searched_as_one(rekognition: Any, people: dict, faces_dir: Path) -> None:
+    collection = people["collection"]
+    obama_1, obama_2 = people["face_ids"]["obama"]
+    (biden,) = people["face_ids"]["biden"]
+    rekognition.create_user(CollectionId=collection, UserId="barack")
+    rekognition.create_user(CollectionId=collection, UserId="joe")
+    rekognition.create_user(CollectionId=collection, UserId="barack-again")
+    with pytest.raises(rekognition.exceptions.ConflictException):
+        rekognition.create_user(CollectionId=collection, UserId="barack")
+    assert rekognition.describe_collection(CollectionId=collection)["UserCount"] == 3
+
+    associated = rekognition.associate_faces(CollectionId=collection, UserId="barack", FaceIds=[obama_1])
+    assert associated["AssociatedFaces"] == [{"FaceId": obama_1}] and associated["UserStatus"] == "ACTIVE"
+    refused = rekognition.associate_faces(CollectionId=collection, UserId="barack", FaceIds=[biden, MISSING_FACE_ID])
+    reasons = {f["FaceId"]: f["Reasons"] for f in refused["UnsuccessfulFaceAssociations"]}
+    assert reasons == {biden: ["LOW_MATCH_CONFIDENCE"], MISSING_FACE_ID: ["FACE_NOT_FOUND"]}
+    taken = rekognition.associate_faces(CollectionId=collection, UserId="joe", FaceIds=[obama_1])
+    assert taken["UnsuccessfulFaceAssociations"][0]["Reasons"] == ["ASSOCIATED_TO_A_DIFFERENT_USER"]
+    rekognition.associate_faces(CollectionId=collection, UserId="joe", FaceIds=[biden])
+    rekognition.associate_faces(CollectionId=collection, UserId="barack-again", FaceIds=[obama_2])
+
+    users = rekognition.list_users(CollectionId=collection)["Users"]
+    assert users == [
+        {"UserId": "barack", "UserStatus": "ACTIVE"},
+        {"UserId": "barack-again", "UserStatus": "ACTIVE"},
+        {"UserId": "joe", "UserStatus": "ACTIVE"},
+    ]
+    first_page = rekognition.list_users(CollectionId=collection, MaxResults=2)
+    assert len(first_page["Users"]) == 2
+    rest = rekognition.list_users(CollectionId=collection, MaxResults=2, NextToken=first_page["NextToken"])
+    assert [u["UserId"] for u in rest["Users"]] == ["joe"] and "NextToken" not in rest
+    faces_of_barack = rekognition.list_faces(CollectionId=collection, UserId="barack")["Faces"]
+    assert [face["FaceId"] for face in faces_of_barack] == [obama_1]
+
+    by_image = rekognition.search_users_by_image(CollectionId=collection, Image=_photo(faces_dir, "probe/obama1.jpg"))
+    assert {m["User"]["UserId"] for m in by_image["UserMatches"]} == {"barack", "barack-again"}
+    assert by_image["SearchedFace"]["FaceDetail"]["Confidence"] > 80
+    group = rekognition.search_users_by_image(CollectionId=collection, Image=_photo(faces_dir, "probe/two_people.jpg"))
+    assert [f["Reasons"] for f in group["UnsearchedFaces"]] == [["FACE_NOT_LARGEST"]]
+    by_user = rekognition.search_users(CollectionId=collection, UserId="barack")
+    assert [m["User"]["UserId"] for m in by_user["UserMatches"]] == ["barack-again"]
+    by_face = rekognition.search_users(CollectionId=collection, FaceId=biden)
+    assert [m["User"]["UserId"] for m in by_face["UserMatches"]] == ["joe"]
+
+    blocked = rekognition.delete_faces(CollectionId=collection, FaceIds=[biden])
+    assert blocked["UnsuccessfulFaceDeletions"] == [
+        {"FaceId": biden, "UserId": "joe", "Reasons": ["ASSOCIATED_TO_AN_EXISTING_USER"]}
+    ]
+    released = rekognition.disassociate_faces(CollectionId=collection, UserId="joe", FaceIds=[biden, obama_1])
+    assert released["DisassociatedFaces"] == [{"FaceId": biden}] and released["UserStatus"] == "CREATED"
+    assert released["UnsuccessfulFaceDisassociations"][0]["Reasons"] == ["ASSOCIATED_TO_A_DIFFERENT_USER"]
+
+    for user in ("barack", "barack-again", "joe"):
+        rekognition.delete_user(CollectionId=collection, UserId=user)
+    assert rekognition.list_users(CollectionId=collection)["Users"] == []
+    assert all("UserId" not in face for face in rekognition.list_faces(CollectionId=collection)["Faces"])
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.delete_user(CollectionId=collection, UserId="barack")
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.associate_faces(CollectionId=collection, UserId="nobody", FaceIds=[biden])
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.create_user(CollectionId=collection, UserId="no spaces allowed")
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.create_user(CollectionId="no-such-collection", UserId="someone")
+
+
+# --- the same operations from the command line ------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`candor` connected to this environment through the state file `candor up` writes."""
+    from candor_local import cli as candor_cli
+
+    state = tmp_path / "up.json"
+    state.write_text(
+        json.dumps(
+            {
+                "endpoint_url": env.endpoint_url,
+                "api_url": env.api_url,
+                "bucket": env.resources["UploadBucket"],
+                "photos_table": env.resources["PhotosTable"],
+                "region": env.region,
+            }
+        )
+    )
+    monkeypatch.setattr(candor_cli, "STATE_FILE", state)
+    monkeypatch.delenv("CANDOR_API", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    return candor_cli.main
+
+
+def test_the_cli_indexes_a_folder_and_finds_people(cli: Any, faces_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    collection = f"cli-{uuid.uuid4().hex[:8]}"
+    assert cli(["collections", "create", collection]) == 0
+    assert capsys.readouterr().out == f"created arn:aws:rekognition:us-east-1:000000000000:collection/{collection}\n"
+    assert cli(["faces", "index", str(faces_dir / "enroll"), "--collection", collection, "--json"]) == 0
+    indexed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(indexed) == 9 and {r["FaceRecords"][0]["Face"]["ExternalImageId"] for r in indexed} == set(PORTRAITS)
+
+    assert cli(["faces", "search", "--image", str(faces_dir / "probe/obama1.jpg"), "--collection", collection]) == 0
+    assert capsys.readouterr().out.split()[0] == "obama"
+    assert cli(["compare", str(faces_dir / "enroll/biden/biden.jpg"), str(faces_dir / "probe/two_people.jpg")]) == 0
+    assert [line.endswith("does not match") for line in capsys.readouterr().out.splitlines()] == [False, True]
+    assert cli(["users", "search", "--user", "nobody", "--collection", collection]) == 1
+    assert "ResourceNotFoundException" in capsys.readouterr().err
+    assert cli(["collections", "delete", collection]) == 0
+
+
+def test_show_draws_boxes_landmarks_and_names(
+    cli: Any, rekognition: Any, people: dict, faces_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "shown.png"
+    photo = faces_dir / "probe/two_people.jpg"
+    assert cli(["show", str(photo), "--collection", people["collection"], "--out", str(out)]) == 0
+    with Image.open(photo) as original, Image.open(out) as shown:
+        assert shown.format == "PNG" and shown.size == original.size
+        changed = np.any(np.asarray(shown.convert("RGB")) != np.asarray(original.convert("RGB")), axis=2)
+    # Pixels change on every face's box and nowhere far from a face.
+    for face in rekognition.detect_faces(Image=_photo(faces_dir, "probe/two_people.jpg"))["FaceDetails"]:
+        box = face["BoundingBox"]
+        left, top = int(box["Left"] * changed.shape[1]), int(box["Top"] * changed.shape[0])
+        assert changed[top : top + 3, left : left + 40].any()
+    assert not changed[-20:, :].any()
