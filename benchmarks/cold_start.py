@@ -1,0 +1,215 @@
+"""Cold start of each function (a fresh process: interpreter, handler import with its models, first
+invocation on the live stack) and the size of each deployable artefact against Lambda's limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from candor.enrolment import face_id_for, photo_id_for
+from candor.faces import DetectedFace
+from candor_local.runtime import LocalEnvironment
+
+REPO = Path(__file__).resolve().parents[1]
+EVENTS = REPO / "events"
+PROBE = Path(__file__).with_name("cold_start_probe.py")
+# Lambda: function code plus all its layers, unzipped (zip packaging).
+LAMBDA_UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024
+# What the model layer installs (layers/models/Makefile): requirements/runtime.txt less boto3, which the
+# Lambda runtime provides, with everything those pull in.
+RUNTIME_REQUIREMENTS = REPO / "requirements" / "runtime.txt"
+PROVIDED_BY_LAMBDA = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"}
+
+
+@dataclass
+class ColdStart:
+    function: str
+    interpreter_s: float
+    init_s: float
+    first_result_s: float
+
+
+@dataclass
+class Artefact:
+    function: str
+    code_bytes: int
+    shared_layer_bytes: int
+    model_bytes: int
+    dependency_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.code_bytes + self.shared_layer_bytes + self.model_bytes + self.dependency_bytes
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(
+        f.stat().st_size for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+    )
+
+
+def _distribution_closure(names: Sequence[str]) -> set[str]:
+    """The distributions `names` need at run time (no extras), by their installed metadata."""
+    seen: set[str] = set()
+    todo = [name.lower() for name in names]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in PROVIDED_BY_LAMBDA:
+            continue
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        for requirement in distribution.requires or []:
+            if "extra ==" in requirement:
+                continue
+            name_match = re.match(r"[A-Za-z0-9._-]+", requirement)
+            if name_match:
+                todo.append(name_match.group(0).lower())
+    return seen
+
+
+def runtime_requirements(path: Path = RUNTIME_REQUIREMENTS) -> list[str]:
+    """Distribution names pinned in requirements/runtime.txt."""
+    names = []
+    for line in path.read_text().splitlines():
+        found = re.match(r"\s*([A-Za-z0-9._-]+)", line.split("#", 1)[0])
+        if found:
+            names.append(found.group(1).lower())
+    return names
+
+
+def dependency_bytes() -> tuple[int, dict[str, int]]:
+    """Installed size of the runtime dependencies (site-packages files, no bytecode caches)."""
+    sizes = {}
+    for name in sorted(_distribution_closure(runtime_requirements())):
+        distribution = metadata.distribution(name)
+        total = 0
+        for file in distribution.files or []:
+            if "__pycache__" in file.parts:
+                continue
+            located = Path(str(distribution.locate_file(file)))
+            if located.is_file():
+                total += located.stat().st_size
+        sizes[name] = total
+    return sum(sizes.values()), sizes
+
+
+def artefacts(env: LocalEnvironment, model_dir: Path) -> tuple[list[Artefact], dict[str, int]]:
+    deps, per_dependency = dependency_bytes()
+    models = sum(f.stat().st_size for f in model_dir.glob("*.onnx"))
+    shared = _tree_bytes(REPO / "layers" / "shared")
+    result = [
+        Artefact(spec.logical_id, _tree_bytes(spec.code_dir), shared, models, deps)
+        for spec in env.template.functions.values()
+    ]
+    return result, per_dependency
+
+
+def _events(env: LocalEnvironment, photo: Path, faces: Sequence[DetectedFace], collection: str) -> dict[str, Any]:
+    """A recorded event per function (events/), pointed at a photo uploaded to the live stack."""
+    bucket = env.resources["UploadBucket"]
+    key = f"bench/cold-start/{photo.name}"
+    env.client("s3").put_object(Bucket=bucket, Key=key, Body=photo.read_bytes())
+
+    detect = json.loads((EVENTS / "detect-s3-upload.json").read_text())
+    detect["Records"] = detect["Records"][:1]
+    notification = json.loads(detect["Records"][0]["body"])
+    notification["Records"][0]["s3"]["bucket"]["name"] = bucket
+    notification["Records"][0]["s3"]["object"]["key"] = key
+    detect["Records"][0]["body"] = json.dumps(notification)
+
+    embed = json.loads((EVENTS / "embed-faces.json").read_text())
+    embed["Records"] = embed["Records"][:1]
+    photo_id = photo_id_for(bucket, key)
+    request = {
+        "photo_id": photo_id,
+        "bucket": bucket,
+        "key": key,
+        "version_id": None,
+        "face_ids": [face_id_for(photo_id, i) for i in range(len(faces))],
+        "faces": [face.to_dict() for face in faces],
+        "enrolment": None,
+    }
+    embed["Records"][0]["body"] = json.dumps(request)
+
+    search = json.loads((EVENTS / "search-faces-by-image.json").read_text())
+    body = json.loads(search["body"])
+    body.update({"CollectionId": collection, "Image": {"S3Object": {"Bucket": bucket, "Name": key}}})
+    search["body"] = json.dumps(body)
+    return {"DetectFunction": detect, "EmbedFunction": embed, "SearchFunction": search}
+
+
+def _function_env(env: LocalEnvironment, logical_id: str, model_dir: Path) -> dict[str, str]:
+    """What the runtime gives a worker: the template's variables, Lambda's own, the endpoint."""
+    spec = env.template.functions[logical_id]
+    own = ("AWS_", "POWERTOOLS_", "LAMBDA_", "_HANDLER")
+    variables = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    variables.update(env.stack.function_environment(spec))
+    variables.update(env.environment())
+    variables.update(
+        {
+            "MODEL_DIR": str(model_dir),
+            "AWS_LAMBDA_FUNCTION_NAME": env.stack.function_name(logical_id),
+            "AWS_SAM_LOCAL": "true",
+            "LAMBDA_TASK_ROOT": str(spec.code_dir),
+            "POWERTOOLS_LOG_LEVEL": "WARNING",  # the probe's stdout carries its result
+        }
+    )
+    return variables
+
+
+def measure_cold_starts(
+    env: LocalEnvironment, model_dir: Path, photo: Path, faces: Sequence[DetectedFace], collection: str, repeat: int = 2
+) -> list[ColdStart]:
+    """Best of `repeat` fresh processes per function (the first may pay for a cold page cache)."""
+    events = _events(env, photo, faces, collection)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="candor-cold-") as scratch:
+        for logical_id, event in events.items():
+            spec = env.template.functions[logical_id]
+            event_file = Path(scratch) / f"{logical_id}.json"
+            event_file.write_text(json.dumps(event))
+            best: ColdStart | None = None
+            for _ in range(repeat):
+                python_path = json.dumps([str(p) for p in spec.python_path])
+                spawned = time.time()
+                completed = subprocess.run(
+                    [sys.executable, str(PROBE), repr(spawned), spec.handler, python_path, str(event_file)],
+                    env=_function_env(env, logical_id, model_dir),
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
+                lines = completed.stdout.strip().splitlines()
+                if completed.returncode != 0 or not lines:
+                    raise RuntimeError(f"{logical_id} cold start failed:\n{completed.stderr[-2000:]}")
+                raw = json.loads(lines[-1])
+                _check_result(logical_id, raw["result"])
+                timing = ColdStart(logical_id, raw["interpreter_s"], raw["init_s"], raw["first_result_s"])
+                if best is None or timing.first_result_s < best.first_result_s:
+                    best = timing
+            assert best is not None
+            results.append(best)
+    return results
+
+
+def _check_result(logical_id: str, result: Any) -> None:
+    """A cold start counts only when the first invocation did its work."""
+    if logical_id == "SearchFunction":
+        if not isinstance(result, dict) or result.get("statusCode") != 200:
+            raise RuntimeError(f"{logical_id}: first invocation answered {str(result)[:300]}")
+    elif isinstance(result, dict) and result.get("batchItemFailures"):
+        raise RuntimeError(f"{logical_id}: first invocation failed its record: {result}")
