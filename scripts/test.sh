@@ -14,6 +14,8 @@ run() {
     "$@" || failed+=("$name")
 }
 
+# SAM CLI's checks first: `sam build` leaves .aws-sam/build, whose sizes tests/test_artifacts.py checks.
+run "sam validate and build" bash scripts/sam-checks.sh
 run pytest .venv/bin/python -m pytest -q "$@"
 run ruff .venv/bin/ruff check .
 run mypy .venv/bin/mypy layers/shared/python/candor infra/candor_local

@@ -84,7 +84,7 @@ def test_functions_have_the_memory_timeout_and_triggers_asked_for(template: Temp
     assert (embed.memory_mb, embed.timeout_s) == (2048, 120)
     assert (search.memory_mb, search.timeout_s) == (2048, 30)
     assert [(s.queue_logical_id, s.batch_size, s.maximum_batching_window_s) for s in detect.sqs_sources] == [
-        ("DetectQueue", 10, 1)
+        ("DetectQueue", 10, 0)
     ]
     assert [(s.queue_logical_id, s.batch_size) for s in embed.sqs_sources] == [("EmbedQueue", 5)]
     assert not search.sqs_sources
@@ -110,15 +110,16 @@ def test_every_function_gets_the_shared_settings(template: Template) -> None:
     )
 
 
-def test_upload_bucket_is_encrypted_private_and_tls_only(template: Template) -> None:
-    bucket = template.resources["UploadBucket"]["Properties"]
+@pytest.mark.parametrize("name", ["UploadBucket", "IndexBucket"])
+def test_every_bucket_is_encrypted_private_and_tls_only(template: Template, name: str) -> None:
+    bucket = template.resources[name]["Properties"]
     rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     assert len(bucket["PublicAccessBlockConfiguration"]) == 4
 
-    (policy,) = _resources(template, "AWS::S3::BucketPolicy").values()
-    assert policy["Properties"]["Bucket"] == {"Ref": "UploadBucket"}
+    policies = _resources(template, "AWS::S3::BucketPolicy").values()
+    (policy,) = [p for p in policies if p["Properties"]["Bucket"] == {"Ref": name}]
     denials = [
         s
         for s in _statements(policy["Properties"]["PolicyDocument"])
@@ -235,12 +236,17 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
     assert grants("EmbedFunction") == {
         "UploadBucket": {"s3:GetObject"},
         "PhotosTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
-        "FacesTable": {"dynamodb:PutItem", "dynamodb:BatchWriteItem"},
+        "FacesTable": {"dynamodb:BatchWriteItem"},
         "CollectionsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # FaceNet from the model bucket (ModelBucket/ModelPrefix*, read-only).
+        "ModelBucket": {"s3:GetObject"},
+        "ModelPrefix": {"s3:GetObject"},
     }
     assert grants("SearchFunction") == {
         "UploadBucket": {"s3:GetObject"},
-        "FacesTable": {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"},
+        "ModelBucket": {"s3:GetObject"},
+        "ModelPrefix": {"s3:GetObject"},
+        "FacesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"},
         "CollectionsTable": {
             "dynamodb:GetItem",
             "dynamodb:PutItem",
@@ -249,6 +255,7 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
             "dynamodb:UpdateItem",
         },
         "UsersTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"},
+        "IndexBucket": {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
     }
 
 
@@ -275,6 +282,7 @@ def test_the_local_runtime_deploys_everything_but_the_functions(template: Templa
         "AWS::SQS::QueuePolicy",
         "AWS::DynamoDB::Table",
         "AWS::CloudWatch::Alarm",
+        "AWS::Logs::LogGroup",
     }
     assert "SearchFunctionUrl" not in template.infrastructure()["Outputs"]
     # Alarms and dashboards that name a function go with the functions.

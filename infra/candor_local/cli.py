@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from botocore.exceptions import EndpointConnectionError
 from tqdm import tqdm
 
 from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
-from candor_local.client import CandorClient, CandorError, StackEndpoints
+from candor_local import api_commands, bench, dlq_commands
+from candor_local.client import CandorClient, CandorError, StackEndpoints, deployed_stack
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 STATE_FILE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "candor" / "up.json"
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--max-matches", type=int, default=5)
     search.add_argument("--json", action="store_true")
     search.set_defaults(run=cmd_search)
+    bench.register(commands)
+    api_commands.register(commands)
+    dlq_commands.register(commands)
     return parser
 
 
@@ -333,7 +337,12 @@ def _save_state(stack: StackEndpoints) -> None:
 
 
 def _connected_stack() -> StackEndpoints:
-    """The stack `candor up` is running (its state file), with CANDOR_API / AWS_ENDPOINT_URL taking precedence."""
+    """A deployed stack named by CANDOR_DEPLOYED_STACK (read from its CloudFormation outputs), else the stack
+    `candor up` is running (its state file); CANDOR_API / AWS_ENDPOINT_URL take precedence."""
+    deployed = os.environ.get("CANDOR_DEPLOYED_STACK")
+    if deployed:
+        stack = deployed_stack(deployed, os.environ.get("AWS_ENDPOINT_URL"))
+        return replace(stack, api_url=os.environ.get("CANDOR_API", stack.api_url))
     if not STATE_FILE.is_file():
         raise FileNotFoundError("no running stack: start one with `candor up` in another terminal")
     state = json.loads(STATE_FILE.read_text())

@@ -38,6 +38,27 @@ class StackEndpoints:
     region: str = "us-east-1"
 
 
+def deployed_stack(stack_name: str, endpoint_url: str | None = None) -> StackEndpoints:
+    """A stack `sam deploy` made, from its CloudFormation outputs (AWS, or the endpoint given)."""
+    session = boto3.session.Session()
+    described = session.client("cloudformation", endpoint_url=endpoint_url).describe_stacks(StackName=stack_name)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Stacks"][0].get("Outputs", [])}
+    missing = {"SearchFunctionUrl", "UploadBucketName", "PhotosTableName"} - outputs.keys()
+    if missing:
+        raise ValueError(f"stack {stack_name} has no output {', '.join(sorted(missing))}: is it Candor's?")
+    return StackEndpoints(
+        endpoint_url=endpoint_url,
+        api_url=outputs["SearchFunctionUrl"],
+        bucket=outputs["UploadBucketName"],
+        photos_table=outputs["PhotosTableName"],
+        region=session.region_name or "us-east-1",
+    )
+
+
+def _sign_as_lambda(request: AWSRequest, **_: Any) -> None:
+    request.context.setdefault("signing", {})["signing_name"] = "lambda"
+
+
 def _is_loopback(url: str | None) -> bool:
     return bool(url) and urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
 
@@ -66,6 +87,8 @@ class CandorClient:
         self.s3 = session.client("s3", endpoint_url=stack.endpoint_url)
         self.photos = session.resource("dynamodb", endpoint_url=stack.endpoint_url).Table(stack.photos_table)
         self.rekognition = session.client("rekognition", endpoint_url=stack.api_url)
+        # An IAM Function URL accepts SigV4 for the service "lambda" only, whatever protocol it speaks.
+        self.rekognition.meta.events.register("before-sign.rekognition", _sign_as_lambda)
 
     def ensure_collection(self, collection_id: str) -> bool:
         """Create the collection unless it exists; True when it was created."""

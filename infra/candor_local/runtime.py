@@ -424,6 +424,11 @@ class LocalEnvironment:
     def log_path(self, logical_id: str) -> Path:
         return self.log_dir / f"{logical_id}.log"
 
+    def worker_pid(self, logical_id: str) -> int | None:
+        """The process id of the function's current instance (None while it is being replaced)."""
+        worker = self._workers[logical_id]
+        return worker.process.pid if worker.process is not None and worker.process.poll() is None else None
+
     def wait_idle(self, timeout: float = 60.0, settle_s: float = 1.0) -> None:
         """Return once every queue a function consumes has been empty, nothing in flight or delayed, for
         `settle_s` without a break; raise TimeoutError otherwise."""

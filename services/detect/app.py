@@ -12,19 +12,28 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from candor.adapters.aws import DynamoCollectionRepository, DynamoPhotoRepository, S3ImageStore, SqsPublisher
+from candor.adapters.aws import (
+    DynamoCollectionRepository,
+    DynamoPhotoRepository,
+    S3ImageStore,
+    SqsPublisher,
+    model_source,
+)
 from candor.errors import MalformedEventError
 from candor.faces import PhotoStatus
+from candor.model_files import model_dir_with
 from candor.pipeline import detect_photo
 from candor.s3_events import photo_refs_from_notification
-from candor.settings import Settings
-from candor.vision import load_models
+from candor.settings import DETECTOR_FILE, Settings
+from candor.vision import load_detector
 
 settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
-detector, _ = load_models(settings.model_dir)
+detector = load_detector(
+    model_dir_with([DETECTOR_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix))
+)
 images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 collections = DynamoCollectionRepository(settings.collections_table)
@@ -32,6 +41,19 @@ embed_queue = SqsPublisher(settings.embed_queue_url)
 
 
 def record_handler(record: SQSRecord) -> None:
+    try:
+        _handle(record)
+    except Exception:
+        # The error a dead letter died of: SQS cannot attach it to the message, so it is logged against the
+        # message id, which the dead-letter queue keeps (`candor dlq explain` finds it there).
+        logger.exception(
+            "record failed; SQS will deliver it again, or dead-letter it after maxReceiveCount",
+            extra={"message_id": record.message_id, "receive_count": record.attributes.approximate_receive_count},
+        )
+        raise
+
+
+def _handle(record: SQSRecord) -> None:
     try:
         refs = photo_refs_from_notification(record.body)
     except MalformedEventError as error:

@@ -17,17 +17,22 @@ from candor.adapters.aws import (
     DynamoFaceRepository,
     DynamoPhotoRepository,
     S3ImageStore,
+    model_source,
 )
 from candor.faces import PhotoStatus
+from candor.model_files import model_dir_with
 from candor.pipeline import embed_photo
-from candor.settings import Settings
-from candor.vision import load_models
+from candor.settings import EMBEDDER_FILE, Settings
+from candor.vision import load_embedder
 
 settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
-_, embedder = load_models(settings.model_dir)
+# FaceNet is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
+embedder = load_embedder(
+    model_dir_with([EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix))
+)
 images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 faces = DynamoFaceRepository(settings.faces_table)
@@ -35,6 +40,19 @@ collections = DynamoCollectionRepository(settings.collections_table)
 
 
 def record_handler(record: SQSRecord) -> None:
+    try:
+        _handle(record)
+    except Exception:
+        # The error a dead letter died of: SQS cannot attach it to the message, so it is logged against the
+        # message id, which the dead-letter queue keeps (`candor dlq explain` finds it there).
+        logger.exception(
+            "record failed; SQS will deliver it again, or dead-letter it after maxReceiveCount",
+            extra={"message_id": record.message_id, "receive_count": record.attributes.approximate_receive_count},
+        )
+        raise
+
+
+def _handle(record: SQSRecord) -> None:
     request = record.json_body
     logger.set_correlation_id(request.get("photo_id"))
     started = time.perf_counter()

@@ -40,6 +40,22 @@ class ResourceAlreadyExistsError(CandorError):
     code = "ResourceAlreadyExists"
 
 
+class InvalidS3ObjectError(CandorError):
+    """The S3 object named as an image does not exist or cannot be read."""
+
+    code = "InvalidS3Object"
+
+
+class ConflictError(CandorError):
+    """The request clashes with what exists (a user id that is taken)."""
+
+    code = "Conflict"
+
+
+class InvalidPaginationTokenError(CandorError):
+    code = "InvalidPaginationToken"
+
+
 class NoFaceError(CandorError):
     code = "NoFaceDetected"
 

@@ -113,6 +113,8 @@ class PhotoRecord:
     source_etag: str | None = None
     source_modified: str | None = None
     embedder_version: str | None = None
+    # True when the photo held more than MAX_FACES faces: only the MAX_FACES largest were recorded.
+    faces_truncated: bool = False
 
 
 @dataclass

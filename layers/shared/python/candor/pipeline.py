@@ -57,7 +57,10 @@ def detect_photo(
         photo.enrolment = enrolment_for(ref.key, stored.metadata)
         _require_collection(collections, photo.enrolment)
         image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
-        found = detector.detect(image.pixels, max_faces=MAX_FACES, min_confidence=min_confidence)
+        # One more than the limit tells a photo at the limit from one with faces left out.
+        found = detector.detect(image.pixels, max_faces=MAX_FACES + 1, min_confidence=min_confidence)
+        photo.faces_truncated = len(found) > MAX_FACES
+        found = found[:MAX_FACES]
         if photo.enrolment and not found:
             raise NoFaceError("no face found in an enrolment photo")
     except CandorError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -106,6 +107,18 @@ class UserRepository(Protocol):
 
     def list_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[User]:
         """Up to `limit` users in user_id order, starting after the user id `after`."""
+        ...
+
+
+class IndexSnapshotStore(Protocol):
+    """Where a collection's persisted vector index is kept between cold starts (S3 on AWS)."""
+
+    def fetch(self, collection_id: str, directory: Path) -> bool:
+        """Writes the latest snapshot's files into `directory`; False when the collection has none."""
+        ...
+
+    def publish(self, collection_id: str, directory: Path) -> None:
+        """Stores the index persisted in `directory` as the collection's latest snapshot."""
         ...
 
 

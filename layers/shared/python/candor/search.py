@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from candor.enrolment import validate_collection_id
 from candor.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
 from candor.faces import DetectedFace, FaceRecord, Match
 from candor.images import DecodedImage, decode_image
-from candor.index import ExactVectorIndex
+from candor.index import VectorIndex
+from candor.index_sync import IndexSync
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
 from candor.settings import MAX_FACES, MAX_REQUEST_IMAGE_BYTES
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
@@ -33,20 +32,22 @@ class ImageSearchResult:
 @dataclass
 class _LoadedIndex:
     index_version: str
-    index: ExactVectorIndex
+    index: VectorIndex
     faces: dict[str, FaceRecord]
 
 
 class CollectionIndexes:
-    """Warm indexes, one per collection, reloaded only when the collection says its faces changed."""
+    """Warm indexes, one per collection, brought up to date only when the collection says its faces changed
+    (from its snapshot on a cold start, then by the difference with the table: candor/index_sync.py)."""
 
-    def __init__(self, faces: FaceRepository, collections: CollectionRepository) -> None:
+    def __init__(self, faces: FaceRepository, collections: CollectionRepository, sync: IndexSync | None = None) -> None:
         self._faces = faces
         self._collections = collections
         self._loaded: dict[str, _LoadedIndex] = {}
         self._lock = threading.Lock()
+        self._sync = sync or IndexSync()  # without a snapshot store: built from the table on a cold start
 
-    def get(self, collection_id: str) -> tuple[Collection, ExactVectorIndex, dict[str, FaceRecord]]:
+    def get(self, collection_id: str) -> tuple[Collection, VectorIndex, dict[str, FaceRecord]]:
         collection = self._collections.get(validate_collection_id(collection_id))
         if collection is None:
             raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
@@ -59,9 +60,9 @@ class CollectionIndexes:
 
     def _load(self, collection: Collection) -> _LoadedIndex:
         records = {face.face_id: face for face in self._faces.list_collection(collection.collection_id)}
-        index = ExactVectorIndex()
-        if records:
-            index.add(list(records), np.stack([face.embedding for face in records.values()]))
+        previous = self._loaded.get(collection.collection_id)
+        # The warm index is updated in place, never rebuilt: only the faces that changed are added or removed.
+        index = self._sync.load(collection.collection_id, records, previous.index if previous else None, self._lock)
         return _LoadedIndex(collection.index_version, index, records)
 
 

@@ -40,6 +40,23 @@ EMBED_BATCH_SIZE = 16
 ENROLL_PREFIX = "enroll/"
 DEFAULT_FACE_MATCH_THRESHOLD = 80.0
 
+# Search index (candor/index.py; measured in docs/benchmarks.md, "Search index"). Below HNSW_MIN_FACES a
+# collection is searched by exact brute force (about a millisecond at 20k faces); above it an int8 HNSW graph
+# proposes HNSW_RESCORE_CANDIDATES candidates per query and the float32 vectors rescore them.
+HNSW_MIN_FACES = 20_000
+HNSW_CONNECTIVITY = 16
+HNSW_EXPANSION_ADD = 128
+HNSW_EXPANSION_SEARCH = 256
+HNSW_RESCORE_CANDIDATES = 64
+# Faces per shard: a collection past it is split and searched shard by shard in parallel. 1M faces is about
+# 0.9 GB resident (the int8 vectors and the graph), which fits one search function.
+INDEX_SHARD_SIZE = 1_000_000
+# The search function publishes a collection's index to the index bucket once it holds SNAPSHOT_MIN_FACES
+# faces (below that, building it from the table takes well under a second) and SNAPSHOT_MIN_CHANGES faces
+# were added or removed since the snapshot it loaded.
+SNAPSHOT_MIN_FACES = HNSW_MIN_FACES
+SNAPSHOT_MIN_CHANGES = 1_000
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -47,10 +64,16 @@ class Settings:
     photos_table: str
     faces_table: str
     collections_table: str
+    users_table: str
     embed_queue_url: str
     upload_bucket: str
+    index_bucket: str
+    index_shard_size: int
     min_detection_confidence: float
     face_match_threshold: float
+    # Where models too large for the model layer come from on AWS (candor/model_files.py); empty locally.
+    model_bucket: str = ""
+    model_prefix: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,12 +83,17 @@ class Settings:
             photos_table=env.get("PHOTOS_TABLE", ""),
             faces_table=env.get("FACES_TABLE", ""),
             collections_table=env.get("COLLECTIONS_TABLE", ""),
+            users_table=env.get("USERS_TABLE", ""),
             embed_queue_url=env.get("EMBED_QUEUE_URL", ""),
             upload_bucket=env.get("UPLOAD_BUCKET", ""),
+            index_bucket=env.get("INDEX_BUCKET", ""),
+            index_shard_size=int(env.get("INDEX_SHARD_SIZE", str(INDEX_SHARD_SIZE))),
             min_detection_confidence=float(
                 env.get("MIN_DETECTION_CONFIDENCE", str(MIN_DETECTION_CONFIDENCE))
             ),
             face_match_threshold=float(env.get("FACE_MATCH_THRESHOLD", str(DEFAULT_FACE_MATCH_THRESHOLD))),
+            model_bucket=env.get("MODEL_BUCKET", ""),
+            model_prefix=env.get("MODEL_PREFIX", ""),
         )
 
 

@@ -6,11 +6,14 @@ Every client honours AWS_ENDPOINT_URL, so the same code talks to AWS, LocalStack
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from candor.adapters.records import (
@@ -30,10 +33,24 @@ from candor.ports import Collection, Page, StoredImage, User
 
 BY_COLLECTION_INDEX = "ByCollection"
 
+# Throttling, 5xx and connection errors are retried here, with exponential backoff and jitter, before a
+# record fails and SQS redelivers it: a blip costs a second, not a receive towards the dead-letter queue.
+# "standard" (not "adaptive"): adaptive's client-side rate limiter would throttle a whole batch after one
+# throttled call, and SQS's own redelivery already backs off a sustained outage.
+RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+
+
+def _client(service_name: str) -> Any:
+    return boto3.client(service_name, config=RETRY_CONFIG)  # type: ignore[call-overload]
+
+
+def _resource(service_name: str) -> Any:
+    return boto3.resource(service_name, config=RETRY_CONFIG)  # type: ignore[call-overload]
+
 
 class S3ImageStore:
     def __init__(self, client: Any | None = None) -> None:
-        self._s3 = client or boto3.client("s3")
+        self._s3 = client or _client("s3")
 
     def get(self, bucket: str, key: str, version_id: str | None = None, max_bytes: int | None = None) -> StoredImage:
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -67,7 +84,7 @@ class S3ImageStore:
 
 class DynamoPhotoRepository:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
-        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
 
     def save(self, photo: PhotoRecord) -> None:
         self._table.put_item(Item=to_item(photo_to_dict(photo)))
@@ -79,7 +96,7 @@ class DynamoPhotoRepository:
 
 class DynamoFaceRepository:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
-        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
 
     def save_all(self, faces: Sequence[FaceRecord]) -> None:
         # Face ids are stable, so a retried batch overwrites the same items instead of adding copies.
@@ -140,7 +157,7 @@ class DynamoFaceRepository:
 
 class DynamoCollectionRepository:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
-        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
 
     def get(self, collection_id: str) -> Collection | None:
         item = self._table.get_item(Key={"collection_id": collection_id}, ConsistentRead=True).get("Item")
@@ -183,7 +200,7 @@ class DynamoUserRepository:
     """Users in their own table, keyed by collection then user id: a collection's users are one Query."""
 
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
-        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
 
     def get(self, collection_id: str, user_id: str) -> User | None:
         key = {"collection_id": collection_id, "user_id": user_id}
@@ -232,10 +249,83 @@ def _page(items: list[Any], limit: int, key_of: Any) -> Page[Any]:
     return Page(items, None)
 
 
+class S3IndexSnapshotStore:
+    """Snapshots of a collection's vector index: the files under snapshots/<collection>/<snapshot>/, and
+    latest/<collection>.json naming the current one. The manifest is written last, so a reader sees either
+    the old snapshot or the whole new one; the previous snapshot is kept for readers still fetching it."""
+
+    def __init__(self, bucket: str, client: Any | None = None) -> None:
+        self._s3 = client or _client("s3")
+        self._bucket = bucket
+
+    def fetch(self, collection_id: str, directory: Path) -> bool:
+        manifest = self._manifest(collection_id)
+        if manifest is None:
+            return False
+        prefix = f"snapshots/{collection_id}/{manifest['snapshot_id']}/"
+        for name in manifest["files"]:
+            target = Path(directory) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._s3.download_file(self._bucket, prefix + name, str(target))
+        return True
+
+    def publish(self, collection_id: str, directory: Path) -> None:
+        directory = Path(directory)
+        snapshot_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        prefix = f"snapshots/{collection_id}/{snapshot_id}/"
+        files = sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file())
+        for name in files:
+            self._s3.upload_file(str(directory / name), self._bucket, prefix + name)  # multipart when large
+        previous = self._manifest(collection_id)
+        body = json.dumps({"snapshot_id": snapshot_id, "files": files})
+        self._s3.put_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json", Body=body.encode())
+        keep = {snapshot_id, previous["snapshot_id"] if previous else ""}
+        self._delete_snapshots(collection_id, keep)
+
+    def _manifest(self, collection_id: str) -> dict[str, Any] | None:
+        try:
+            response = self._s3.get_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        manifest: dict[str, Any] = json.loads(response["Body"].read())
+        return manifest
+
+    def _delete_snapshots(self, collection_id: str, keep: set[str]) -> None:
+        prefix = f"snapshots/{collection_id}/"
+        stale = [
+            {"Key": item["Key"]}
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+            if item["Key"][len(prefix) :].split("/", 1)[0] not in keep
+        ]
+        for start in range(0, len(stale), 1000):
+            self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": stale[start : start + 1000]})
+
+
 class SqsPublisher:
     def __init__(self, queue_url: str, client: Any | None = None) -> None:
-        self._sqs = client or boto3.client("sqs")
+        self._sqs = client or _client("sqs")
         self._queue_url = queue_url
 
     def publish(self, body: dict[str, Any]) -> None:
         self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
+
+
+class S3ModelSource:
+    """Model files in the model bucket (template parameter ModelBucket), under a prefix."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any | None = None) -> None:
+        self._s3 = client or _client("s3")
+        self._bucket = bucket
+        self._prefix = prefix
+
+    def fetch(self, name: str, destination: Path) -> None:
+        # download_file splits a large object into parallel ranged GETs.
+        self._s3.download_file(self._bucket, f"{self._prefix}{name}", str(destination))
+
+
+def model_source(bucket: str, prefix: str) -> S3ModelSource | None:
+    """The model bucket when one is configured (on AWS); None locally, where MODEL_DIR has every file."""
+    return S3ModelSource(bucket, prefix) if bucket else None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from candor.errors import ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
+from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
-from candor.ports import Collection, StoredImage
+from candor.ports import Collection, Page, StoredImage, User
 
 
 class MemoryImageStore:
@@ -48,6 +50,19 @@ class MemoryFaceRepository:
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]:
         return [face for face in self.faces.values() if face.collection_id == collection_id]
 
+    def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
+        faces = sorted(self.list_collection(collection_id), key=lambda face: face.face_id)
+        return _page([face for face in faces if after is None or face.face_id > after], limit, lambda f: f.face_id)
+
+    def delete_all(self, face_ids: Sequence[str]) -> None:
+        for face_id in face_ids:
+            self.faces.pop(face_id, None)
+
+    def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
+        for face_id in face_ids:
+            if face_id in self.faces:
+                self.faces[face_id] = replace(self.faces[face_id], user_id=user_id)
+
 
 class MemoryCollectionRepository:
     def __init__(self) -> None:
@@ -70,6 +85,52 @@ class MemoryCollectionRepository:
     def mark_changed(self, collection_id: str) -> None:
         if collection_id in self.collections:
             self.collections[collection_id].index_version = uuid.uuid4().hex
+
+
+class MemoryUserRepository:
+    def __init__(self) -> None:
+        self.users: dict[tuple[str, str], User] = {}
+
+    def get(self, collection_id: str, user_id: str) -> User | None:
+        return self.users.get((collection_id, user_id))
+
+    def create(self, user: User) -> None:
+        if (user.collection_id, user.user_id) in self.users:
+            raise ConflictError(f"user {user.user_id!r} already exists in {user.collection_id!r}")
+        self.users[(user.collection_id, user.user_id)] = user
+
+    def delete(self, collection_id: str, user_id: str) -> None:
+        self.users.pop((collection_id, user_id), None)
+
+    def list_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[User]:
+        users = sorted((u for (c, _), u in self.users.items() if c == collection_id), key=lambda u: u.user_id)
+        return _page([u for u in users if after is None or u.user_id > after], limit, lambda u: u.user_id)
+
+
+def _page(items: list[Any], limit: int, key_of: Any) -> Page[Any]:
+    if len(items) > limit:
+        return Page(items[:limit], key_of(items[limit - 1]) if limit else None)
+    return Page(items, None)
+
+
+class MemoryIndexSnapshotStore:
+    def __init__(self) -> None:
+        self.snapshots: dict[str, dict[str, bytes]] = {}
+
+    def fetch(self, collection_id: str, directory: Path) -> bool:
+        files = self.snapshots.get(collection_id)
+        if files is None:
+            return False
+        for name, data in files.items():
+            (Path(directory) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(directory) / name).write_bytes(data)
+        return True
+
+    def publish(self, collection_id: str, directory: Path) -> None:
+        directory = Path(directory)
+        self.snapshots[collection_id] = {
+            path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*") if path.is_file()
+        }
 
 
 class MemoryPublisher:

@@ -54,6 +54,7 @@ def photo_to_dict(photo: PhotoRecord) -> dict[str, Any]:
         "source_etag": photo.source_etag,
         "source_modified": photo.source_modified,
         "embedder_version": photo.embedder_version,
+        "faces_truncated": photo.faces_truncated,
     }
 
 
@@ -81,6 +82,7 @@ def photo_from_dict(data: dict[str, Any]) -> PhotoRecord:
         source_etag=data.get("source_etag"),
         source_modified=data.get("source_modified"),
         embedder_version=data.get("embedder_version"),
+        faces_truncated=bool(data.get("faces_truncated", False)),
     )
 
 

@@ -12,7 +12,7 @@ from candor.vision.align import (
 )
 from candor.vision.detector import FaceDetector
 from candor.vision.embedder import FaceEmbedder, prewhiten
-from candor.vision.models import ModelNotFoundError, load_models
+from candor.vision.models import ModelNotFoundError, load_detector, load_embedder, load_models
 
 __all__ = [
     "DEFAULT_ALIGNMENT",
@@ -26,6 +26,8 @@ __all__ = [
     "StretchedBoxCrop",
     "align_face",
     "align_faces",
+    "load_detector",
+    "load_embedder",
     "load_models",
     "prewhiten",
 ]

@@ -20,6 +20,10 @@ def create_session(model_path: Path, intra_op_threads: int = 0) -> ort.Inference
     # Both models are a single chain of operators: parallel branches would only add scheduling cost.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle pool threads sleep instead of spinning: with the detect and embed workers on the same cores (the
+    # local runtime), or a fraction of a vCPU (Lambda under 1769 MB), spinning threads steal the cores the
+    # working ones need; measured 2-3x slower per photo under load (docs/benchmarks.md, pipeline efficiency).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

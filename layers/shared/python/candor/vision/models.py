@@ -1,4 +1,4 @@
-"""Load the two models once per process (a Lambda container keeps them between invocations)."""
+"""Load the models once per process (a Lambda container keeps them between invocations)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,22 @@ class ModelNotFoundError(FileNotFoundError):
     """A model file is not where the settings say: the machine has not been set up."""
 
 
+def _require(model_dir: Path, *names: str) -> list[Path]:
+    """The files `names` in `model_dir`, refusing with the setup command if any is missing."""
+    paths = [model_dir / name for name in names]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        listed = ", ".join(str(path) for path in missing)
+        raise ModelNotFoundError(
+            f"Model file not found: {listed}. Run `bash scripts/setup.sh` to fetch and check the models, "
+            "or set MODEL_DIR to the folder that holds them (on AWS: MODEL_BUCKET, see README 'Deploy to AWS')."
+        )
+    return paths
+
+
 def model_paths(model_dir: Path) -> tuple[Path, Path]:
     """(detector, embedder) files in `model_dir`, refusing with the setup command if either is missing."""
-    detector = model_dir / settings.DETECTOR_FILE
-    embedder = model_dir / settings.EMBEDDER_FILE
-    missing = [path for path in (detector, embedder) if not path.is_file()]
-    if missing:
-        names = ", ".join(str(path) for path in missing)
-        raise ModelNotFoundError(
-            f"Model file not found: {names}. Run `bash scripts/setup.sh` to fetch and check the models, "
-            "or set MODEL_DIR to the folder that holds them."
-        )
+    detector, embedder = _require(model_dir, settings.DETECTOR_FILE, settings.EMBEDDER_FILE)
     return detector, embedder
 
 
@@ -33,7 +38,29 @@ def load_models(model_dir: Path | str, intra_op_threads: int = 0) -> tuple[FaceD
     return _load_models(Path(model_dir).expanduser().resolve(), intra_op_threads)
 
 
+def load_detector(model_dir: Path | str, intra_op_threads: int = 0) -> FaceDetector:
+    """The detector alone (DetectFunction never pays for FaceNet's 94 MB)."""
+    return _load_detector(Path(model_dir).expanduser().resolve(), intra_op_threads)
+
+
+def load_embedder(model_dir: Path | str, intra_op_threads: int = 0) -> FaceEmbedder:
+    """The embedder alone."""
+    return _load_embedder(Path(model_dir).expanduser().resolve(), intra_op_threads)
+
+
 @lru_cache(maxsize=4)
 def _load_models(model_dir: Path, intra_op_threads: int) -> tuple[FaceDetector, FaceEmbedder]:
-    detector_path, embedder_path = model_paths(model_dir)
-    return FaceDetector(detector_path, intra_op_threads), FaceEmbedder(embedder_path, intra_op_threads)
+    model_paths(model_dir)  # both missing files named in one error
+    return _load_detector(model_dir, intra_op_threads), _load_embedder(model_dir, intra_op_threads)
+
+
+@lru_cache(maxsize=4)
+def _load_detector(model_dir: Path, intra_op_threads: int) -> FaceDetector:
+    (path,) = _require(model_dir, settings.DETECTOR_FILE)
+    return FaceDetector(path, intra_op_threads)
+
+
+@lru_cache(maxsize=4)
+def _load_embedder(model_dir: Path, intra_op_threads: int) -> FaceEmbedder:
+    (path,) = _require(model_dir, settings.EMBEDDER_FILE)
+    return FaceEmbedder(path, intra_op_threads)

@@ -1,0 +1,292 @@
+"""The vector index: what a search returns, after adds, removes, a reload from a snapshot, and sharding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from candor.adapters.aws import S3IndexSnapshotStore
+from candor.adapters.memory import MemoryCollectionRepository, MemoryFaceRepository, MemoryIndexSnapshotStore
+from candor.faces import BoundingBox, FaceRecord
+from candor.index import (
+    ExactVectorIndex,
+    HnswVectorIndex,
+    Neighbour,
+    ShardedVectorIndex,
+    VectorIndex,
+    load_index,
+)
+from candor.index_sync import IndexSync
+from candor.ports import Collection
+from candor.search import CollectionIndexes
+
+DIMENSION = 512
+
+ENGINES: dict[str, Callable[[], VectorIndex]] = {
+    "exact": ExactVectorIndex,
+    "hnsw-small": HnswVectorIndex,  # below its graph size: exact brute force
+    "hnsw-graph": lambda: HnswVectorIndex(min_graph_faces=0),
+    "sharded": lambda: ShardedVectorIndex(7, lambda: HnswVectorIndex(min_graph_faces=0)),
+}
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def people(count: int, photos: int, seed: int = 1) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """`photos` photos each of `count` people (ids person-photo) and one new photo of each person."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((count, DIMENSION)))
+    noise = 0.6 / np.sqrt(DIMENSION)
+    vectors = unit(np.repeat(centres, photos, axis=0) + noise * rng.standard_normal((count * photos, DIMENSION)))
+    ids = [f"p{person:03d}-{photo}" for person in range(count) for photo in range(photos)]
+    return ids, vectors, unit(centres + noise * rng.standard_normal((count, DIMENSION)))
+
+
+def ids_of(neighbours: list[Neighbour]) -> list[str]:
+    return [n.face_id for n in neighbours]
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def new_index(request: pytest.FixtureRequest) -> Callable[[], VectorIndex]:
+    return ENGINES[request.param]
+
+
+def test_search_returns_the_persons_photos_nearest_first_with_exact_cosines(new_index: Callable[[], VectorIndex]):
+    ids, vectors, probes = people(30, 4)
+    index = new_index()
+    index.add(ids, vectors)
+    [hits] = index.search(probes[5], k=4, min_cosine=-1.0)
+    assert sorted(ids_of(hits)) == [f"p005-{photo}" for photo in range(4)]
+    cosines = [hit.cosine for hit in hits]
+    assert cosines == sorted(cosines, reverse=True)
+    expected = {face_id: float(vectors[ids.index(face_id)] @ probes[5]) for face_id in ids_of(hits)}
+    assert all(hit.cosine == pytest.approx(expected[hit.face_id], abs=1e-6) for hit in hits)
+    assert len(index) == 120
+
+
+def test_no_neighbour_below_the_threshold_and_at_most_k(new_index: Callable[[], VectorIndex]):
+    ids, vectors, probes = people(30, 4)
+    index = new_index()
+    index.add(ids, vectors)
+    answers = index.search(probes, k=3, min_cosine=0.5)
+    assert len(answers) == 30
+    for person, hits in enumerate(answers):
+        assert len(hits) == 3
+        assert all(hit.cosine >= 0.5 and hit.face_id.startswith(f"p{person:03d}-") for hit in hits)
+    # A stranger matches nobody above the threshold, though every face is some distance away.
+    stranger = unit(np.random.default_rng(9).standard_normal(DIMENSION))
+    assert index.search(stranger, k=5, min_cosine=0.5) == [[]]
+    assert len(index.search(stranger, k=5, min_cosine=-1.0)[0]) == 5
+
+
+def test_removed_faces_are_never_returned_and_a_re_added_face_has_its_new_vector(
+    new_index: Callable[[], VectorIndex],
+):
+    ids, vectors, probes = people(20, 3)
+    index = new_index()
+    index.add(ids, vectors)
+    index.remove(["p004-0", "p004-1", "unknown"])
+    assert ids_of(index.search(probes[4], k=3, min_cosine=0.3)[0]) == ["p004-2"]
+    assert "p004-0" not in index and len(index) == 58
+    # The same face id added again (a re-upload) replaces its vector instead of adding a copy.
+    index.add(["p004-2"], probes[7][None, :])
+    assert index.search(probes[4], k=3, min_cosine=0.3) == [[]]
+    [hits] = index.search(probes[7], k=1, min_cosine=0.3)
+    assert hits == [Neighbour("p004-2", pytest.approx(1.0, abs=1e-6))]  # type: ignore[arg-type]
+    assert len(index) == 58
+
+
+def test_empty_index_and_k_zero_answer_nothing(new_index: Callable[[], VectorIndex]):
+    index = new_index()
+    probe = unit(np.ones(DIMENSION))
+    assert index.search(probe, k=5, min_cosine=-1.0) == [[]]
+    index.add(["a"], probe[None, :])
+    assert index.search(np.stack([probe, probe]), k=0, min_cosine=-1.0) == [[], []]
+    with pytest.raises(ValueError):
+        index.add(["a", "b"], probe[None, :])
+
+
+def test_persist_and_load_answer_the_same_and_keep_taking_changes(new_index: Callable[[], VectorIndex], tmp_path: Path):
+    ids, vectors, probes = people(25, 4)
+    index = new_index()
+    index.add(ids, vectors)
+    index.remove(["p003-1"])
+    before = index.search(probes, k=5, min_cosine=0.2)
+    index.persist(tmp_path / "snapshot")
+    loaded = load_index(tmp_path / "snapshot")
+    assert type(loaded) is type(index)
+    assert loaded.search(probes, k=5, min_cosine=0.2) == before
+    assert "p003-1" not in loaded and len(loaded) == 99
+    # A loaded index (its vectors memory-mapped) still takes adds and removes, and persists again.
+    loaded.add(["fresh"], probes[3][None, :])
+    loaded.remove(["p003-0"])
+    assert ids_of(loaded.search(probes[3], k=2, min_cosine=0.2)[0])[0] == "fresh"
+    loaded.persist(tmp_path / "again")
+    again = load_index(tmp_path / "again")
+    assert again.search(probes, k=5, min_cosine=0.2) == loaded.search(probes, k=5, min_cosine=0.2)
+    assert "p003-0" not in ids_of(again.search(probes[3], k=5, min_cosine=-1.0)[0])
+
+
+@pytest.mark.parametrize("shard_size", [3, 64, 1000])
+def test_sharded_search_is_identical_to_one_index(shard_size: int):
+    ids, vectors, probes = people(40, 5, seed=3)
+    rng = np.random.default_rng(4)
+    strangers = unit(rng.standard_normal((10, DIMENSION)))
+    queries = np.concatenate([probes, strangers])
+    one = ExactVectorIndex()
+    sharded = ShardedVectorIndex(shard_size, ExactVectorIndex)
+    for index in (one, sharded):
+        index.add(ids, vectors)
+        index.remove(ids[::7])
+    assert len(sharded.shards) == -(-200 // shard_size)
+    for k, min_cosine in [(1, -1.0), (10, -1.0), (10, 0.4), (300, -1.0)]:
+        assert sharded.search(queries, k, min_cosine) == one.search(queries, k, min_cosine)
+
+
+def test_a_collection_past_the_shard_size_is_split_and_searched_as_one(tmp_path: Path):
+    ids, vectors, probes = people(60, 5, seed=5)
+    exact = ExactVectorIndex()
+    exact.add(ids, vectors)
+    sharded = ShardedVectorIndex(100, HnswVectorIndex)
+    sharded.add(ids[:150], vectors[:150])
+    sharded.add(ids[150:], vectors[150:])
+    assert [len(shard) for shard in sharded.shards] == [100, 100, 100]
+    assert sharded.search(probes, 5, 0.3) == exact.search(probes, 5, 0.3)
+    sharded.persist(tmp_path / "sharded")
+    reloaded = load_index(tmp_path / "sharded")
+    assert isinstance(reloaded, ShardedVectorIndex) and len(reloaded.shards) == 3
+    assert reloaded.search(probes, 5, 0.3) == exact.search(probes, 5, 0.3)
+
+
+# --- the collection's warm index, its snapshot and the faces table --------------------------------------
+
+
+def face(face_id: str, vector: np.ndarray, collection_id: str = "staff") -> FaceRecord:
+    return FaceRecord(
+        face_id=face_id,
+        photo_id=f"photo-{face_id}",
+        bounding_box=BoundingBox(0.1, 0.1, 0.5, 0.5),
+        confidence=0.99,
+        embedding=vector,
+        model_version="test",
+        collection_id=collection_id,
+        external_image_id=face_id.split("-")[0],
+    )
+
+
+class Stack:
+    """The tables and the index bucket, with a search function that can be restarted."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.faces = MemoryFaceRepository()
+        self.collections = MemoryCollectionRepository()
+        self.snapshots = MemoryIndexSnapshotStore()
+        self.collections.create(Collection("staff", "2026-01-01T00:00:00Z", "test"))
+        self._tmp = tmp_path
+        self._starts = 0
+        self.indexes = self.start()
+
+    def start(self) -> CollectionIndexes:
+        """A cold search function: nothing warm, only the tables and the bucket."""
+        self._starts += 1
+        sync = IndexSync(
+            self.snapshots,
+            shard_size=64,
+            work_dir=self._tmp / f"start-{self._starts}",
+            snapshot_min_faces=0,
+            snapshot_min_changes=1,
+            background=False,
+        )
+        return CollectionIndexes(self.faces, self.collections, sync)
+
+    def enrol(self, records: list[FaceRecord]) -> None:
+        self.faces.save_all(records)
+        self.collections.mark_changed("staff")
+
+    def delete(self, face_ids: list[str]) -> None:
+        self.faces.delete_all(face_ids)
+        self.collections.mark_changed("staff")
+
+    def who(self, probe: np.ndarray, indexes: CollectionIndexes | None = None) -> list[str]:
+        _, index, records = (indexes or self.indexes).get("staff")
+        return [records[hit.face_id].external_image_id or "" for hit in index.search(probe, 3, 0.4)[0]]
+
+
+def test_a_fresh_face_is_found_and_a_deleted_one_never_again_even_after_a_restart(tmp_path: Path):
+    ids, vectors, probes = people(50, 3, seed=6)
+    stack = Stack(tmp_path)
+    stack.enrol([face(face_id, vector) for face_id, vector in zip(ids[:120], vectors[:120], strict=True)])
+    assert stack.who(probes[10]) == ["p010"] * 3
+    assert stack.snapshots.snapshots["staff"], "the index was published to the bucket"
+
+    # Fresh faces: searchable on the next search, by the warm function, without a rebuild.
+    warm_index = stack.indexes.get("staff")[1]
+    stack.enrol([face(face_id, vector) for face_id, vector in zip(ids[120:], vectors[120:], strict=True)])
+    assert stack.who(probes[45]) == ["p045"] * 3
+    assert stack.indexes.get("staff")[1] is warm_index
+
+    # Deleted faces: gone from the next search.
+    stack.delete(["p010-0", "p010-1", "p045-2"])
+    assert stack.who(probes[10]) == ["p010"]
+    assert stack.who(probes[45]) == ["p045"] * 2
+
+    # A restart loads the bucket's snapshot, then applies what the table says changed since.
+    published = dict(stack.snapshots.snapshots["staff"])
+    stack.delete(["p010-2"])
+    stack.enrol([face("p010-new", probes[10])])
+    stack.snapshots.snapshots["staff"] = published  # the snapshot predates that delete and that enrolment
+    restarted = stack.start()
+    assert stack.who(probes[10], restarted) == ["p010"]
+    _, index, _ = restarted.get("staff")
+    assert "p010-2" not in index and "p010-new" in index and len(index) == 147
+
+
+def test_a_stale_snapshot_of_a_collection_emptied_meanwhile_finds_nobody(tmp_path: Path):
+    ids, vectors, probes = people(10, 3, seed=8)
+    stack = Stack(tmp_path)
+    stack.enrol([face(face_id, vector) for face_id, vector in zip(ids, vectors, strict=True)])
+    assert stack.who(probes[2]) == ["p002"] * 3
+    stack.delete(list(ids))
+    assert stack.who(probes[2], stack.start()) == []
+
+
+def test_a_broken_snapshot_costs_a_rebuild_never_a_wrong_answer(tmp_path: Path):
+    ids, vectors, probes = people(10, 3, seed=8)
+    stack = Stack(tmp_path)
+    stack.enrol([face(face_id, vector) for face_id, vector in zip(ids, vectors, strict=True)])
+    stack.who(probes[0])
+    files = stack.snapshots.snapshots["staff"]
+    for name in files:
+        files[name] = b"not an index"
+    assert stack.who(probes[4], stack.start()) == ["p004"] * 3
+
+
+def test_snapshots_in_s3_round_trip_and_only_the_last_two_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="index")
+        store = S3IndexSnapshotStore("index", s3)
+        assert not store.fetch("staff", tmp_path / "none")
+        ids, vectors, probes = people(20, 3)
+        index = ShardedVectorIndex(25, HnswVectorIndex)
+        for round_ in range(3):
+            index.add([f"{face_id}-{round_}" for face_id in ids], vectors)
+            index.persist(tmp_path / f"persisted-{round_}")
+            store.publish("staff", tmp_path / f"persisted-{round_}")
+        assert store.fetch("staff", tmp_path / "fetched")
+        fetched = load_index(tmp_path / "fetched")
+        assert len(fetched) == 180
+        assert fetched.search(probes, 3, 0.2) == index.search(probes, 3, 0.2)
+        listed = s3.list_objects_v2(Bucket="index", Prefix="snapshots/staff/")["Contents"]
+        assert len({item["Key"].split("/")[2] for item in listed}) == 2  # the latest and the one before
