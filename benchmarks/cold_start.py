@@ -5,32 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from candor.enrolment import face_id_for, photo_id_for
 from candor.faces import DetectedFace
+from candor_local.artifacts import Artefact, estimate, installed_bytes, requirement_names
 from candor_local.runtime import LocalEnvironment
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"
 PROBE = Path(__file__).with_name("cold_start_probe.py")
-# Lambda: function code plus all its layers, unzipped (zip packaging).
-LAMBDA_UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024
-# What the model layer installs (layers/models/Makefile): requirements/runtime.txt less boto3, which the
-# Lambda runtime provides, with everything those pull in.
-RUNTIME_REQUIREMENTS = REPO / "requirements" / "runtime.txt"
-PROVIDED_BY_LAMBDA = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"}
-
-
 @dataclass
 class ColdStart:
     function: str
@@ -39,82 +30,11 @@ class ColdStart:
     first_result_s: float
 
 
-@dataclass
-class Artefact:
-    function: str
-    code_bytes: int
-    shared_layer_bytes: int
-    model_bytes: int
-    dependency_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.code_bytes + self.shared_layer_bytes + self.model_bytes + self.dependency_bytes
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(
-        f.stat().st_size for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
-    )
-
-
-def _distribution_closure(names: Sequence[str]) -> set[str]:
-    """The distributions `names` need at run time (no extras), by their installed metadata."""
-    seen: set[str] = set()
-    todo = [name.lower() for name in names]
-    while todo:
-        name = todo.pop()
-        if name in seen or name in PROVIDED_BY_LAMBDA:
-            continue
-        try:
-            distribution = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        seen.add(name)
-        for requirement in distribution.requires or []:
-            if "extra ==" in requirement:
-                continue
-            name_match = re.match(r"[A-Za-z0-9._-]+", requirement)
-            if name_match:
-                todo.append(name_match.group(0).lower())
-    return seen
-
-
-def runtime_requirements(path: Path = RUNTIME_REQUIREMENTS) -> list[str]:
-    """Distribution names pinned in requirements/runtime.txt."""
-    names = []
-    for line in path.read_text().splitlines():
-        found = re.match(r"\s*([A-Za-z0-9._-]+)", line.split("#", 1)[0])
-        if found:
-            names.append(found.group(1).lower())
-    return names
-
-
-def dependency_bytes() -> tuple[int, dict[str, int]]:
-    """Installed size of the runtime dependencies (site-packages files, no bytecode caches)."""
-    sizes = {}
-    for name in sorted(_distribution_closure(runtime_requirements())):
-        distribution = metadata.distribution(name)
-        total = 0
-        for file in distribution.files or []:
-            if "__pycache__" in file.parts:
-                continue
-            located = Path(str(distribution.locate_file(file)))
-            if located.is_file():
-                total += located.stat().st_size
-        sizes[name] = total
-    return sum(sizes.values()), sizes
-
-
 def artefacts(env: LocalEnvironment, model_dir: Path) -> tuple[list[Artefact], dict[str, int]]:
-    deps, per_dependency = dependency_bytes()
-    models = sum(f.stat().st_size for f in model_dir.glob("*.onnx"))
-    shared = _tree_bytes(REPO / "layers" / "shared")
-    result = [
-        Artefact(spec.logical_id, _tree_bytes(spec.code_dir), shared, models, deps)
-        for spec in env.template.functions.values()
-    ]
-    return result, per_dependency
+    """Each function with its layers as `sam build` makes them (the estimate tests/test_artifacts.py holds
+    to Lambda's limit), and the runtime dependencies' sizes."""
+    sizes = installed_bytes(requirement_names(REPO / "requirements" / "runtime.txt"))
+    return estimate(env.template, model_dir), sizes
 
 
 def _events(env: LocalEnvironment, photo: Path, faces: Sequence[DetectedFace], collection: str) -> dict[str, Any]:
