@@ -434,8 +434,7 @@ the threshold never admits a face the exact search would refuse.
 
 Memory per face (resident): 512 B int8 vector + ~280 B graph links and allocator slack + ~170 B face id
 bookkeeping, ~0.96 KB at 1M (the *B/face* column is measured; small indexes carry usearch's fixed arenas);
-2 KB more on disk for the float32 vectors. So a shard's memory is bounded by `IndexShardSize` x ~1 KB, and a
-1M-face shard fits a 2 GB function.
+2 KB more on disk for the float32 vectors. So a shard's memory is bounded by `IndexShardSize` x ~1 KB.
 
 Sharding: a collection past `IndexShardSize` faces is split in shards of at most that many faces (filled in
 arrival order); a search asks every shard for its top-k and merges them in one total order (cosine, then face

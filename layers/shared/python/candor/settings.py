@@ -48,9 +48,10 @@ HNSW_CONNECTIVITY = 16
 HNSW_EXPANSION_ADD = 128
 HNSW_EXPANSION_SEARCH = 256
 HNSW_RESCORE_CANDIDATES = 64
-# Faces per shard: a collection past it is split and searched shard by shard in parallel. 1M faces is about
-# 0.9 GB resident (the int8 vectors and the graph), which fits one search function.
-INDEX_SHARD_SIZE = 1_000_000
+# Faces per shard: a collection past it is split and searched shard by shard in parallel. Measured at 1M
+# faces: one graph recalls 0.88 of the exact top-10, four graphs of 250k 0.98, and build 4x faster; a shard
+# costs ~1 KB resident per face (docs/benchmarks.md, "Search index at 1M faces").
+INDEX_SHARD_SIZE = 250_000
 # The search function publishes a collection's index to the index bucket once it holds SNAPSHOT_MIN_FACES
 # faces (below that, building it from the table takes well under a second) and SNAPSHOT_MIN_CHANGES faces
 # were added or removed since the snapshot it loaded.
