@@ -611,18 +611,17 @@ def _pipeline_section(s: dict[str, Any], pipe: dict[str, Any]) -> list[str]:
         f"{stage['busy_s'] / photos * 1000:.0f} ms per photo against {compute_s / photos * 1000:.0f} ms of its "
         f"models alone: {bottleneck_calls / photos * 1000:.0f} ms of calls and {remainder / photos * 1000:.0f} ms of "
         "remainder per photo. The other stage's idle time is waiting for it. "
-        "Plan, in order of payoff: (1) one onnxruntime thread per function instance where instances share "
-        "cores (here two workers each start a pool as wide as the machine, so the models oversubscribe the 2 "
-        "cores): in a trial on this machine (2026-11-22, load average about 7 from other work, the two settings "
-        "alternated in one script) efficiency was 0.64 and 0.76 with one thread per worker against 0.52 and 0.56 "
-        "with all cores; Lambda at 1536-2048 MB gives about one vCPU, so one thread suits it too: a setting "
-        "in template.yaml read through `candor.settings` and passed to `load_models`; "
-        f"(2) on AWS each instance has its own cores and {bottleneck} scales on its own: give it about twice "
-        "the other stage's concurrency; (3) stop decoding each photo twice: the detect stage hands the embed "
-        "stage the decoded size it used, or writes the face crops (160x160) next to the photo; (4) embed the "
-        "faces of every record of a batch in one model call. Done: onnxruntime's idle threads no longer spin "
-        "(`create_session`); in a trial on this machine (load average 5) spinning made each photo 2-3x slower "
-        "(300-500 against 140-260 ms per photo, same run).",
+        f"Plan, in order of payoff: (1) more than one instance of {bottleneck}: Lambda scales each function "
+        "on its own (on AWS each instance has its own vCPU; give this stage about twice the other's "
+        "concurrency), while the local runtime runs one instance per function, so here the slower stage sets "
+        "the pace and the other one waits; letting the runtime start N instances of a function is the next "
+        "step; (2) stop decoding each photo twice: the detect stage hands the embed stage the decoded size it "
+        "used, or writes the face crops (160x160) next to the photo; (3) embed the faces of every record of a "
+        "batch in one model call. Done and measured: onnxruntime's idle threads no longer spin "
+        "(`create_session`; in a trial at load average 5 spinning made each photo 2-3x slower), and each "
+        "instance runs its models on one thread (`MODEL_THREADS=1` in template.yaml, about one vCPU per "
+        "Lambda instance): on a quiet machine (2026-11-22 05:45, load average under 1) efficiency was 0.45 with "
+        "one thread and 0.44 with a pool per core, so the gap is the single instance, not oversubscription.",
         "",
     ]
 

@@ -32,7 +32,8 @@ logger = Logger()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 detector = load_detector(
-    model_dir_with([DETECTOR_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix))
+    model_dir_with([DETECTOR_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)),
+    settings.model_threads,
 )
 images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)

@@ -31,7 +31,8 @@ metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 # FaceNet is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
 embedder = load_embedder(
-    model_dir_with([EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix))
+    model_dir_with([EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)),
+    settings.model_threads,
 )
 images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)

@@ -42,7 +42,7 @@ app = LambdaFunctionUrlResolver()
 model_dir = model_dir_with(
     [DETECTOR_FILE, EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)
 )
-detector, embedder = load_models(model_dir)
+detector, embedder = load_models(model_dir, settings.model_threads)
 collections = DynamoCollectionRepository(settings.collections_table)
 faces = DynamoFaceRepository(settings.faces_table)
 # Cold start: a collection's index comes from its snapshot in the index bucket, then the table's difference.

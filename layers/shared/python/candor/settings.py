@@ -75,6 +75,9 @@ class Settings:
     # Where models too large for the model layer come from on AWS (candor/model_files.py); empty locally.
     model_bucket: str = ""
     model_prefix: str = ""
+    # onnxruntime threads per model (0: one per core). One per function instance: a Lambda instance of these
+    # sizes has about one vCPU, and locally the functions share the cores (docs/benchmarks.md, efficiency).
+    model_threads: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -95,6 +98,7 @@ class Settings:
             face_match_threshold=float(env.get("FACE_MATCH_THRESHOLD", str(DEFAULT_FACE_MATCH_THRESHOLD))),
             model_bucket=env.get("MODEL_BUCKET", ""),
             model_prefix=env.get("MODEL_PREFIX", ""),
+            model_threads=int(env.get("MODEL_THREADS", "0")),
         )
 
 
