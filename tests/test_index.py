@@ -290,3 +290,46 @@ def test_snapshots_in_s3_round_trip_and_only_the_last_two_are_kept(tmp_path: Pat
         assert fetched.search(probes, 3, 0.2) == index.search(probes, 3, 0.2)
         listed = s3.list_objects_v2(Bucket="index", Prefix="snapshots/staff/")["Contents"]
         assert len({item["Key"].split("/")[2] for item in listed}) == 2  # the latest and the one before
+
+        # A deleted collection leaves no embeddings behind in the bucket.
+        store.delete("staff")
+        assert s3.list_objects_v2(Bucket="index").get("KeyCount", 0) == 0
+        assert not store.fetch("staff", tmp_path / "after-delete")
+
+
+def test_deleting_a_collection_drops_its_warm_index_and_its_snapshots(tmp_path: Path):
+    from candor import collection_service
+    from candor.adapters.memory import MemoryUserRepository
+
+    ids, vectors, _ = people(10, 3, seed=8)
+    stack = Stack(tmp_path)
+    stack.enrol([face(face_id, vector) for face_id, vector in zip(ids, vectors, strict=True)])
+    stack.indexes.get("staff")
+    assert stack.snapshots.snapshots.get("staff")
+    store = collection_service.CollectionStore(stack.collections, stack.faces, MemoryUserRepository(), stack.indexes)
+
+    collection_service.delete_collection(store, "staff")
+
+    assert "staff" not in stack.snapshots.snapshots
+    assert list(stack.faces.list_collection("staff")) == []
+
+
+def test_a_process_that_builds_a_graph_first_can_still_load_a_model() -> None:
+    # usearch loaded before onnxruntime crashes onnxruntime's import; the index loads onnxruntime first.
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from candor.index import HnswVectorIndex\n"
+        "v = np.random.default_rng(0).normal(size=(40, 512)).astype(np.float32)\n"
+        "v /= np.linalg.norm(v, axis=1, keepdims=True)\n"
+        "index = HnswVectorIndex(min_graph_faces=8)\n"
+        "index.add([str(i) for i in range(40)], v)\n"
+        "assert index.search(v[:1], 1, 0.5)[0][0].face_id == '0'\n"
+        "import onnxruntime\n"
+        "print('loaded', onnxruntime.__version__)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.startswith("loaded")

@@ -76,6 +76,7 @@ def delete_collection(store: CollectionStore, collection_id: str) -> None:
             store.users.delete(collection_id, user.user_id)
         if page.next_token is None:
             break
+    store.indexes.forget(collection_id)
     store.collections.delete(collection_id)
 
 

@@ -19,6 +19,7 @@ Order is total: by cosine descending, then face id, so every engine, sharded or 
 from __future__ import annotations
 
 import heapq
+import importlib.util
 import json
 import os
 import shutil
@@ -312,6 +313,7 @@ class HnswVectorIndex(_KeyedIndex):
             self._build_graph()
 
     def _new_graph(self) -> Any:
+        _load_onnxruntime_first()
         from usearch.index import Index  # imported late: the exact engines and the tests of them need no usearch
 
         return Index(
@@ -509,3 +511,12 @@ def remove_directory(directory: Path) -> None:
 def _ids_bytes(ids: list[str]) -> int:
     # A str of n ASCII characters costs 49 + n bytes in CPython; a dict slot and a list slot about 100 more.
     return sum(49 + len(face_id) + 100 for face_id in ids)
+
+
+def _load_onnxruntime_first() -> None:
+    """usearch 2.26 loaded before onnxruntime 1.31 makes onnxruntime's own import crash the process
+    (a segmentation fault, whatever the index did); loaded the other way round both work. The functions
+    load their models before any graph, but a process that builds a graph first (a benchmark, a tool)
+    must not die later when it loads a model."""
+    if importlib.util.find_spec("onnxruntime") is not None:
+        importlib.import_module("onnxruntime")

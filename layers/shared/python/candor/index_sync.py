@@ -75,6 +75,12 @@ class IndexSync:
         self._publishing: set[str] = set()
         self._fetches = 0
 
+    def forget(self, collection_id: str) -> None:
+        """A deleted collection: its snapshots go too."""
+        self._unpublished.pop(collection_id, None)
+        if self._snapshots is not None:
+            self._snapshots.delete(collection_id)
+
     @cached_property
     def _work_dir(self) -> Path:
         # Made only when a snapshot is fetched or published: /tmp on Lambda.

@@ -121,6 +121,10 @@ class IndexSnapshotStore(Protocol):
         """Stores the index persisted in `directory` as the collection's latest snapshot."""
         ...
 
+    def delete(self, collection_id: str) -> None:
+        """Removes every snapshot of the collection: its embeddings must not outlive it."""
+        ...
+
 
 class MessagePublisher(Protocol):
     def publish(self, body: dict[str, Any]) -> None: ...

@@ -58,6 +58,12 @@ class CollectionIndexes:
                 self._loaded[collection_id] = loaded
         return collection, loaded.index, loaded.faces
 
+    def forget(self, collection_id: str) -> None:
+        """Drop a deleted collection's warm index and its snapshots."""
+        with self._lock:
+            self._loaded.pop(collection_id, None)
+        self._sync.forget(collection_id)
+
     def _load(self, collection: Collection) -> _LoadedIndex:
         records = {face.face_id: face for face in self._faces.list_collection(collection.collection_id)}
         previous = self._loaded.get(collection.collection_id)

@@ -292,6 +292,11 @@ class S3IndexSnapshotStore:
         manifest: dict[str, Any] = json.loads(response["Body"].read())
         return manifest
 
+    def delete(self, collection_id: str) -> None:
+        # The manifest first: a search starting meanwhile finds no snapshot and builds from the table.
+        self._s3.delete_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json")
+        self._delete_snapshots(collection_id, keep=set())
+
     def _delete_snapshots(self, collection_id: str, keep: set[str]) -> None:
         prefix = f"snapshots/{collection_id}/"
         stale = [

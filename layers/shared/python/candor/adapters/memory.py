@@ -132,6 +132,9 @@ class MemoryIndexSnapshotStore:
             path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*") if path.is_file()
         }
 
+    def delete(self, collection_id: str) -> None:
+        self.snapshots.pop(collection_id, None)
+
 
 class MemoryPublisher:
     def __init__(self) -> None:
