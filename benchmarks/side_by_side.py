@@ -204,7 +204,7 @@ def accuracy(
 
 def run_all(data: Path, rounds: int = 2) -> dict[str, Any]:
     from benchmarks import cold_start, pipeline
-    from candor_local.client import CandorClient, StackEndpoints
+    from candor_local.client import client_for
     from candor_local.models import ensure_models
     from candor_local.runtime import LocalEnvironment
 
@@ -232,14 +232,7 @@ def run_all(data: Path, rounds: int = 2) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="candor-bench-logs-") as logs,
         LocalEnvironment.start(stack_name=f"candor-bench-{os.getpid()}", model_dir=model_dir, log_dir=logs) as env,
     ):
-        stack = StackEndpoints(
-            endpoint_url=env.endpoint_url,
-            api_url=env.api_url,
-            bucket=env.resources["UploadBucket"],
-            photos_table=env.resources["PhotosTable"],
-            region=env.region,
-        )
-        client = CandorClient(stack, env.session)
+        client = client_for(env)
         pipeline.warm_up(env, client, photos[0], run)
         named = [(path.relative_to(data).as_posix(), path) for path in photos]
         # The compute limit right before and right after, with the workers idle: the same load as the pipeline.

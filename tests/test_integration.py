@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from candor.enrolment import photo_id_for
-from candor_local.client import CandorClient, StackEndpoints
+from candor_local.client import client_for
 from candor_local.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
@@ -121,13 +121,8 @@ def test_a_stranger_matches_nobody(env: LocalEnvironment, enrolled: dict, faces_
 
 
 def test_every_face_of_a_group_photo_is_searched(env: LocalEnvironment, enrolled: dict, faces_dir: Path) -> None:
-    client = CandorClient(
-        StackEndpoints(
-            env.endpoint_url, env.api_url, env.resources["UploadBucket"], env.resources["PhotosTable"], env.region
-        ),
-        env.session,
-    )
-    result = client.search_all_faces((faces_dir / "probe/two_people.jpg").read_bytes(), enrolled["collection"], 80)
+    photo = (faces_dir / "probe/two_people.jpg").read_bytes()
+    result = client_for(env).search_all_faces(photo, enrolled["collection"], 80)
     found = {face["FaceMatches"][0]["Face"]["ExternalImageId"] for face in result["Faces"] if face["FaceMatches"]}
     assert found == {"obama", "biden"}
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
 from candor_local import api_commands, bench, dlq_commands
-from candor_local.client import CandorClient, CandorError, StackEndpoints, deployed_stack
+from candor_local.client import CandorClient, CandorError, StackEndpoints, client_for, deployed_stack
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 STATE_FILE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "candor" / "up.json"
@@ -321,14 +321,7 @@ def _local_stack(args: argparse.Namespace) -> Iterator[CandorClient]:
     with LocalEnvironment.start(
         stack_name=args.stack_name, model_dir=model_dir, api_port=args.api_port, echo_logs=args.verbose
     ) as env:
-        stack = StackEndpoints(
-            endpoint_url=env.endpoint_url,
-            api_url=env.api_url,
-            bucket=env.resources["UploadBucket"],
-            photos_table=env.resources["PhotosTable"],
-            region=env.region,
-        )
-        yield CandorClient(stack, env.session)
+        yield client_for(env)
 
 
 def _save_state(stack: StackEndpoints) -> None:

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.auth import SigV4Auth
@@ -25,6 +25,9 @@ from botocore.awsrequest import AWSRequest
 from candor.enrolment import META_CONSENT, photo_id_for
 from candor.settings import ENROLL_PREFIX
 from candor_local.emulator import EMULATOR_CREDENTIALS
+
+if TYPE_CHECKING:
+    from candor_local.runtime import LocalEnvironment
 
 FINAL_STATUSES = ("COMPLETE", "FAILED")
 
@@ -165,3 +168,15 @@ class CandorClient:
         except urllib.error.HTTPError as error:
             payload = json.loads(error.read() or b"{}")
             raise CandorError(payload.get("__type", f"HTTP {error.code}"), payload.get("Message", "")) from error
+
+
+def client_for(env: LocalEnvironment) -> CandorClient:
+    """A client of a running local environment (the CLI's demo, the benchmarks, the tests)."""
+    stack = StackEndpoints(
+        endpoint_url=env.endpoint_url,
+        api_url=env.api_url,
+        bucket=env.resources["UploadBucket"],
+        photos_table=env.resources["PhotosTable"],
+        region=env.region,
+    )
+    return CandorClient(stack, env.session)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -19,6 +19,7 @@ from candor.adapters.aws import (
     SqsPublisher,
     model_source,
 )
+from candor.batch import LoggedSqsBatchProcessor
 from candor.errors import MalformedEventError
 from candor.faces import PhotoStatus
 from candor.model_files import model_dir_with
@@ -30,7 +31,7 @@ from candor.vision import load_detector
 settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
+processor = LoggedSqsBatchProcessor(logger)
 detector = load_detector(
     model_dir_with([DETECTOR_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)),
     settings.model_threads,
@@ -42,19 +43,6 @@ embed_queue = SqsPublisher(settings.embed_queue_url)
 
 
 def record_handler(record: SQSRecord) -> None:
-    try:
-        _handle(record)
-    except Exception:
-        # The error a dead letter died of: SQS cannot attach it to the message, so it is logged against the
-        # message id, which the dead-letter queue keeps (`candor dlq explain` finds it there).
-        logger.exception(
-            "record failed; SQS will deliver it again, or dead-letter it after maxReceiveCount",
-            extra={"message_id": record.message_id, "receive_count": record.attributes.approximate_receive_count},
-        )
-        raise
-
-
-def _handle(record: SQSRecord) -> None:
     try:
         refs = photo_refs_from_notification(record.body)
     except MalformedEventError as error:
