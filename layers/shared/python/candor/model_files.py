@@ -13,11 +13,8 @@ from typing import Protocol
 
 from candor import settings
 
-# The pinned digests of infra/candor_local/models.py (what `scripts/setup.sh` verified and the deploy uploads).
-MODEL_SHA256 = {
-    settings.DETECTOR_FILE: "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
-    settings.EMBEDDER_FILE: "f0571d526e703ed8f5f06e5421c4f2ddcaee4ed0ae6dfa5b483bac93336905a9",
-}
+# What `scripts/setup.sh` verified and the deploy uploads.
+MODEL_SHA256 = {settings.DETECTOR_FILE: settings.DETECTOR_SHA256, settings.EMBEDDER_FILE: settings.EMBEDDER_SHA256}
 # Lambda's only writable place; it outlives invocations of one instance, so a warm start fetches nothing.
 FETCHED_MODEL_DIR = Path("/tmp/candor-models")
 

@@ -12,6 +12,10 @@ DEFAULT_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"
 DETECTOR_FILE = "yunet_2023mar.onnx"
 DETECTOR_VERSION = "yunet-2023mar"
 EMBEDDER_FILE = "facenet_20180408.onnx"
+# The pinned digests of the two model files: what the setup step builds and verifies, what a function
+# fetching a model from the model bucket checks (layers/models/MODEL_CARD.md says where they come from).
+DETECTOR_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+EMBEDDER_SHA256 = "f0571d526e703ed8f5f06e5421c4f2ddcaee4ed0ae6dfa5b483bac93336905a9"
 # Names the crop too: embeddings made with another crop are not comparable.
 EMBEDDER_VERSION = "facenet-20180408-102900+box-stretch-0.10-0.05"
 EMBEDDING_SIZE = 512
