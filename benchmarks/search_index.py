@@ -5,9 +5,11 @@ individual part), each enrolled photo is its identity's centre plus per-photo no
 photo's true neighbours are the other photos of its person (cosine ~0.7, like FaceNet's same-person pairs),
 and strangers score ~0 to ~0.2. Queries are new photos: 80% of enrolled people, 20% of strangers.
 
-For each size, in one run: build time, resident memory, single-query p50/p99, batch latency, recall@1/@10
-against exact float32 brute force, the exact engines' latency (float32 BLAS, float16 numpy, int8 SIMD with
-float32 rescoring), and the sharded fan-out (N shards of size/N) against one index.
+For each size, in one run, of the index a collection gets (HNSW shards of at most `--shard-size` faces,
+each graph forced even below `HNSW_MIN_FACES`): build time, resident memory of the loaded snapshot (measured
+in a fresh process), single-query p50/p99, batch latency, recall@1/@10 against exact float32 brute force,
+and the exact engines' latency (float32 BLAS, float16 numpy, int8 SIMD with float32 rescoring); with
+`--one-graph`, also one unsharded graph of every size past the shard size, against the shards.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +42,15 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated collection sizes")
     parser.add_argument("--queries", type=int, default=200, help="queries per size")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--shards", type=int, default=4, help="shards for the fan-out check (0: skip it)")
+    parser.add_argument(
+        "--shard-size", type=int, default=None, help="faces per shard (default: IndexShardSize, as collections get)"
+    )
+    parser.add_argument(
+        "--one-graph", action="store_true", help="also one unsharded graph past the shard size (1M: ~30 min more)"
+    )
     parser.add_argument("--batch", type=int, default=32, help="queries per batch for the batch latency")
     parser.add_argument(
-        "--expansions", default="", help="also measure these HNSW search expansions on the same graph, e.g. 512,1024"
+        "--expansions", default="", help="also measure these HNSW search expansions on the same graphs, e.g. 128,512"
     )
     parser.add_argument("--no-compare", action="store_true", help="skip the float16 and int8 exact engines")
     parser.add_argument("--seed", type=int, default=7)
@@ -54,14 +63,18 @@ def register(bench_subparsers: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from candor.settings import INDEX_SHARD_SIZE
+
     sizes = [int(size) for size in str(args.sizes).split(",") if size.strip()]
+    shard_size = args.shard_size or INDEX_SHARD_SIZE
     results = []
     for size in sizes:
         result = bench_size(
             size,
             queries=args.queries,
             k=args.k,
-            shards=args.shards,
+            shard_size=shard_size,
+            one_graph=args.one_graph,
             batch=args.batch,
             expansions=[int(e) for e in str(args.expansions).split(",") if e.strip()],
             compare=not args.no_compare,
@@ -74,7 +87,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result), flush=True)
     if not args.json:
-        options = f"--queries {args.queries} --shards {args.shards}"
+        options = f"--queries {args.queries}" + (f" --shard-size {args.shard_size}" if args.shard_size else "")
+        options += (" --one-graph" if args.one_graph else "") + (" --no-compare" if args.no_compare else "")
+        options += f" --expansions {args.expansions}" if args.expansions else ""
         commands = [f"candor bench search --sizes '{args.sizes}' {options}"]
         if args.include:
             # Sizes measured by earlier `--json` runs of the same code on the same machine; `--sizes ''`
@@ -156,7 +171,8 @@ def bench_size(
     *,
     queries: int,
     k: int,
-    shards: int,
+    shard_size: int,
+    one_graph: bool = False,
     batch: int,
     expansions: list[int] | None = None,
     compare: bool,
@@ -166,7 +182,7 @@ def bench_size(
     from candor.index import ExactVectorIndex, HnswVectorIndex, ShardedVectorIndex
 
     ids, vectors, probes = synthetic_faces(size, queries, seed)
-    result: dict[str, Any] = {"size": size, "queries": len(probes), "k": k}
+    result: dict[str, Any] = {"size": size, "queries": len(probes), "k": k, "shard_size": shard_size}
 
     # Ground truth and the float32 baseline: one BLAS matrix product over every face.
     exact = ExactVectorIndex()
@@ -185,23 +201,27 @@ def bench_size(
         log(f"{size}: float16 / int8 exact: {result['f16_p50_ms']} / {result['i8_p50_ms']} ms")
 
     with tempfile.TemporaryDirectory(prefix="candor-bench-") as tmp:
+        # The index as a collection gets it (candor.index.new_index), with the graph forced at every size.
         started = time.perf_counter()
-        built = HnswVectorIndex(min_graph_faces=0)
+        built = ShardedVectorIndex(shard_size, lambda: HnswVectorIndex(min_graph_faces=0))
         for start in range(0, size, 100_000):
             built.add(ids[start : start + 100_000], vectors[start : start + 100_000])
         result["build_s"] = round(time.perf_counter() - started, 2)
-        log(f"{size}: HNSW built in {result['build_s']} s")
+        log(f"{size}: {len(built.shards)} HNSW shard(s) built in {result['build_s']} s")
+        snapshot = Path(tmp) / "index"
         started = time.perf_counter()
-        built.persist(Path(tmp) / "one")
+        built.persist(snapshot)
         result["persist_s"] = round(time.perf_counter() - started, 2)
         del built
         started = time.perf_counter()
-        index = HnswVectorIndex.load(Path(tmp) / "one")
+        index = ShardedVectorIndex.load(snapshot)
         result["load_s"] = round(time.perf_counter() - started, 2)
+        result["shards"] = len(index.shards)
         # As served: loaded from its snapshot, float32 rows memory-mapped (disk), the rest resident.
-        result["memory_mb"] = round(index.memory_bytes() / 2**20, 1)
-        result["bytes_per_face"] = round(index.memory_bytes() / size)
-        result["disk_mb"] = round(sum(f.stat().st_size for f in (Path(tmp) / "one").iterdir()) / 2**20, 1)
+        result["memory_mb"] = _resident_mb(snapshot, probes[:20], Path(tmp) / "probes.npy")
+        result["bytes_per_face"] = round(result["memory_mb"] * 2**20 / size)
+        result["memory_estimate_mb"] = round(index.memory_bytes() / 2**20, 1)
+        result["disk_mb"] = round(sum(f.stat().st_size for f in snapshot.rglob("*") if f.is_file()) / 2**20, 1)
         index.search(probes[:5], k, -1.0)  # touch the pages a first query would fault in
         answers, seconds = _timed_single(_searcher(index, k), probes)
         found = [[n.face_id for n in hits[0]] for hits in answers]
@@ -216,7 +236,7 @@ def bench_size(
         result["batch_p50_ms"], result["batch_p99_ms"] = _percentiles(seconds)
         result["batch_ms_per_query"] = round(result["batch_p50_ms"] / batch, 3)
         log(f"{size}: HNSW p50 {result['p50_ms']} ms, recall@10 {result['recall_at_10']}: {json.dumps(result)}")
-        # Search-time expansion trades latency for recall on the same graph, without a rebuild.
+        # Search-time expansion trades latency for recall on the same graphs, without a rebuild.
         result["expansions"] = []
         for expansion in expansions or []:
             index.set_expansion_search(expansion)
@@ -237,22 +257,44 @@ def bench_size(
             log(f"{size}: expansion {expansion}: {json.dumps(result['expansions'][-1])}")
         del index
 
-        if shards > 1:
+        if one_graph and size > shard_size:
             started = time.perf_counter()
-            sharded = ShardedVectorIndex(-(-size // shards), lambda: HnswVectorIndex(min_graph_faces=0))
+            one = HnswVectorIndex(min_graph_faces=0)
             for start in range(0, size, 100_000):
-                sharded.add(ids[start : start + 100_000], vectors[start : start + 100_000])
-            result["sharded_build_s"] = round(time.perf_counter() - started, 2)
-            answers, seconds = _timed_single(_searcher(sharded, k), probes)
-            fanned = [[n.face_id for n in hits[0]] for hits in answers]
-            result["shards"] = len(sharded.shards)
-            result["sharded_p50_ms"], result["sharded_p99_ms"] = _percentiles(seconds)
-            result["sharded_recall_at_10"] = _recall(fanned, truth, k)
-            # Same top-10 as one index: the fraction of queries whose ids and order agree exactly.
-            same = sum(a == b for a, b in zip(fanned, found, strict=True))
-            result["sharded_same_top_10"] = round(same / len(found), 4)
-            log(f"{size}: {len(sharded.shards)} shards p50 {result['sharded_p50_ms']} ms")
+                one.add(ids[start : start + 100_000], vectors[start : start + 100_000])
+            result["one_build_s"] = round(time.perf_counter() - started, 2)
+            one.search(probes[:5], k, -1.0)
+            answers, seconds = _timed_single(_searcher(one, k), probes)
+            alone = [[n.face_id for n in hits[0]] for hits in answers]
+            result["one_p50_ms"], result["one_p99_ms"] = _percentiles(seconds)
+            result["one_recall_at_10"] = _recall(alone, truth, k)
+            # Same top-10 as the shards: the fraction of queries whose ids and order agree exactly.
+            result["one_same_top_10"] = round(sum(a == b for a, b in zip(alone, found, strict=True)) / len(found), 4)
+            log(f"{size}: one graph p50 {result['one_p50_ms']} ms, recall@10 {result['one_recall_at_10']}")
     return result
+
+
+def _resident_mb(snapshot: Path, probes: np.ndarray, probes_file: Path) -> float:
+    """What loading the snapshot and answering a few queries adds to a fresh process's resident set (VmRSS):
+    the figure a search function pays, without this process's ground truth and allocator history."""
+    np.save(probes_file, probes)
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from candor.index import _load_onnxruntime_first, load_index\n"
+        "_load_onnxruntime_first()\n"
+        "import usearch.index\n"
+        "def rss():\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024\n"
+        "before = rss()\n"
+        "index = load_index(Path(sys.argv[1]))\n"
+        "index.search(np.load(sys.argv[2]), 10, -1.0)\n"
+        "print(rss() - before)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", script, str(snapshot), str(probes_file)]
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return round(int(completed.stdout.split()[-1]) / 2**20, 1)
 
 
 def _exact_variants(
@@ -260,6 +302,9 @@ def _exact_variants(
 ) -> dict[str, Any]:
     """float16 with numpy (no BLAS for half precision), and int8 with SIMD kernels (usearch's exact search)
     whose top candidates are rescored in float32."""
+    from candor.index import _load_onnxruntime_first
+
+    _load_onnxruntime_first()  # usearch first would make the graphs' later onnxruntime import crash the process
     from usearch.index import search as exact_search
 
     out: dict[str, Any] = {}
@@ -302,6 +347,7 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
         rows.append(
             [
                 f"{r['size']:,}",
+                r["shards"],
                 r["build_s"],
                 r["memory_mb"],
                 r["bytes_per_face"],
@@ -318,6 +364,7 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
     main = table(
         [
             "faces",
+            "shards",
             "build s",
             "resident MB",
             "B/face",
@@ -361,7 +408,7 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
                 ),
                 [
                     f"{r['size']:,}",
-                    "HNSW int8 (usearch) + float32 rescoring (chosen)",
+                    "HNSW int8 shards (usearch) + float32 rescoring (chosen)",
                     r["p50_ms"],
                     r["recall_at_10"],
                     r["memory_mb"],
@@ -369,19 +416,19 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
             )
         ],
     )
-    sharded = table(
-        ["faces", "shards", "fan-out p50 ms", "p99 ms", "recall@10", "same top-10 as one index"],
+    one_graph = table(
+        ["faces", "one graph: build s", "p50 ms", "p99 ms", "recall@10", "same top-10 as the shards"],
         [
             [
                 f"{r['size']:,}",
-                r["shards"],
-                r["sharded_p50_ms"],
-                r["sharded_p99_ms"],
-                r["sharded_recall_at_10"],
-                r["sharded_same_top_10"],
+                r["one_build_s"],
+                r["one_p50_ms"],
+                r["one_p99_ms"],
+                r["one_recall_at_10"],
+                r["one_same_top_10"],
             ]
             for r in results
-            if "shards" in r
+            if "one_p50_ms" in r
         ],
     )
     sweep = table(
@@ -402,49 +449,53 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
     )
     if any(r.get("expansions") for r in results):
         main += "\n\nThe same graphs searched with other expansions (`--expansions`):\n\n" + sweep
-    return "\n\n".join(
-        [
-            f"Measured {when} on {machine} (shared with other work), with\n\n```bash\n" + "\n".join(commands) + "\n```",
-            main,
-            "Engines compared in the same run (float16 and int8 on 20 queries):",
-            engines,
-            "Sharded fan-out (thread pool over shards of size/N, top-k merged):",
-            sharded,
-            NOTES,
-        ]
-    )
+    parts = [
+        f"Measured {when} on {machine} (shared with other work), with\n\n```bash\n" + "\n".join(commands) + "\n```",
+        main,
+        "Engines compared in the same run (float16 and int8 on 20 queries):",
+        engines,
+    ]
+    if any("one_p50_ms" in r for r in results):
+        parts += ["The same faces in one unsharded graph (`--one-graph`):", one_graph]
+    return "\n\n".join([*parts, NOTES])
 
 
 NOTES = """\
-What the columns mean: *resident MB* is the index as the search function holds it after loading its
-snapshot (int8 vectors, HNSW links, face ids); the float32 vectors stay in the snapshot's file, memory-mapped,
-and only the rows of rescored candidates are read. *recall@10* is the share of exact brute force's top-10
-(float32, every face) that the index returns; *matches ≥ 80* counts only neighbours at or above the default
-FaceMatchThreshold, which is what a user sees. The synthetic faces: people as unit centres (32 shared
-directions plus an individual part), 1 to 15 photos each as noisy copies (same-person cosine ~0.7,
-strangers ~0 to 0.2); 80% of queries are new photos of enrolled people, 20% of strangers.
+What the columns mean: *shards* is how many graphs of at most `IndexShardSize` faces the collection is split
+into. *resident MB* is what loading the index's snapshot and answering a few queries adds to a fresh
+process's resident set (VmRSS: int8 vectors, HNSW links, face ids); the float32 vectors stay in the
+snapshot's file, memory-mapped, and only the rows of rescored candidates are read. *recall@10* is the share of
+exact brute force's top-10 (float32, every face) that the index returns; *matches ≥ 80* counts only
+neighbours at or above the default FaceMatchThreshold, which is what a user sees. The synthetic faces: people
+as unit centres (32 shared directions plus an individual part), 1 to 15 photos each as noisy copies
+(same-person cosine ~0.7, strangers ~0 to 0.2); 80% of queries are new photos of enrolled people, 20% of
+strangers.
 
-Choice: `HnswVectorIndex` (usearch HNSW over int8, connectivity 16, expansion 128 when adding and 256 when
-searching, 64 candidates rescored in float32), exact brute force below 20,000 faces (the benchmark forces the
-graph at every size). Exact float32 search is
-memory-bound (2 KB per face scanned per query); float16 halves the bytes but numpy has no BLAS kernel for
-it, so it is slower still; int8 with SIMD kernels and float32 rescoring keeps recall but still scans 512 B per
-face. Only the graph's cost grows slowly with the collection. Rescoring makes every reported cosine exact, so
-the threshold never admits a face the exact search would refuse.
+Choice: `HnswVectorIndex` shards of at most 250,000 faces (usearch HNSW over int8, inner product, connectivity
+32, expansion 128 when adding and 256 when searching, 64 candidates rescored in float32), exact brute force
+below 20,000 faces (the benchmark forces the graph at every size). The embeddings are unit vectors, so the
+inner product is their cosine, and the graph's distance skips the two norms a cosine computes. Exact float32
+search is memory-bound (2 KB per face scanned per query); float16 halves the bytes but numpy has no BLAS
+kernel for it, so it is slower still; int8 with SIMD kernels and float32 rescoring keeps recall but still scans
+512 B per face. Only the graph's cost grows slowly with the collection. Rescoring makes every reported cosine
+exact, so the threshold never admits a face the exact search would refuse.
 
-Memory per face (resident): 512 B int8 vector + ~280 B graph links and allocator slack + ~170 B face id
-bookkeeping, ~0.96 KB at 1M (the *B/face* column is measured; small indexes carry usearch's fixed arenas);
-2 KB more on disk for the float32 vectors. So a shard's memory is bounded by `IndexShardSize` x ~1 KB.
+Memory per face (resident), ~1.26 KB at 1M: the graph, 788 B per face in the snapshot's graph file (512 B
+int8 vector + links, 64 on the base layer, and node header), and ~470 B of face ids, their maps in the shards
+and the shard map, and allocator slack (the *B/face* column is measured; small indexes carry usearch's and
+the interpreter's fixed costs); 2 KB more on disk for the float32 vectors. So a shard's memory is bounded by
+`IndexShardSize` x ~1.3 KB. usearch's own figure (`memory_usage`; `memory_estimate_mb` in the JSON) counts
+its arenas' reserved capacity and overstates this.
 
 Sharding: a collection past `IndexShardSize` faces is split in shards of at most that many faces (filled in
 arrival order); a search asks every shard for its top-k and merges them in one total order (cosine, then face
 id), so the answer equals one index's whenever each shard answers exactly (the tests prove it on exact
-shards). HNSW shards are each approximate, so the merged top-10 agrees with the unsharded graph's as often as
-the table says. Locally the shards are searched by a thread pool in one process. On AWS the design is one
-invocation per shard: the search function publishes each shard as its own snapshot prefix
-(`shard-NNNN/`), invokes a shard reader per shard in parallel with the query vectors, and merges the top-k
-the same way; a shard reader loads only its shard and applies the table's difference for its faces. That
-fan-out function is not built yet: today one search function holds every shard of a collection.
+shards). Each HNSW shard is approximate, so the merged recall is the table's; `--one-graph` adds one
+unsharded graph of the same faces for comparison. Locally the shards are searched by a thread pool in one
+process. On AWS the design is one invocation per shard: the search function publishes each shard as its own
+snapshot prefix (`shard-NNNN/`), invokes a shard reader per shard in parallel with the query vectors, and
+merges the top-k the same way; a shard reader loads only its shard and applies the table's difference for its
+faces. That fan-out function is not built yet: today one search function holds every shard of a collection.
 """
 
 

@@ -27,6 +27,8 @@ PORTRAITS = {
     "alex_lacamoire": ("alex_lacamoire/img1.jpg",),
 }
 MISSING_FACE_ID = "00000000-0000-4000-8000-000000000000"
+# Every enrolment states the enrolled person's consent reference (IndexFaces: the X-Candor-Consent header).
+CONSENT = "consent-form-api-tests"
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,17 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         yield environment
 
 
+def _stating_consent(client: Any, consent: str) -> Any:
+    def add_consent(request: Any, **_: Any) -> None:
+        request.headers["X-Candor-Consent"] = consent
+
+    client.meta.events.register("before-sign.rekognition", add_consent)
+    return client
+
+
 @pytest.fixture(scope="module")
 def rekognition(env: LocalEnvironment) -> Any:
-    return env.session.client("rekognition", endpoint_url=env.api_url)
+    return _stating_consent(env.session.client("rekognition", endpoint_url=env.api_url), CONSENT)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +71,7 @@ def people(env: LocalEnvironment, rekognition: Any, faces_dir: Path) -> dict[str
         Bucket=env.resources["UploadBucket"],
         Key=f"enroll/{collection}/biden/biden2.jpg",
         Body=(faces_dir / "enroll/biden/biden2.jpg").read_bytes(),
+        Metadata={"candor-consent": CONSENT},
     )
     env.wait_idle(timeout=120)
     return {"collection": collection, "face_ids": face_ids}
@@ -108,9 +119,12 @@ def test_collections_are_created_described_listed_and_deleted_with_their_faces(
         rekognition.create_collection(CollectionId="not a valid id!")
 
 
-def test_index_faces_returns_the_face_and_its_details(rekognition: Any, people: dict, faces_dir: Path) -> None:
+def test_index_faces_returns_the_face_and_its_details(
+    env: LocalEnvironment, rekognition: Any, people: dict, faces_dir: Path
+) -> None:
+    collection = _scratch(rekognition)
     response = rekognition.index_faces(
-        CollectionId=_scratch(rekognition),
+        CollectionId=collection,
         Image=_photo(faces_dir, "enroll/rose_leslie/img2.jpg"),
         ExternalImageId="rose",
     )
@@ -128,6 +142,15 @@ def test_index_faces_returns_the_face_and_its_details(rekognition: Any, people: 
     assert all(abs(detail["Pose"][angle]) < 25 for angle in ("Roll", "Yaw", "Pitch"))
     assert detail["Quality"]["Sharpness"] > 50 and 20 < detail["Quality"]["Brightness"] < 90
     assert all(len(ids) == len(PORTRAITS[person]) for person, ids in people["face_ids"].items())
+    # Without the person's consent reference nobody is indexed.
+    unstated = env.session.client("rekognition", endpoint_url=env.api_url)
+    with pytest.raises(unstated.exceptions.AccessDeniedException, match="X-Candor-Consent"):
+        unstated.index_faces(
+            CollectionId=collection, Image=_photo(faces_dir, "enroll/rose_leslie/img1.jpg"), ExternalImageId="rose"
+        )
+    assert [face["FaceId"] for face in rekognition.list_faces(CollectionId=collection)["Faces"]] == [
+        record["Face"]["FaceId"]
+    ]
 
 
 def test_index_faces_says_why_faces_were_left_out(rekognition: Any, faces_dir: Path) -> None:
@@ -239,14 +262,20 @@ def test_compare_faces_matches_the_source_among_the_targets(rekognition: Any, fa
         TargetImage=_photo(faces_dir, "probe/two_people.jpg"),
     )
     assert stranger["FaceMatches"] == [] and len(stranger["UnmatchedFaces"]) == 2
-    # A threshold of 0 matches every face, best first.
-    everyone = rekognition.compare_faces(
+    # 80 is the lowest threshold a comparison may use: asked for explicitly it gives the default's answer.
+    at_floor = rekognition.compare_faces(
         SourceImage=_photo(faces_dir, "enroll/biden/biden.jpg"),
         TargetImage=_photo(faces_dir, "probe/two_people.jpg"),
-        SimilarityThreshold=0,
+        SimilarityThreshold=80,
     )
-    similarities = [m["Similarity"] for m in everyone["FaceMatches"]]
-    assert len(similarities) == 2 and similarities == sorted(similarities, reverse=True)
+    assert [m["Face"]["BoundingBox"] for m in at_floor["FaceMatches"]] == [match["Face"]["BoundingBox"]]
+    for below in (0, 79.9):
+        with pytest.raises(rekognition.exceptions.InvalidParameterException, match="below 80"):
+            rekognition.compare_faces(
+                SourceImage=_photo(faces_dir, "enroll/biden/biden.jpg"),
+                TargetImage=_photo(faces_dir, "probe/two_people.jpg"),
+                SimilarityThreshold=below,
+            )
     with pytest.raises(rekognition.exceptions.InvalidParameterException):
         rekognition.compare_faces(
             SourceImage={"Bytes": _noise_png(200)}, TargetImage=_photo(faces_dir, "probe/obama1.jpg")
@@ -354,10 +383,21 @@ def test_users_group_a_persons_faces_and_are_searched_as_one(rekognition: Any, p
     assert released["DisassociatedFaces"] == [{"FaceId": biden}] and released["UserStatus"] == "CREATED"
     assert released["UnsuccessfulFaceDisassociations"][0]["Reasons"] == ["ASSOCIATED_TO_A_DIFFERENT_USER"]
 
-    for user in ("barack", "barack-again", "joe"):
+    # Deleting a user erases them: their faces go, every other face of the collection stays as it was.
+    for user, own_faces in (("barack", [obama_1]), ("barack-again", [obama_2]), ("joe", [])):
+        before = _faces_by_id(rekognition, collection)
+        assert [face_id for face_id, face in before.items() if face.get("UserId") == user] == own_faces
         rekognition.delete_user(CollectionId=collection, UserId=user)
+        assert _faces_by_id(rekognition, collection) == {
+            face_id: face for face_id, face in before.items() if face_id not in own_faces
+        }
     assert rekognition.list_users(CollectionId=collection)["Users"] == []
     assert all("UserId" not in face for face in rekognition.list_faces(CollectionId=collection)["Faces"])
+    # Both of Obama's faces were erased with their users: a photo of him finds nobody now.
+    after = rekognition.search_faces_by_image(
+        CollectionId=collection, Image=_photo(faces_dir, "probe/obama1.jpg"), MaxFaces=5
+    )
+    assert after["FaceMatches"] == []
     with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
         rekognition.delete_user(CollectionId=collection, UserId="barack")
     with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
@@ -366,6 +406,11 @@ def test_users_group_a_persons_faces_and_are_searched_as_one(rekognition: Any, p
         rekognition.create_user(CollectionId=collection, UserId="no spaces allowed")
     with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
         rekognition.create_user(CollectionId="no-such-collection", UserId="someone")
+
+
+def _faces_by_id(rekognition: Any, collection: str) -> dict[str, dict[str, Any]]:
+    pages = rekognition.get_paginator("list_faces").paginate(CollectionId=collection)
+    return {face["FaceId"]: face for page in pages for face in page["Faces"]}
 
 
 # --- the same operations from the command line ------------------------------------------------------------
@@ -398,7 +443,8 @@ def test_the_cli_indexes_a_folder_and_finds_people(cli: Any, faces_dir: Path, ca
     collection = f"cli-{uuid.uuid4().hex[:8]}"
     assert cli(["collections", "create", collection]) == 0
     assert capsys.readouterr().out == f"created arn:aws:rekognition:us-east-1:000000000000:collection/{collection}\n"
-    assert cli(["faces", "index", str(faces_dir / "enroll"), "--collection", collection, "--json"]) == 0
+    index = ["faces", "index", str(faces_dir / "enroll"), "--collection", collection, "--json"]
+    assert cli([*index, "--consent", CONSENT]) == 0
     indexed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(indexed) == 9 and {r["FaceRecords"][0]["Face"]["ExternalImageId"] for r in indexed} == set(PORTRAITS)
 

@@ -24,6 +24,8 @@ from candor_local.template import load_template
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 BUCKET = "candor-uploads-123456789012-us-east-1"  # the name template.yaml gives stack "candor" in moto's account
+# The consent reference of the recorded enrolment (events/embed-faces.json), uploaded as object metadata.
+CONSENT = "consent-form-0001"
 
 
 def _event(name: str) -> dict[str, Any]:
@@ -83,8 +85,10 @@ def _photo(stack: DeployedStack, key: str) -> dict[str, Any] | None:
     return table.get_item(Key={"photo_id": photo_id_for(BUCKET, key)}).get("Item")
 
 
-def _put(key: str, path: Path | None = None, data: bytes | None = None) -> None:
-    boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data if data is not None else path.read_bytes())  # type: ignore[union-attr]
+def _put(key: str, path: Path | None = None, data: bytes | None = None, consent: str | None = None) -> None:
+    metadata = {"candor-consent": consent} if consent else {}
+    body = data if data is not None else path.read_bytes()  # type: ignore[union-attr]
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata)
 
 
 def _create_collection(stack: DeployedStack, collection_id: str) -> None:
@@ -100,7 +104,7 @@ def test_bucket_name_in_the_recorded_events_is_the_templates(stack: DeployedStac
 
 def test_detect_handler_records_faces_and_passes_them_on(stack: DeployedStack, faces_dir: Path) -> None:
     _create_collection(stack, "demo")
-    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg")
+    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg", consent=CONSENT)
     _put("photos/two+people at lunch.jpg", faces_dir / "probe/two_people.jpg")
     detect = _handler(stack, "detect")
 
@@ -119,7 +123,7 @@ def test_detect_handler_records_faces_and_passes_them_on(stack: DeployedStack, f
 
 def test_malformed_batch_is_consumed_without_losing_the_good_record(stack: DeployedStack, faces_dir: Path) -> None:
     _create_collection(stack, "demo")
-    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg")
+    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg", consent=CONSENT)
     _put("photos/not-a-photo.jpg", data=b"plain text, not an image")
     detect = _handler(stack, "detect")
 
@@ -135,7 +139,7 @@ def test_malformed_batch_is_consumed_without_losing_the_good_record(stack: Deplo
 
 def test_embed_handler_stores_vectors_and_enrols_the_face(stack: DeployedStack, faces_dir: Path) -> None:
     _create_collection(stack, "demo")
-    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg")
+    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg", consent=CONSENT)
     embed = _handler(stack, "embed")
 
     response = embed.lambda_handler(_event("embed-faces.json"), _context("EmbedFunction"))
@@ -149,6 +153,7 @@ def test_embed_handler_stores_vectors_and_enrols_the_face(stack: DeployedStack, 
         ExpressionAttributeValues={":c": "demo"},
     )["Items"]
     assert len(items) == 1 and items[0]["external_image_id"] == "obama"
+    assert items[0]["consent_reference"] == CONSENT and "expires_at" not in items[0]  # enrolled: kept
     assert len(items[0]["embedding"].value) == 512 * 4 and items[0]["model_version"].startswith("facenet")
 
 
@@ -167,7 +172,7 @@ def test_search_handler_speaks_rekognitions_protocol(stack: DeployedStack, faces
     assert status == 400 and body["__type"] == "ResourceAlreadyExistsException"
 
     # Enrol through the two pipeline handlers, then search with the recorded request (an S3Object probe).
-    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg")
+    _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg", consent=CONSENT)
     _put("probes/obama2.jpg", faces_dir / "probe/obama1.jpg")
     _handler(stack, "embed").lambda_handler(_event("embed-faces.json"), _context("EmbedFunction"))
     status, body = _invoke_api(search, "search-faces-by-image.json")

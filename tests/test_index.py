@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 from moto import mock_aws
+from PIL import Image
 
-from candor.adapters.aws import S3IndexSnapshotStore
-from candor.adapters.memory import MemoryCollectionRepository, MemoryFaceRepository, MemoryIndexSnapshotStore
-from candor.faces import BoundingBox, FaceRecord
+from candor import collection_service
+from candor.adapters.aws import DynamoFaceRepository, S3IndexSnapshotStore
+from candor.adapters.memory import (
+    MemoryCollectionRepository,
+    MemoryFaceRepository,
+    MemoryIndexSnapshotStore,
+    MemoryUserRepository,
+)
+from candor.errors import InvalidParameterError
+from candor.faces import BoundingBox, DetectedFace, FaceRecord
 from candor.index import (
     ExactVectorIndex,
     HnswVectorIndex,
@@ -23,7 +33,7 @@ from candor.index import (
 )
 from candor.index_sync import IndexSync
 from candor.ports import Collection
-from candor.search import CollectionIndexes
+from candor.search import CollectionIndexes, search_image
 
 DIMENSION = 512
 
@@ -132,6 +142,19 @@ def test_persist_and_load_answer_the_same_and_keep_taking_changes(new_index: Cal
     again = load_index(tmp_path / "again")
     assert again.search(probes, k=5, min_cosine=0.2) == loaded.search(probes, k=5, min_cosine=0.2)
     assert "p003-0" not in ids_of(again.search(probes[3], k=5, min_cosine=-1.0)[0])
+
+
+def test_a_snapshot_written_before_the_metric_was_recorded_loads_as_the_cosine_graph_it_is(tmp_path: Path):
+    ids, vectors, probes = people(25, 4)
+    index = HnswVectorIndex(min_graph_faces=0, metric="cos")
+    index.add(ids, vectors)
+    index.persist(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "index.json").read_text())
+    del meta["metric"]
+    (tmp_path / "old" / "index.json").write_text(json.dumps(meta))
+    loaded = load_index(tmp_path / "old")
+    assert isinstance(loaded, HnswVectorIndex) and loaded.metric == "cos"
+    assert loaded.search(probes, k=5, min_cosine=0.2) == index.search(probes, k=5, min_cosine=0.2)
 
 
 @pytest.mark.parametrize("shard_size", [3, 64, 1000])
@@ -333,3 +356,132 @@ def test_a_process_that_builds_a_graph_first_can_still_load_a_model() -> None:
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.startswith("loaded")
+
+
+# --- a deletion the warm index has not caught up with ---------------------------------------------------------
+
+
+class LaggingFaces(MemoryFaceRepository):
+    """The faces table as AWS serves it: the ByCollection index, which the warm index loads from, still lists
+    faces deleted from the table (its replication is eventually consistent); the table itself is exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed: dict[str, FaceRecord] = {}
+
+    def save_all(self, faces: Sequence[FaceRecord]) -> None:
+        super().save_all(faces)
+        self.listed.update({face.face_id: face for face in faces})
+
+    def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
+        super().set_user(face_ids, user_id)
+        self.listed.update({face_id: self.faces[face_id] for face_id in face_ids if face_id in self.faces})
+
+    def list_collection(self, collection_id: str) -> list[FaceRecord]:
+        return [face for face in self.listed.values() if face.collection_id == collection_id]
+
+
+def uid(person: int, photo: int) -> str:
+    return f"{person:08x}-0000-4000-8000-{photo:012x}"
+
+
+class OneFace:
+    """Detector and embedder of a search photo: one face, whose embedding is the given probe."""
+
+    version = "test"
+
+    def __init__(self, probe: np.ndarray) -> None:
+        self.probe = probe
+
+    def detect(self, image: np.ndarray, max_faces: int = 100, min_confidence: float = 0.0) -> list[DetectedFace]:
+        return [DetectedFace(BoundingBox(20, 20, 60, 60), ((35, 40), (65, 40), (50, 55), (38, 68), (62, 68)), 0.99)]
+
+    def embed_faces(self, image: np.ndarray, faces: Sequence[DetectedFace]) -> np.ndarray:
+        return np.stack([self.probe for _ in faces])
+
+
+def test_a_face_deleted_from_the_table_is_never_returned_while_the_warm_index_still_holds_it() -> None:
+    _, vectors, probes = people(6, 3, seed=11)
+    faces, collections = LaggingFaces(), MemoryCollectionRepository()
+    collections.create(Collection("staff", "2026-01-01T00:00:00Z", "test"))
+    faces.save_all(
+        [face(uid(n // 3, n % 3), vector) for n, vector in enumerate(vectors)]  # person n // 3, photo n % 3
+    )
+    store = collection_service.CollectionStore(
+        collections, faces, MemoryUserRepository(), CollectionIndexes(faces, collections)
+    )
+    photo = io.BytesIO()
+    Image.new("RGB", (100, 100), (128, 128, 128)).save(photo, format="PNG")
+    detector = embedder = OneFace(probes[1])
+
+    def by_image() -> list[str]:
+        result = search_image(
+            photo.getvalue(),
+            "staff",
+            detector=detector,
+            embedder=embedder,
+            indexes=store.indexes,
+            face_match_threshold=80.0,
+            max_matches=5,
+            min_confidence=0.5,
+        )
+        return [match.face_id for match in result.faces[0].matches]
+
+    def by_face(face_id: str) -> list[str]:
+        matches = collection_service.search_by_face_id(store, "staff", face_id, threshold=80.0, max_faces=5)
+        return [match.face_id for match in matches]
+
+    assert sorted(by_image()) == [uid(1, 0), uid(1, 1), uid(1, 2)]
+    assert sorted(by_face(uid(1, 0))) == [uid(1, 1), uid(1, 2)]
+
+    deletion = collection_service.delete_faces(store, "staff", [uid(1, 1)])
+    assert deletion.deleted == [uid(1, 1)]
+    _, index, records = store.indexes.get("staff")
+    assert uid(1, 1) in index and uid(1, 1) in records, "the warm index reloaded and still holds the face"
+
+    assert sorted(by_image()) == [uid(1, 0), uid(1, 2)]
+    assert sorted(by_face(uid(1, 0))) == [uid(1, 2)]
+    with pytest.raises(InvalidParameterError):
+        by_face(uid(1, 1))  # the deleted face itself cannot be searched with either
+
+    # A user is scored by its faces that still exist: by the next best one, and not at all once none is left.
+    collection_service.create_user(store, "staff", "alice")
+    collection_service.associate_faces(store, "staff", "alice", [uid(2, 0), uid(2, 1)])
+    scores = {
+        match.face_id: match.similarity
+        for match in collection_service.search_by_face_id(store, "staff", uid(2, 2), threshold=80.0, max_faces=5)
+    }
+    best, other = sorted([uid(2, 0), uid(2, 1)], key=lambda face_id: -scores[face_id])
+
+    def users() -> list[tuple[str, float]]:
+        found = collection_service.search_users(store, "staff", face_id=uid(2, 2), threshold=80.0, max_users=5)
+        return [(match.user_id, match.similarity) for match in found]
+
+    assert users() == [("alice", scores[best])]
+    for gone, expected in ((best, [("alice", scores[other])]), (other, [])):
+        faces.delete_all([gone])  # an erasure deletes a user's faces from the table
+        collections.mark_changed("staff")
+        assert gone in store.indexes.get("staff")[1]
+        assert users() == expected
+
+
+def test_the_faces_table_says_which_faces_exist_in_batches_of_a_hundred(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb")
+        dynamodb.create_table(
+            TableName="faces",
+            KeySchema=[{"AttributeName": "face_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "face_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        table = DynamoFaceRepository("faces", dynamodb)
+        vector = unit(np.ones(DIMENSION))
+        table.save_all([face(uid(1, photo), vector) for photo in range(150)])
+        table.delete_all([uid(1, 7), uid(1, 120)])
+        asked = [uid(1, photo) for photo in range(150)] + [uid(2, 0), uid(1, 3)]
+        assert table.existing(asked) == {uid(1, photo) for photo in range(150)} - {uid(1, 7), uid(1, 120)}
+        assert table.existing([]) == set()

@@ -21,6 +21,8 @@ from candor_local.runtime import LocalEnvironment
 pytestmark = pytest.mark.integration
 
 PEOPLE = ("alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie")
+# Every enrolment upload names the enrolled person's consent reference (object metadata).
+CONSENTED = {"candor-consent": "consent-form-integration"}
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,10 @@ def enrolled(env: LocalEnvironment, faces_dir: Path) -> dict[str, Path]:
     for person in PEOPLE:
         for photo in sorted((faces_dir / "enroll" / person).iterdir()):
             key = f"enroll/{collection}/{person}/{photo.name}"
-            s3.put_object(Bucket=bucket, Key=key, Body=photo.read_bytes())
+            s3.put_object(Bucket=bucket, Key=key, Body=photo.read_bytes(), Metadata=CONSENTED)
             uploads[key] = photo
     s3.put_object(Bucket=bucket, Key=f"photos/{collection}/broken photo+1.jpg", Body=b"\xff\xd8\xff truncated")
-    s3.put_object(Bucket=bucket, Key=f"enroll/{collection}/nobody/empty.png", Body=_blank_png())
+    s3.put_object(Bucket=bucket, Key=f"enroll/{collection}/nobody/empty.png", Body=_blank_png(), Metadata=CONSENTED)
     env.wait_idle(timeout=180)
     return {"collection": collection, **uploads}  # type: ignore[dict-item]
 

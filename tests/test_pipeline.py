@@ -22,6 +22,8 @@ from candor.ports import Collection
 from candor.search import CollectionIndexes, search_image
 
 BUCKET = "uploads"
+# An enrolment upload names the enrolled person's consent reference; without it nobody is indexed.
+CONSENTED = {"candor-consent": "consent-form-17"}
 
 
 class Stack:
@@ -81,11 +83,11 @@ def _read(path: Path) -> bytes:
 
 
 def test_enrolment_photo_flows_to_a_searchable_face(stack: Stack, faces_dir: Path) -> None:
-    photo = stack.upload("enroll/people/obama/obama.jpg", _read(faces_dir / "enroll/obama/obama.jpg"))
+    photo = stack.upload("enroll/people/obama/obama.jpg", _read(faces_dir / "enroll/obama/obama.jpg"), CONSENTED)
     assert photo.status is PhotoStatus.COMPLETE
     assert len(photo.faces) == 1 and photo.image_width > 0
     (face,) = stack.faces.list_collection("people")
-    assert face.external_image_id == "obama"
+    assert face.external_image_id == "obama" and face.consent_reference == "consent-form-17"
     assert face.embedding.shape == (512,) and np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-4)
 
     result = stack.search(_read(faces_dir / "probe/obama1.jpg"))
@@ -94,7 +96,7 @@ def test_enrolment_photo_flows_to_a_searchable_face(stack: Stack, faces_dir: Pat
 
 
 def test_only_the_largest_face_of_an_enrolment_photo_is_enrolled(stack: Stack, faces_dir: Path) -> None:
-    photo = stack.upload("enroll/people/obama/group.jpg", _read(faces_dir / "probe/obama_and_biden.jpg"))
+    photo = stack.upload("enroll/people/obama/group.jpg", _read(faces_dir / "probe/obama_and_biden.jpg"), CONSENTED)
     assert photo.status is PhotoStatus.COMPLETE and len(photo.faces) >= 2
     enrolled = list(stack.faces.list_collection("people"))
     assert len(enrolled) == 1
@@ -103,7 +105,9 @@ def test_only_the_largest_face_of_an_enrolment_photo_is_enrolled(stack: Stack, f
 
 def test_a_stranger_matches_nobody(stack: Stack, faces_dir: Path) -> None:
     for person in ("obama", "biden"):
-        stack.upload(f"enroll/people/{person}/{person}.jpg", _read(faces_dir / f"enroll/{person}/{person}.jpg"))
+        stack.upload(
+            f"enroll/people/{person}/{person}.jpg", _read(faces_dir / f"enroll/{person}/{person}.jpg"), CONSENTED
+        )
     result = stack.search(_read(faces_dir / "probe/lin-manuel-miranda.png"))
     assert result.faces and all(face.matches == [] for face in result.faces)
 
@@ -116,7 +120,7 @@ def test_bad_bytes_end_in_a_failed_record_not_an_exception(stack: Stack) -> None
 
 
 def test_enrolling_into_a_missing_collection_is_a_recorded_failure(stack: Stack, faces_dir: Path) -> None:
-    photo = stack.upload("enroll/nobody/obama/obama.jpg", _read(faces_dir / "enroll/obama/obama.jpg"))
+    photo = stack.upload("enroll/nobody/obama/obama.jpg", _read(faces_dir / "enroll/obama/obama.jpg"), CONSENTED)
     assert photo.status is PhotoStatus.FAILED and photo.error_code == "ResourceNotFound"
     assert "nobody" in (photo.error_message or "")
 
@@ -125,7 +129,7 @@ def test_an_enrolment_photo_without_a_face_fails_but_a_plain_one_completes(stack
     gradient = np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1))
     buffer = io.BytesIO()
     Image.fromarray(gradient).convert("RGB").save(buffer, "JPEG")
-    enrolment = stack.upload("enroll/people/ghost/wall.jpg", buffer.getvalue())
+    enrolment = stack.upload("enroll/people/ghost/wall.jpg", buffer.getvalue(), CONSENTED)
     assert enrolment.status is PhotoStatus.FAILED and enrolment.error_code == "NoFaceDetected"
     plain = stack.upload("photos/wall.jpg", buffer.getvalue())
     assert plain.status is PhotoStatus.COMPLETE and plain.faces == []

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Long enough for a batch under load (a batch still in flight when it expires is received again).
 DETECT_VISIBILITY_S = 10
 EMBED_VISIBILITY_S = 10
+# Enrolment uploads carry the enrolled person's consent reference; without it nobody is indexed.
+CONSENTED = {"candor-consent": "consent-form-reliability"}
 POISON = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "Not A Bucket"}, "object": {"key": "x.jpg"}}}]})  # noqa: E501
 
 
@@ -129,7 +131,8 @@ def test_the_same_event_twice_and_the_same_upload_twice_keep_one_set_of_faces(
     uploads = {enrolment: faces_dir / "enroll/obama/obama.jpg", group: faces_dir / "probe/two_people.jpg"}
     for _ in range(2):  # the same object uploaded twice
         for key, path in uploads.items():
-            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            metadata = CONSENTED if key == enrolment else {}
+            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), Metadata=metadata)
     for _ in range(2):  # and its S3 event delivered twice more
         for key in uploads:
             body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key)}}}]}  # noqa: E501
@@ -159,7 +162,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env: Loc
     log = env.log_path("EmbedFunction")
     offset = log.stat().st_size
     for i, key in enumerate(keys):
-        s3.put_object(Bucket=bucket, Key=key, Body=sources[i % 3].read_bytes() if i < 12 else sources[1].read_bytes())
+        body = sources[i % 3].read_bytes() if i < 12 else sources[1].read_bytes()
+        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=CONSENTED if key.startswith("enroll/") else {})
 
     # Kill EmbedFunction's process once an invocation has embedded one photo of its batch and not finished.
     killed: str | None = None

@@ -35,6 +35,8 @@ BOTO3_ACTIONS = {
     "batch_writer": "dynamodb:BatchWriteItem",
     "batch_get_item": "dynamodb:BatchGetItem",
     "get_object": "s3:GetObject",
+    "get_object_tagging": "s3:GetObjectTagging",
+    "put_object_tagging": "s3:PutObjectTagging",
     "download_file": "s3:GetObject",
     "head_object": "s3:GetObject",
     "put_object": "s3:PutObject",
@@ -223,6 +225,7 @@ def test_the_adapter_scan_sees_every_kind_of_call() -> None:
     assert adapters["S3ImageStore"]["get"] == {"s3:GetObject"}
     assert adapters["DynamoFaceRepository"]["save_all"] == {"dynamodb:BatchWriteItem"}
     assert adapters["DynamoFaceRepository"]["list_collection"] == {"dynamodb:Query"}  # via _query_pages
+    assert adapters["DynamoFaceRepository"]["existing"] == {"dynamodb:BatchGetItem"}
     assert adapters["DynamoUserRepository"]["list_page"] == {"dynamodb:Query"}  # via _query_limited
     assert adapters["SqsPublisher"]["publish"] == {"sqs:SendMessage"}
 

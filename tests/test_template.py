@@ -181,12 +181,13 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_outlives_its_fun
 
 def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) -> None:
     tables = _resources(template, "AWS::DynamoDB::Table")
-    assert set(tables) == {"PhotosTable", "FacesTable", "CollectionsTable", "UsersTable"}
+    assert set(tables) == {"PhotosTable", "FacesTable", "CollectionsTable", "UsersTable", "AuditTable", "QuotasTable"}
     for name, table in tables.items():
         properties = table["Properties"]
         assert properties["SSESpecification"]["SSEEnabled"] is True, name
         assert properties["BillingMode"] == "PAY_PER_REQUEST", name
-        assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+        if name != "QuotasTable":  # minute counters: nothing to recover
+            assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
 
 
 def test_faces_are_searchable_by_collection(template: Template) -> None:
@@ -227,11 +228,14 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
                         granted.setdefault(target, set()).update(_as_list(statement["Action"]))
         return granted
 
+    # The audit log: append (PutItem under a free-key condition) and read the head (Query), nothing more.
+    append_only = {"dynamodb:PutItem", "dynamodb:Query"}
     assert grants("DetectFunction") == {
-        "UploadBucket": {"s3:GetObject"},
+        "UploadBucket": {"s3:GetObject", "s3:GetObjectTagging", "s3:PutObjectTagging"},
         "PhotosTable": {"dynamodb:PutItem"},
         "CollectionsTable": {"dynamodb:GetItem"},
         "EmbedQueue": {"sqs:SendMessage"},
+        "AuditTable": append_only,
     }
     assert grants("EmbedFunction") == {
         "UploadBucket": {"s3:GetObject"},
@@ -241,12 +245,18 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
         # FaceNet from the model bucket (ModelBucket/ModelPrefix*, read-only).
         "ModelBucket": {"s3:GetObject"},
         "ModelPrefix": {"s3:GetObject"},
+        "AuditTable": append_only,
     }
     assert grants("SearchFunction") == {
-        "UploadBucket": {"s3:GetObject"},
+        # DeleteObject and the photos table: erasure removes a person's enrolment photos.
+        "UploadBucket": {"s3:GetObject", "s3:DeleteObject"},
+        "PhotosTable": {"dynamodb:GetItem", "dynamodb:DeleteItem"},
+        "AuditTable": append_only,
+        "QuotasTable": {"dynamodb:UpdateItem"},
         "ModelBucket": {"s3:GetObject"},
         "ModelPrefix": {"s3:GetObject"},
-        "FacesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"},
+        # BatchGetItem: the hits a search returns are checked against the table (the index may lag a delete).
+        "FacesTable": {"dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"},
         "CollectionsTable": {
             "dynamodb:GetItem",
             "dynamodb:PutItem",

@@ -1,13 +1,17 @@
-"""`candor collections|faces|users|compare|detect|show`: every face API operation from the command line.
+"""`candor collections|faces|users|compare|detect|show|erase`: every face API operation from the command line.
 
 Each command talks to the stack `candor up` runs (or CANDOR_API / AWS_ENDPOINT_URL) through boto3's
 Rekognition client, prints a short human summary, or with `--json` the API's response as it came.
+Each states what the request is for with --purpose, --case and --consent (or CANDOR_PURPOSE, CANDOR_CASE,
+CANDOR_CONSENT), sent as the X-Candor-* headers the API checks every search and enrolment against.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,11 +23,19 @@ from botocore.exceptions import ClientError
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
+from candor.policy import (
+    DEFAULT_FLOOR,
+    DEFAULT_SEARCHES_PER_CALLER,
+    DEFAULT_SEARCHES_PER_COLLECTION,
+    GENERAL_PURPOSE,
+)
 from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
 from candor_local.client import CandorClient, CandorError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 QUALITY_FILTERS = ("NONE", "AUTO", "LOW", "MEDIUM", "HIGH")
+# A search without a threshold runs at its collection's floor, so an identification collection needs no flag.
+SEARCH_THRESHOLD_HELP = "similarity 0-100 (default: the collection's floor, 80, or 99 for identification)"
 Command = Callable[[argparse.Namespace, CandorClient], int | None]
 
 
@@ -36,7 +48,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser("compare", help="is the largest face of SOURCE among the faces of TARGET?")
     compare.add_argument("source", type=Path)
     compare.add_argument("target", type=Path)
-    compare.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    compare.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 80-100")
     _command(compare, cmd_compare)
 
     detect = commands.add_parser("detect", help="the faces in a photo: box, landmarks, pose, quality")
@@ -46,15 +58,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     show = commands.add_parser("show", help="write a PNG of a photo with its faces boxed and named")
     show.add_argument("photo", type=Path)
     show.add_argument("--collection", help="name the faces found in this collection")
-    show.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    show.add_argument("--threshold", type=float, help=SEARCH_THRESHOLD_HELP)
     show.add_argument("--out", type=Path, help="the PNG to write (default: <photo>.faces.png)")
     _command(show, cmd_show)
+
+    erase = commands.add_parser(
+        "erase", help="erase a person: their faces, user, enrolment photos and index entries, then prove it"
+    )
+    erase.add_argument("person", help="the ExternalImageId they were enrolled under, or their user id")
+    erase.add_argument("--collection", required=True)
+    erase.add_argument(
+        "--photo", type=Path, help="a photo of the person to prove the erasure with (default: an enrolment photo)"
+    )
+    _command(erase, cmd_erase)
 
 
 def _collections(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(title="actions", required=True)
+    create = actions.add_parser("create", help="create a collection (with a policy when a policy flag is given)")
+    create.add_argument("collection")
+    _policy_options(create)
+    _command(create, cmd_collection_create, stated_purpose=False)
+    policy = actions.add_parser(
+        "policy", help="what a collection may be searched for, its threshold floor and quotas; flags change them"
+    )
+    policy.add_argument("collection")
+    _policy_options(policy)
+    _command(policy, cmd_collection_policy, stated_purpose=False)
     for name, run, help_text in (
-        ("create", cmd_collection_create, "create a collection"),
         ("describe", cmd_collection_describe, "face count, model version, ARN, creation time"),
         ("delete", cmd_collection_delete, "delete a collection with its faces and users"),
     ):
@@ -62,6 +93,35 @@ def _collections(parser: argparse.ArgumentParser) -> None:
         action.add_argument("collection")
         _command(action, run)
     _command(actions.add_parser("list", help="every collection"), cmd_collection_list)
+
+
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    """A collection's policy; every flag left out keeps its current value (on create: the safe default)."""
+    parser.add_argument(
+        "--purpose",
+        dest="purposes",
+        action="append",
+        metavar="PURPOSE",
+        help=f"a purpose the collection may be searched for; repeat for several (default: {GENERAL_PURPOSE})",
+    )
+    parser.add_argument(
+        "--identification",
+        action=argparse.BooleanOptionalAction,
+        help="matches are acted on to identify people: the threshold floor rises to 99",
+    )
+    parser.add_argument(
+        "--min-threshold", type=float, help=f"the lowest match threshold searches may use ({DEFAULT_FLOOR:g}-100)"
+    )
+    parser.add_argument(
+        "--searches-per-caller",
+        type=int,
+        help=f"searches a minute each caller may run (default {DEFAULT_SEARCHES_PER_CALLER})",
+    )
+    parser.add_argument(
+        "--searches-per-minute",
+        type=int,
+        help=f"searches a minute all callers together may run (default {DEFAULT_SEARCHES_PER_COLLECTION})",
+    )
 
 
 def _faces(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +132,7 @@ def _faces(parser: argparse.ArgumentParser) -> None:
     index.add_argument("--external-id", help="ExternalImageId of every photo (default: its folder name)")
     index.add_argument("--max-faces", type=int, help="index at most this many faces per photo, largest first")
     index.add_argument("--quality", choices=QUALITY_FILTERS, default="AUTO", help="quality filter (default AUTO)")
-    _command(index, cmd_faces_index)
+    _command(index, cmd_faces_index, consent_help="the consent reference of the people indexed (required)")
 
     listing = actions.add_parser("list", help="the faces of a collection")
     listing.add_argument("--collection", required=True)
@@ -88,16 +148,19 @@ def _faces(parser: argparse.ArgumentParser) -> None:
     search.add_argument("face_id", nargs="?")
     search.add_argument("--image", type=Path)
     search.add_argument("--collection", required=True)
-    search.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    search.add_argument("--threshold", type=float, help=SEARCH_THRESHOLD_HELP)
     search.add_argument("--max", type=int, default=5, help="at most this many matches")
     _command(search, cmd_faces_search)
 
 
 def _users(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(title="actions", required=True)
-    simple: tuple[tuple[str, Command], ...] = (("create", cmd_user_create), ("delete", cmd_user_delete))
-    for name, run in simple:
-        action = actions.add_parser(name, help=f"{name} a user")
+    simple: tuple[tuple[str, Command, str], ...] = (
+        ("create", cmd_user_create, "create a user"),
+        ("delete", cmd_user_delete, "delete a user, erasing their faces, enrolment photos and index entries"),
+    )
+    for name, run, help_text in simple:
+        action = actions.add_parser(name, help=help_text)
         action.add_argument("user")
         action.add_argument("--collection", required=True)
         _command(action, run)
@@ -120,13 +183,33 @@ def _users(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--face")
     group.add_argument("--image", type=Path)
     search.add_argument("--collection", required=True)
-    search.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    search.add_argument("--threshold", type=float, help=SEARCH_THRESHOLD_HELP)
     search.add_argument("--max", type=int, default=10, help="at most this many users")
     _command(search, cmd_user_search)
 
 
-def _command(parser: argparse.ArgumentParser, run: Command) -> None:
+def _command(
+    parser: argparse.ArgumentParser,
+    run: Command,
+    *,
+    stated_purpose: bool = True,
+    consent_help: str = "the enrolled person's consent reference, for an enrolment",
+) -> None:
+    """The options every face API command shares: --json and what the request is stated to be for.
+    Commands whose --purpose declares a collection's purposes (create, policy) state none."""
     parser.add_argument("--json", action="store_true", help="print the API's response as JSON")
+    if stated_purpose:
+        parser.add_argument(
+            "--purpose",
+            default=os.environ.get("CANDOR_PURPOSE"),
+            help=f"what a search is for, as the collection declares it ($CANDOR_PURPOSE; default {GENERAL_PURPOSE})",
+        )
+    parser.add_argument(
+        "--case",
+        default=os.environ.get("CANDOR_CASE"),
+        help="the case reference a search is made under, required for every purpose but general ($CANDOR_CASE)",
+    )
+    parser.add_argument("--consent", default=os.environ.get("CANDOR_CONSENT"), help=f"{consent_help} ($CANDOR_CONSENT)")
     parser.set_defaults(run=_connected(run))
 
 
@@ -138,6 +221,7 @@ def _connected(run: Command) -> Callable[[argparse.Namespace], int]:
         from candor_local.cli import _connected_stack  # the CLI imports this module: import it late
 
         client = CandorClient(_connected_stack())
+        client.state(purpose=getattr(args, "purpose", None), case=args.case, consent=args.consent)
         try:
             result = run(args, client)
         except ClientError as error:
@@ -172,6 +256,10 @@ def _image(path: Path) -> dict[str, bytes]:
     return {"Bytes": path.read_bytes()}
 
 
+def _threshold(name: str, threshold: float | None) -> dict[str, float]:
+    return {} if threshold is None else {name: threshold}
+
+
 def _box(box: dict[str, float]) -> str:
     return f"left {box['Left']:.2f} top {box['Top']:.2f} size {box['Width']:.2f}x{box['Height']:.2f}"
 
@@ -180,8 +268,48 @@ def _box(box: dict[str, float]) -> str:
 
 
 def cmd_collection_create(args: argparse.Namespace, client: CandorClient) -> None:
-    response = _api(client).create_collection(CollectionId=args.collection)
-    _print(args, response, [f"created {response['CollectionArn']}"])
+    policy = _policy_flags(args)
+    if not policy:
+        response = _api(client).create_collection(CollectionId=args.collection)
+        _print(args, response, [f"created {response['CollectionArn']}"])
+        return
+    # Rekognition's CreateCollection takes no policy: Candor's own operation does.
+    response = client.call("CandorService.CreateCollection", {"CollectionId": args.collection, "Policy": policy})
+    described = client.call("CandorService.DescribeCollectionPolicy", {"CollectionId": args.collection})
+    _print(args, response, [f"created {response['CollectionArn']}", *_policy_lines(described["Policy"])])
+
+
+def cmd_collection_policy(args: argparse.Namespace, client: CandorClient) -> None:
+    current = client.call("CandorService.DescribeCollectionPolicy", {"CollectionId": args.collection})
+    changes = _policy_flags(args)
+    if not changes:
+        _print(args, current, [f"{args.collection}:", *_policy_lines(current["Policy"])])
+        return
+    # A policy is put whole: the flags change their fields, the others keep their current values.
+    policy = {**current["Policy"], **changes}
+    response = client.call("CandorService.PutCollectionPolicy", {"CollectionId": args.collection, "Policy": policy})
+    _print(args, response, [f"{args.collection}: policy changed", *_policy_lines(response["Policy"])])
+
+
+def _policy_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The Policy fields the command's flags give, in the API's names."""
+    given = {
+        "Purposes": list(dict.fromkeys(args.purposes)) if args.purposes else None,
+        "Identification": args.identification,
+        "MinFaceMatchThreshold": args.min_threshold,
+        "SearchesPerCallerPerMinute": args.searches_per_caller,
+        "SearchesPerMinute": args.searches_per_minute,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _policy_lines(policy: dict[str, Any]) -> list[str]:
+    use = "identification" if policy["Identification"] else "search only, no identification"
+    return [
+        f"  purposes: {', '.join(policy['Purposes'])}",
+        f"  use: {use}; match threshold at least {policy['MinFaceMatchThreshold']:g}",
+        f"  searches a minute: {policy['SearchesPerCallerPerMinute']} per caller, {policy['SearchesPerMinute']} in all",
+    ]
 
 
 def cmd_collection_describe(args: argparse.Namespace, client: CandorClient) -> None:
@@ -230,6 +358,12 @@ def photos_to_index(paths: list[Path], external_id: str | None) -> list[PhotoToI
 
 
 def cmd_faces_index(args: argparse.Namespace, client: CandorClient) -> int:
+    if not args.consent:
+        # Refused by the API anyway: say so once, before any photo is sent.
+        raise ValueError(
+            "indexing faces needs the consent reference of the people indexed: "
+            "give --consent REFERENCE (or set CANDOR_CONSENT)"
+        )
     plan = photos_to_index(args.paths, args.external_id)
     failed = 0
     bar = tqdm(plan, desc="indexing", unit="photo", disable=args.json or len(plan) < 2, file=sys.stderr)
@@ -282,7 +416,7 @@ def cmd_faces_delete(args: argparse.Namespace, client: CandorClient) -> int:
 def cmd_faces_search(args: argparse.Namespace, client: CandorClient) -> None:
     if (args.face_id is None) == (args.image is None):
         raise ValueError("give a FACE_ID or --image PHOTO")
-    common = {"CollectionId": args.collection, "FaceMatchThreshold": args.threshold, "MaxFaces": args.max}
+    common = {"CollectionId": args.collection, "MaxFaces": args.max, **_threshold("FaceMatchThreshold", args.threshold)}
     if args.face_id:
         response = _api(client).search_faces(FaceId=args.face_id, **common)
     else:
@@ -396,7 +530,7 @@ def cmd_user_create(args: argparse.Namespace, client: CandorClient) -> None:
 
 def cmd_user_delete(args: argparse.Namespace, client: CandorClient) -> None:
     response = _api(client).delete_user(CollectionId=args.collection, UserId=args.user)
-    _print(args, response, [f"deleted user {args.user}; its faces stay in {args.collection}"])
+    _print(args, response, [f"deleted user {args.user} from {args.collection}, erased with their faces and photos"])
 
 
 def cmd_user_list(args: argparse.Namespace, client: CandorClient) -> None:
@@ -427,7 +561,7 @@ def cmd_user_disassociate(args: argparse.Namespace, client: CandorClient) -> int
 
 
 def cmd_user_search(args: argparse.Namespace, client: CandorClient) -> None:
-    common = {"CollectionId": args.collection, "UserMatchThreshold": args.threshold, "MaxUsers": args.max}
+    common = {"CollectionId": args.collection, "MaxUsers": args.max, **_threshold("UserMatchThreshold", args.threshold)}
     if args.image:
         response = _api(client).search_users_by_image(Image=_image(args.image), **common)
     elif args.user:
@@ -436,3 +570,28 @@ def cmd_user_search(args: argparse.Namespace, client: CandorClient) -> None:
         response = _api(client).search_users(FaceId=args.face, **common)
     lines = [f"{m['User']['UserId']:<20} similarity {m['Similarity']:.1f}" for m in response["UserMatches"]]
     _print(args, response, lines or ["no user matches"])
+
+
+# --- erasure ------------------------------------------------------------------------------------------------
+
+
+def cmd_erase(args: argparse.Namespace, client: CandorClient) -> int:
+    """ErasePerson, then what its proof search found: exit status 1 when a face of theirs still matches."""
+    request: dict[str, Any] = {"CollectionId": args.collection, "PersonId": args.person}
+    if args.photo is not None:
+        request["Image"] = {"Bytes": base64.b64encode(_image(args.photo)["Bytes"]).decode()}
+    response = client.call("CandorService.ErasePerson", request)
+    proof = response["Proof"]
+    user = "their user" if response["UserRemoved"] else "no user"
+    lines = [
+        f"erased {args.person} from {args.collection}: {response['FacesRemoved']} face(s), "
+        f"{response['PhotosRemoved']} photo(s), {user}"
+    ]
+    if proof["RemainingMatches"]:
+        lines.append(f"proof: FAILED, their photo still matches {', '.join(proof['RemainingMatches'])}")
+    elif proof["Searched"]:
+        lines.append(f"proof: searched with their photo, {proof['FacesSearched']} face(s), no match left")
+    else:
+        lines.append(f"proof: not run: {proof.get('Note', 'no photo to search with')}")
+    _print(args, response, lines)
+    return 1 if proof["RemainingMatches"] else 0

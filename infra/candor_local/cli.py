@@ -19,7 +19,7 @@ from botocore.exceptions import EndpointConnectionError
 from tqdm import tqdm
 
 from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
-from candor_local import api_commands, bench, dlq_commands
+from candor_local import api_commands, audit_commands, bench, dlq_commands
 from candor_local.client import CandorClient, CandorError, StackEndpoints, client_for, deployed_stack
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -76,20 +76,36 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("path", type=Path, help="a folder of <person>/<photos>, or with --person a folder or photo")
     enroll.add_argument("--collection", required=True)
     enroll.add_argument("--person", help="everyone in PATH is this person")
-    enroll.add_argument("--consent", help="consent reference recorded with each enrolled face")
+    enroll.add_argument(
+        "--consent",
+        required=True,
+        help="the enrolled people's consent reference (a form or record id), required: it is recorded with each "
+        "enrolled face and in the audit log, and the pipeline indexes nobody without one",
+    )
     enroll.add_argument("--json", action="store_true")
     enroll.set_defaults(run=cmd_enroll)
 
     search = commands.add_parser("search", help="who is in this photo?")
     search.add_argument("photo", type=Path)
     search.add_argument("--collection", required=True)
-    search.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
+    search.add_argument("--threshold", type=float, help=api_commands.SEARCH_THRESHOLD_HELP)
     search.add_argument("--max-matches", type=int, default=5)
+    search.add_argument(
+        "--purpose",
+        default=os.environ.get("CANDOR_PURPOSE"),
+        help="what the search is for, as the collection declares it ($CANDOR_PURPOSE; default general)",
+    )
+    search.add_argument(
+        "--case",
+        default=os.environ.get("CANDOR_CASE"),
+        help="the case reference, required for every purpose but general ($CANDOR_CASE)",
+    )
     search.add_argument("--json", action="store_true")
     search.set_defaults(run=cmd_search)
     bench.register(commands)
     api_commands.register(commands)
     dlq_commands.register(commands)
+    audit_commands.register(commands)
     return parser
 
 
@@ -162,6 +178,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     client = CandorClient(_connected_stack())
+    client.state(purpose=args.purpose, case=args.case)
     result = search_photo(client, args.photo, args.collection, args.threshold, args.max_matches)
     print(json.dumps(result) if args.json else format_result(result))
     return 1 if result.get("error") else 0
@@ -227,7 +244,7 @@ def enrol(
 
 
 def search_photo(
-    client: CandorClient, photo: Path, collection_id: str, threshold: float, max_matches: int = 5
+    client: CandorClient, photo: Path, collection_id: str, threshold: float | None, max_matches: int = 5
 ) -> dict[str, Any]:
     """The demo's JSON shape: {"photo", "faces": [{"bounding_box", "matches": [{"identity", "similarity"}]}]}."""
     try:

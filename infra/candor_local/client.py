@@ -92,6 +92,18 @@ class CandorClient:
         self.rekognition = session.client("rekognition", endpoint_url=stack.api_url)
         # An IAM Function URL accepts SigV4 for the service "lambda" only, whatever protocol it speaks.
         self.rekognition.meta.events.register("before-sign.rekognition", _sign_as_lambda)
+        # What the caller states with every request (purpose, case, consent): see `state`.
+        self.statement: dict[str, str] = {}
+        self.rekognition.meta.events.register("before-sign.rekognition", self._add_statement)
+
+    def state(self, purpose: str | None = None, case: str | None = None, consent: str | None = None) -> None:
+        """Send X-Candor-Purpose, X-Candor-Case and X-Candor-Consent with every following request."""
+        values = {"X-Candor-Purpose": purpose, "X-Candor-Case": case, "X-Candor-Consent": consent}
+        self.statement = {name: value for name, value in values.items() if value}
+
+    def _add_statement(self, request: AWSRequest, **_: Any) -> None:
+        for name, value in self.statement.items():
+            request.headers[name] = value
 
     def ensure_collection(self, collection_id: str) -> bool:
         """Create the collection unless it exists; True when it was created."""
@@ -143,20 +155,20 @@ class CandorClient:
                 time.sleep(0.2)
         return done
 
-    def search_all_faces(self, image: bytes, collection_id: str, threshold: float, max_matches: int = 5) -> dict:
-        return self.call(
-            "CandorService.SearchAllFacesByImage",
-            {
-                "CollectionId": collection_id,
-                "Image": {"Bytes": base64.b64encode(image).decode()},
-                "FaceMatchThreshold": threshold,
-                "MaxFaces": max_matches,
-            },
-        )
+    def search_all_faces(self, image: bytes, collection_id: str, threshold: float | None, max_matches: int = 5) -> dict:
+        """SearchAllFacesByImage; without a threshold the collection's floor applies."""
+        request: dict[str, Any] = {
+            "CollectionId": collection_id,
+            "Image": {"Bytes": base64.b64encode(image).decode()},
+            "MaxFaces": max_matches,
+        }
+        if threshold is not None:
+            request["FaceMatchThreshold"] = threshold
+        return self.call("CandorService.SearchAllFacesByImage", request)
 
     def call(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(request).encode()
-        headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target}
+        headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target, **self.statement}
         signed = AWSRequest(method="POST", url=self.stack.api_url.rstrip("/") + "/", data=body, headers=headers)
         credentials = self._session.get_credentials()
         if credentials is not None:

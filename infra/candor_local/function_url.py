@@ -111,7 +111,7 @@ def build_event(
                 "callerId": access_key,
                 "cognitoIdentity": None,
                 "principalOrgId": None,
-                "userArn": f"arn:aws:iam::{config.account_id}:user/local",
+                "userArn": f"arn:aws:iam::{config.account_id}:user/{access_key or 'local'}",
                 "userId": access_key,
             }
         }

@@ -12,13 +12,16 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from candor.accountability import Accountability
 from candor.adapters.aws import (
+    DynamoAuditStore,
     DynamoCollectionRepository,
     DynamoPhotoRepository,
     S3ImageStore,
     SqsPublisher,
     model_source,
 )
+from candor.audit import AuditLog, log_anchor
 from candor.batch import LoggedSqsBatchProcessor
 from candor.errors import MalformedEventError
 from candor.faces import PhotoStatus
@@ -40,6 +43,7 @@ images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 collections = DynamoCollectionRepository(settings.collections_table)
 embed_queue = SqsPublisher(settings.embed_queue_url)
+accountability = Accountability(AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)))
 
 
 def record_handler(record: SQSRecord) -> None:
@@ -61,6 +65,8 @@ def record_handler(record: SQSRecord) -> None:
             detector=detector,
             embed_queue=embed_queue,
             min_confidence=settings.min_detection_confidence,
+            accountability=accountability,
+            retention_days=settings.retention_days,
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         metrics.add_metric(name="DetectionLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)

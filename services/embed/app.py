@@ -12,13 +12,16 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from candor.accountability import Accountability
 from candor.adapters.aws import (
+    DynamoAuditStore,
     DynamoCollectionRepository,
     DynamoFaceRepository,
     DynamoPhotoRepository,
     S3ImageStore,
     model_source,
 )
+from candor.audit import AuditLog, log_anchor
 from candor.batch import LoggedSqsBatchProcessor
 from candor.faces import PhotoStatus
 from candor.model_files import model_dir_with
@@ -39,13 +42,23 @@ images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 faces = DynamoFaceRepository(settings.faces_table)
 collections = DynamoCollectionRepository(settings.collections_table)
+accountability = Accountability(AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)))
 
 
 def record_handler(record: SQSRecord) -> None:
     request = record.json_body
     logger.set_correlation_id(request.get("photo_id"))
     started = time.perf_counter()
-    photo = embed_photo(request, images=images, photos=photos, faces=faces, collections=collections, embedder=embedder)
+    photo = embed_photo(
+        request,
+        images=images,
+        photos=photos,
+        faces=faces,
+        collections=collections,
+        embedder=embedder,
+        accountability=accountability,
+        retention_days=settings.retention_days,
+    )
     elapsed_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="EmbeddingLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     if photo.status is PhotoStatus.FAILED:

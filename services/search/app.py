@@ -16,18 +16,24 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from rekognition import FaceApi, UnknownOperationError, error_body
 
+from candor.accountability import Accountability
 from candor.adapters.aws import (
+    DynamoAuditStore,
     DynamoCollectionRepository,
     DynamoFaceRepository,
+    DynamoPhotoRepository,
+    DynamoQuotaCounter,
     DynamoUserRepository,
     S3ImageStore,
     S3IndexSnapshotStore,
     model_source,
 )
+from candor.audit import AuditLog, log_anchor
 from candor.collection_service import CollectionStore
 from candor.errors import CandorError
 from candor.index_sync import IndexSync
 from candor.model_files import model_dir_with
+from candor.policy import GENERAL_PURPOSE, Caller, validate_purpose, validate_reference
 from candor.search import CollectionIndexes
 from candor.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
 from candor.vision import load_models
@@ -58,6 +64,11 @@ face_api = FaceApi(
     min_confidence=settings.min_detection_confidence,
     region=os.environ.get("AWS_REGION", "us-east-1"),
     account_id=os.environ.get("CANDOR_ACCOUNT_ID", "000000000000"),
+    accountability=Accountability(
+        AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)),
+        DynamoQuotaCounter(settings.quotas_table),
+    ),
+    photos=DynamoPhotoRepository(settings.photos_table),
 )
 
 
@@ -69,8 +80,9 @@ def operation() -> Response:
         request = json.loads(app.current_event.decoded_body or "{}")
         if not isinstance(request, dict):
             raise ValueError("the request body must be a JSON object")
+        caller = caller_of(app.current_event.raw_event)
         with metrics_timer(operation_name):
-            result = face_api.dispatch(target, request)
+            result = face_api.dispatch(target, request, caller)
     except CandorError as error:
         logger.info("request refused", extra={"operation": operation_name, "code": error.code, "reason": error.message})
         return _reply(400, error_body(error))
@@ -79,6 +91,22 @@ def operation() -> Response:
     except ValueError as error:
         return _reply(400, {"__type": "SerializationException", "Message": str(error)})
     return _reply(200, result)
+
+
+def caller_of(event: dict[str, Any]) -> Caller:
+    """Who signed the request (the Function URL's IAM authorizer) and what they state in the X-Candor-*
+    headers. Without X-Candor-Purpose the purpose is `general`, the one a plain CreateCollection declares."""
+    iam = (event.get("requestContext", {}).get("authorizer") or {}).get("iam") or {}
+    identity = iam.get("userArn") or iam.get("callerId") or "anonymous"
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    purpose = headers.get("x-candor-purpose")
+    case, consent = headers.get("x-candor-case"), headers.get("x-candor-consent")
+    return Caller(
+        identity=identity,
+        purpose=validate_purpose(purpose.strip()) if purpose else GENERAL_PURPOSE,
+        case_reference=validate_reference("X-Candor-Case", case.strip()) if case else None,
+        consent_reference=validate_reference("X-Candor-Consent", consent.strip()) if consent else None,
+    )
 
 
 @contextmanager

@@ -2,6 +2,9 @@
 
 Requests arrive as `POST /` with `X-Amz-Target: RekognitionService.<Operation>`; errors use Rekognition's
 exception names so boto3 raises the same exceptions it would against AWS.
+
+Every search passes the collection's rules and is audited (candor/accountability.py); the caller states
+purpose, case and consent in the X-Candor-* headers, which the handler turns into `FaceApi.caller`.
 """
 
 from __future__ import annotations
@@ -9,14 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from candor import collection_service as service
+from candor.accountability import Accountability, Returned
+from candor.audit import ACCOUNT_CHAIN
 from candor.collection_service import CollectionStore, UserMatch
 from candor.enrolment import COLLECTION_ID_PATTERN, validate_collection_id
+from candor.erasure import ErasureResult, erase_person
 from candor.errors import (
     CandorError,
     ImageTooLargeError,
@@ -25,11 +31,13 @@ from candor.errors import (
     InvalidS3ObjectError,
     NoFaceError,
     ResourceNotFoundError,
+    ThresholdBelowFloorError,
 )
 from candor.faces import LANDMARK_TYPES, DetectedFace, FaceRecord, Match
 from candor.images import decode_image
 from candor.indexing import assess_faces, index_faces
-from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore
+from candor.policy import Caller, CollectionPolicy, parse_policy
+from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore, PhotoRepository
 from candor.quality import AssessedFace, QualityFilter, parse_quality_filter, quality_reasons
 from candor.search import CollectionIndexes, ImageSearchResult, search_image
 from candor.settings import (
@@ -52,7 +60,12 @@ EXCEPTION_NAMES = {
     "InvalidS3Object": "InvalidS3ObjectException",
     "Conflict": "ConflictException",
     "InvalidPaginationToken": "InvalidPaginationTokenException",
+    "ConsentRequired": "AccessDeniedException",
+    "PurposeNotDeclared": "AccessDeniedException",
+    "ThresholdBelowFloor": "InvalidParameterException",
+    "QuotaExceeded": "LimitExceededException",
 }
+T = TypeVar("T")
 # Rekognition's default page sizes when MaxResults is not given.
 DEFAULT_FACE_PAGE = 1000
 DEFAULT_USER_PAGE = 100
@@ -71,13 +84,17 @@ class FaceApi:
     min_confidence: float
     region: str
     account_id: str
+    accountability: Accountability
+    photos: PhotoRepository
+    # Who asks, with the purpose, case and consent they state: set per request by `dispatch`.
+    caller: Caller = field(default_factory=lambda: Caller("anonymous"))
 
-    def dispatch(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
+    def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         service, _, operation = target.partition(".")
         handler = SERVICES.get(service, {}).get(operation)
         if handler is None:
             raise UnknownOperationError(f"{target or '(no X-Amz-Target)'} is not an operation Candor serves")
-        return handler(self, request)
+        return handler(replace(self, caller=caller or self.caller), request)
 
     def image_bytes(self, image: Any) -> bytes:
         """Rekognition's Image: {"Bytes": base64} or {"S3Object": {"Bucket", "Name", "Version"}}."""
@@ -151,12 +168,52 @@ def _id_list(request: dict[str, Any], name: str, high: int) -> list[str]:
 
 
 def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    """Rekognition's CreateCollection: the collection declares the purpose `general` only (CandorService's
+    CreateCollection takes a Policy)."""
     collection_id = validate_collection_id(str(_required(request, "CollectionId")))
+    policy = parse_policy(request["Policy"]) if "Policy" in request else CollectionPolicy()
     # A fresh index version: a warm index of a deleted collection of the same name is never reused.
     api.collections.create(
-        Collection(collection_id, datetime.now(UTC).isoformat(), EMBEDDER_VERSION, index_version=uuid.uuid4().hex)
+        Collection(
+            collection_id,
+            datetime.now(UTC).isoformat(),
+            EMBEDDER_VERSION,
+            index_version=uuid.uuid4().hex,
+            policy=policy,
+        )
     )
+    api.accountability.record_collection(collection_id, api.caller, "CreateCollection", policy)
     return {"StatusCode": 200, "CollectionArn": api.collection_arn(collection_id), "FaceModelVersion": EMBEDDER_VERSION}
+
+
+def put_collection_policy(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
+    policy = parse_policy(_required(request, "Policy"))
+    api.collections.set_policy(collection_id, policy)
+    api.accountability.record_collection(collection_id, api.caller, "PutCollectionPolicy", policy)
+    return {"Policy": policy_shape(policy)}
+
+
+def describe_collection_policy(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    return {"Policy": policy_shape(_collection(api, request).policy)}
+
+
+def policy_shape(policy: CollectionPolicy) -> dict[str, Any]:
+    return {
+        "Purposes": list(policy.purposes),
+        "Identification": policy.identification,
+        "MinFaceMatchThreshold": policy.floor,
+        "SearchesPerCallerPerMinute": policy.searches_per_caller_per_minute,
+        "SearchesPerMinute": policy.searches_per_minute,
+    }
+
+
+def _collection(api: FaceApi, request: dict[str, Any]) -> Collection:
+    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
+    collection = api.collections.get(collection_id)
+    if collection is None:
+        raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+    return collection
 
 
 def describe_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +244,9 @@ def list_collections(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    service.delete_collection(api.store, str(_required(request, "CollectionId")))
+    collection_id = str(_required(request, "CollectionId"))
+    service.delete_collection(api.store, collection_id)
+    api.accountability.record_deletion(collection_id, api.caller, "DeleteCollection")
     return {"StatusCode": 200}
 
 
@@ -198,11 +257,17 @@ def detect_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    """Rekognition's IndexFaces, with the one addition Candor requires: the consent reference."""
     max_faces = _integer(request, "MaxFaces", MAX_FACES, 1, 2**31 - 1) if "MaxFaces" in request else None
+    # A missing collection is refused first: refusals are audited in chains of collections that exist.
+    collection_id = _collection(api, request).collection_id
+    consent = api.accountability.require_consent(collection_id, api.caller, "IndexFaces")
+    external_image_id = _optional_str(request, "ExternalImageId")
     result = index_faces(
         api.image_bytes(_required(request, "Image")),
-        str(_required(request, "CollectionId")),
-        external_image_id=_optional_str(request, "ExternalImageId"),
+        collection_id,
+        external_image_id=external_image_id,
+        consent_reference=consent,
         max_faces=max_faces,
         quality_filter=parse_quality_filter(request.get("QualityFilter"), QualityFilter.AUTO),
         detector=api.detector,
@@ -211,6 +276,15 @@ def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, An
         collections=api.collections,
         min_confidence=api.min_confidence,
     )
+    if result.indexed:
+        api.accountability.record_enrolment(
+            collection_id,
+            api.caller,
+            "IndexFaces",
+            face_ids=[record.face_id for record, _ in result.indexed],
+            person=external_image_id,
+            consent_reference=consent,
+        )
     width, height = result.image_width, result.image_height
     return {
         "FaceRecords": [
@@ -245,9 +319,10 @@ def list_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    result = service.delete_faces(
-        api.store, str(_required(request, "CollectionId")), _id_list(request, "FaceIds", 4096)
-    )
+    collection_id = str(_required(request, "CollectionId"))
+    result = service.delete_faces(api.store, collection_id, _id_list(request, "FaceIds", 4096))
+    if result.deleted:
+        api.accountability.record_deletion(collection_id, api.caller, "DeleteFaces", face_ids=result.deleted)
     return {
         "DeletedFaces": result.deleted,
         "UnsuccessfulFaceDeletions": [
@@ -259,12 +334,18 @@ def delete_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 def search_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     face_id = str(_required(request, "FaceId"))
-    matches = service.search_by_face_id(
-        api.store,
-        str(_required(request, "CollectionId")),
-        face_id,
-        threshold=_number(request, "FaceMatchThreshold", DEFAULT_FACE_MATCH_THRESHOLD, 0, 100),
-        max_faces=_integer(request, "MaxFaces", 1, 1, 4096),
+    max_faces = _integer(request, "MaxFaces", 1, 1, 4096)
+    collection_id, threshold = _authorize(api, request, "SearchFaces", "FaceMatchThreshold")
+    matches = _audited(
+        api,
+        collection_id,
+        "SearchFaces",
+        threshold,
+        lambda: service.search_by_face_id(
+            api.store, collection_id, face_id, threshold=threshold, max_faces=max_faces
+        ),
+        lambda found: [[Returned(m.face_id, m.similarity) for m in found]],
+        searched=face_id,
     )
     return {
         "SearchedFaceId": face_id,
@@ -274,11 +355,37 @@ def search_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    """The largest face of the source image against every face of the target image."""
-    threshold = _number(request, "SimilarityThreshold", DEFAULT_FACE_MATCH_THRESHOLD, 0, 100)
+    """The largest face of the source image against every face of the target image. No collection is
+    searched, so no purpose is bound; the comparison is audited and keeps the default floor (80)."""
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
-    source_image = decode_image(api.image_bytes(_required(request, "SourceImage")), MAX_OBJECT_IMAGE_BYTES)
-    target_image = decode_image(api.image_bytes(_required(request, "TargetImage")), MAX_OBJECT_IMAGE_BYTES)
+    source_bytes = api.image_bytes(_required(request, "SourceImage"))
+    target_bytes = api.image_bytes(_required(request, "TargetImage"))
+    asked = _number(request, "SimilarityThreshold", 0, 0, 100) if "SimilarityThreshold" in request else None
+    threshold = DEFAULT_FACE_MATCH_THRESHOLD if asked is None else asked
+    if threshold < DEFAULT_FACE_MATCH_THRESHOLD:
+        error = ThresholdBelowFloorError(
+            f"a similarity threshold below {DEFAULT_FACE_MATCH_THRESHOLD:g} is refused (asked for {threshold:g})"
+        )
+        api.accountability.refuse(ACCOUNT_CHAIN, api.caller, "CompareFaces", error, probe=source_bytes)
+        raise error
+    return _audited(
+        api,
+        ACCOUNT_CHAIN,
+        "CompareFaces",
+        threshold,
+        lambda: _compare(api, source_bytes, target_bytes, threshold, quality_filter),
+        lambda response: [
+            [Returned(f"target-face-{n}", match["Similarity"]) for n, match in enumerate(response["FaceMatches"])]
+        ],
+        probe=source_bytes,
+    )
+
+
+def _compare(
+    api: FaceApi, source_bytes: bytes, target_bytes: bytes, threshold: float, quality_filter: QualityFilter
+) -> dict[str, Any]:
+    source_image = decode_image(source_bytes, MAX_OBJECT_IMAGE_BYTES)
+    target_image = decode_image(target_bytes, MAX_OBJECT_IMAGE_BYTES)
     sources = [
         f
         for f in assess_faces(source_image, api.detector, api.min_confidence)
@@ -325,8 +432,71 @@ def create_user(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_user(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    service.delete_user(api.store, str(_required(request, "CollectionId")), str(_required(request, "UserId")))
+    """Candor erases the user: their faces, photos and index entries go too, not only the user (see
+    ErasePerson); the proof search runs with one of their enrolment photos when Candor has one."""
+    collection_id = str(_required(request, "CollectionId"))
+    user_id = service.validate_user_id(_required(request, "UserId"))
+    service.require_user(api.store, collection_id, user_id)
+    _erase(api, collection_id, user_id, "DeleteUser", probe=None, user_only=True)
     return {}
+
+
+def erase_person_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    """Candor's ErasePerson: every trace of a person (ExternalImageId or UserId), then the proof."""
+    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
+    person = str(_required(request, "PersonId"))
+    probe = api.image_bytes(request["Image"]) if "Image" in request else None
+    result = _erase(api, collection_id, person, "ErasePerson", probe)
+    proof = result.proof
+    return {
+        "FacesRemoved": result.faces_removed,
+        "PhotosRemoved": result.photos_removed,
+        "UserRemoved": result.user_removed,
+        "Proof": _without_none(
+            {
+                "Searched": proof.searched,
+                "FacesSearched": proof.faces_searched,
+                "RemainingMatches": proof.remaining_matches,
+                "Erased": proof.erased,
+                "Note": proof.note or None,
+            }
+        ),
+    }
+
+
+def _erase(
+    api: FaceApi, collection_id: str, person: str, operation: str, probe: bytes | None, user_only: bool = False
+) -> ErasureResult:
+    def search(image: bytes) -> list[list[Match]]:
+        # The proof searches the largest face at the lowest similarity Candor returns: a near miss shows too.
+        result = search_image(
+            image,
+            collection_id,
+            detector=api.detector,
+            embedder=api.embedder,
+            indexes=api.indexes,
+            face_match_threshold=DEFAULT_FACE_MATCH_THRESHOLD,
+            max_matches=100,
+            min_confidence=api.min_confidence,
+            largest_face_only=True,
+        )
+        return [face.matches for face in result.faces]
+
+    result = erase_person(
+        api.store, api.photos, api.images, collection_id, person, search=search, probe=probe, user_only=user_only
+    )
+    api.accountability.record_erasure(
+        collection_id,
+        api.caller,
+        operation,
+        person,
+        faces_removed=result.faces_removed,
+        photos_removed=result.photos_removed,
+        user_removed=result.user_removed,
+        proof_searched=result.proof.searched,
+        proof_remaining_matches=len(result.proof.remaining_matches),
+    )
+    return result
 
 
 def list_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
@@ -380,13 +550,18 @@ def disassociate_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 def search_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     user_id, face_id = _optional_str(request, "UserId"), _optional_str(request, "FaceId")
-    matches = service.search_users(
-        api.store,
-        str(_required(request, "CollectionId")),
-        user_id=user_id,
-        face_id=face_id,
-        threshold=_number(request, "UserMatchThreshold", DEFAULT_FACE_MATCH_THRESHOLD, 0, 100),
-        max_users=_integer(request, "MaxUsers", DEFAULT_USER_PAGE, 1, 500),
+    max_users = _integer(request, "MaxUsers", DEFAULT_USER_PAGE, 1, 500)
+    collection_id, threshold = _authorize(api, request, "SearchUsers", "UserMatchThreshold")
+    matches = _audited(
+        api,
+        collection_id,
+        "SearchUsers",
+        threshold,
+        lambda: service.search_users(
+            api.store, collection_id, user_id=user_id, face_id=face_id, threshold=threshold, max_users=max_users
+        ),
+        lambda found: [[Returned(m.user_id, m.similarity) for m in found]],
+        searched=user_id or face_id,
     )
     response: dict[str, Any] = {"UserMatches": [user_match(m) for m in matches], "FaceModelVersion": EMBEDDER_VERSION}
     if user_id is not None:
@@ -398,13 +573,27 @@ def search_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 def search_users_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """The largest face that passes the quality filter is searched; every other face says why it was not."""
-    collection_id = str(_required(request, "CollectionId"))
-    threshold = _number(request, "UserMatchThreshold", DEFAULT_FACE_MATCH_THRESHOLD, 0, 100)
     max_users = _integer(request, "MaxUsers", DEFAULT_USER_PAGE, 1, 500)
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
-    _, index, records = api.indexes.get(collection_id)
     # image_bytes has applied the limit of the image's source (5 MB of Bytes, 15 MB of an S3 object).
-    image = decode_image(api.image_bytes(_required(request, "Image")), MAX_OBJECT_IMAGE_BYTES)
+    probe = api.image_bytes(_required(request, "Image"))
+    collection_id, threshold = _authorize(api, request, "SearchUsersByImage", "UserMatchThreshold", probe)
+    return _audited(
+        api,
+        collection_id,
+        "SearchUsersByImage",
+        threshold,
+        lambda: _search_users_by_image(api, collection_id, probe, threshold, max_users, quality_filter),
+        lambda response: [[Returned(m["User"]["UserId"], m["Similarity"]) for m in response["UserMatches"]]],
+        probe=probe,
+    )
+
+
+def _search_users_by_image(
+    api: FaceApi, collection_id: str, probe: bytes, threshold: float, max_users: int, quality_filter: QualityFilter
+) -> dict[str, Any]:
+    _, index, records = api.indexes.get(collection_id)
+    image = decode_image(probe, MAX_OBJECT_IMAGE_BYTES)
     found = assess_faces(image, api.detector, api.min_confidence)
     if not found:
         raise NoFaceError("no face found in the search photo")
@@ -431,7 +620,7 @@ def search_users_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, An
 
 
 def search_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    result = _search(api, request, largest_face_only=True)
+    result = _search(api, request, "SearchFacesByImage", largest_face_only=True)
     searched = result.faces[0]
     box = searched.face.bounding_box
     return {
@@ -444,7 +633,7 @@ def search_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, An
 
 def search_all_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Candor's own operation: SearchFacesByImage for every face in the photo, not only the largest."""
-    result = _search(api, request, largest_face_only=False)
+    result = _search(api, request, "SearchAllFacesByImage", largest_face_only=False)
     return {
         "Faces": [
             {
@@ -459,18 +648,66 @@ def search_all_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str
     }
 
 
-def _search(api: FaceApi, request: dict[str, Any], *, largest_face_only: bool) -> ImageSearchResult:
-    return search_image(
-        api.image_bytes(_required(request, "Image")),
-        str(_required(request, "CollectionId")),
-        detector=api.detector,
-        embedder=api.embedder,
-        indexes=api.indexes,
-        face_match_threshold=float(request.get("FaceMatchThreshold", DEFAULT_FACE_MATCH_THRESHOLD)),
-        max_matches=int(request.get("MaxFaces", 1 if largest_face_only else 5)),
-        min_confidence=api.min_confidence,
-        largest_face_only=largest_face_only,
+def _search(api: FaceApi, request: dict[str, Any], operation: str, *, largest_face_only: bool) -> ImageSearchResult:
+    max_matches = _integer(request, "MaxFaces", 1 if largest_face_only else 5, 1, 4096)
+    probe = api.image_bytes(_required(request, "Image"))
+    collection_id, threshold = _authorize(api, request, operation, "FaceMatchThreshold", probe)
+    return _audited(
+        api,
+        collection_id,
+        operation,
+        threshold,
+        lambda: search_image(
+            probe,
+            collection_id,
+            detector=api.detector,
+            embedder=api.embedder,
+            indexes=api.indexes,
+            face_match_threshold=threshold,
+            max_matches=max_matches,
+            min_confidence=api.min_confidence,
+            largest_face_only=largest_face_only,
+        ),
+        lambda result: [[Returned(m.face_id, m.similarity) for m in face.matches] for face in result.faces],
+        probe=probe,
     )
+
+
+def _authorize(
+    api: FaceApi, request: dict[str, Any], operation: str, threshold_name: str, probe: bytes | None = None
+) -> tuple[str, float]:
+    """The collection's rules for this caller: the threshold to search at, or a refusal (audited)."""
+    collection = _collection(api, request)
+    asked = _number(request, threshold_name, 0, 0, 100) if threshold_name in request else None
+    threshold = api.accountability.authorize_search(
+        collection.collection_id, collection.policy, api.caller, operation, asked, probe
+    )
+    return collection.collection_id, threshold
+
+
+def _audited(
+    api: FaceApi,
+    chain: str,
+    operation: str,
+    threshold: float,
+    run: Callable[[], T],
+    returned: Callable[[T], Sequence[Sequence[Returned]]],
+    *,
+    probe: bytes | None = None,
+    searched: str | None = None,
+) -> T:
+    """Runs an allowed search and audits what it returns before the caller sees it."""
+    try:
+        result = run()
+    except CandorError as error:
+        api.accountability.record_search(
+            chain, api.caller, operation, threshold=threshold, matches=[], probe=probe, searched=searched, error=error
+        )
+        raise
+    api.accountability.record_search(
+        chain, api.caller, operation, threshold=threshold, matches=returned(result), probe=probe, searched=searched
+    )
+    return result
 
 
 def face_detail(assessed: AssessedFace, width: int, height: int) -> dict[str, Any]:
@@ -550,5 +787,11 @@ OPERATIONS: dict[str, Operation] = {
     "SearchUsersByImage": search_users_by_image,
 }
 # Candor's own operations speak the same protocol under the target prefix CandorService.
-CANDOR_OPERATIONS: dict[str, Operation] = {"SearchAllFacesByImage": search_all_faces_by_image}
+CANDOR_OPERATIONS: dict[str, Operation] = {
+    "SearchAllFacesByImage": search_all_faces_by_image,
+    "CreateCollection": create_collection,
+    "PutCollectionPolicy": put_collection_policy,
+    "DescribeCollectionPolicy": describe_collection_policy,
+    "ErasePerson": erase_person_operation,
+}
 SERVICES: dict[str, dict[str, Operation]] = {"RekognitionService": OPERATIONS, "CandorService": CANDOR_OPERATIONS}

@@ -24,7 +24,7 @@ from candor.errors import (
 from candor.faces import FaceRecord, Match
 from candor.index import VectorIndex
 from candor.ports import CollectionRepository, FaceRepository, Page, User, UserRepository
-from candor.search import CollectionIndexes
+from candor.search import CollectionFaces, CollectionIndexes
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
 
 # Rekognition's patterns for FaceId and UserId.
@@ -157,7 +157,12 @@ def search_by_face_id(
         raise InvalidParameterError(f"face {face_id!r} is not in collection {collection_id!r}")
     (hits,) = index.search(searched.embedding[None, :], max_faces + 1, cosine_from_similarity(threshold))
     matches = [_match(records[hit.face_id], hit.cosine) for hit in hits if hit.face_id != face_id]
-    return [match for match in matches if match.similarity >= threshold][:max_faces]
+    matches = [match for match in matches if match.similarity >= threshold][:max_faces]
+    # The searched face and its matches, checked against the table in one read (see CollectionFaces).
+    alive = records.existing([face_id, *(match.face_id for match in matches)])
+    if face_id not in alive:
+        raise InvalidParameterError(f"face {face_id!r} is not in collection {collection_id!r}")
+    return [match for match in matches if match.face_id in alive]
 
 
 # --- users --------------------------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ def create_user(store: CollectionStore, collection_id: str, user_id: str) -> Use
 
 def delete_user(store: CollectionStore, collection_id: str, user_id: str) -> None:
     """The user goes; its faces stay in the collection, associated with nobody."""
-    _require_user(store, collection_id, user_id)
+    require_user(store, collection_id, user_id)
     faces = [face.face_id for face in store.records(collection_id).values() if face.user_id == user_id]
     store.faces.set_user(faces, None)
     store.users.delete(collection_id, user_id)
@@ -225,7 +230,7 @@ def associate_faces(
     a face) is at least `threshold` similar to one of the user's faces: a user is one person."""
     _check_threshold(threshold)
     _check_face_list(face_ids)
-    _require_user(store, collection_id, user_id)
+    require_user(store, collection_id, user_id)
     records = store.records(collection_id)
     own = [face for face in records.values() if face.user_id == user_id]
     # A face is checked against the user's faces and those accepted before it in this call: a first call
@@ -270,7 +275,7 @@ def disassociate_faces(
     store: CollectionStore, collection_id: str, user_id: str, face_ids: Sequence[str]
 ) -> Disassociation:
     _check_face_list(face_ids)
-    _require_user(store, collection_id, user_id)
+    require_user(store, collection_id, user_id)
     records = store.records(collection_id)
     result = Disassociation()
     for face_id in dict.fromkeys(validate_face_id(face_id) for face_id in face_ids):
@@ -310,7 +315,7 @@ def search_users(
         raise InvalidParameterError("give exactly one of UserId or FaceId")
     _, index, records = store.indexes.get(collection_id)
     if user_id is not None:
-        _require_user(store, collection_id, user_id)
+        require_user(store, collection_id, user_id)
         queries = [face.embedding for face in records.values() if face.user_id == user_id]
         if not queries:
             return []
@@ -324,7 +329,7 @@ def search_users(
 
 def user_matches(
     index: VectorIndex,
-    records: dict[str, FaceRecord],
+    records: CollectionFaces,
     queries: np.ndarray,
     threshold: float,
     max_users: int,
@@ -334,23 +339,38 @@ def user_matches(
     _check_threshold(threshold)
     if not 1 <= max_users <= 500:
         raise InvalidParameterError("MaxUsers must be between 1 and 500")
-    best: dict[str, float] = {}
+    candidates: dict[str, list[tuple[float, str]]] = {}  # owner -> (cosine, face id), best first
     k = min(len(index), MAX_NEIGHBOURS)
     for hits in index.search(queries, k, cosine_from_similarity(threshold)):
         for hit in hits:
             owner = records[hit.face_id].user_id
             if owner is not None and owner != exclude:
-                best[owner] = max(best.get(owner, -1.0), hit.cosine)
-    matches = [UserMatch(owner, round(float(similarity_from_cosine(cosine)), 4)) for owner, cosine in best.items()]
-    matches = [match for match in matches if match.similarity >= threshold]
-    return sorted(matches, key=lambda match: (-match.similarity, match.user_id))[:max_users]
+                candidates.setdefault(owner, []).append((hit.cosine, hit.face_id))
+    for faces in candidates.values():
+        faces.sort(key=lambda candidate: (-candidate[0], candidate[1]))
+    confirmed: set[str] = set()
+    while True:
+        best = {owner: faces[0] for owner, faces in candidates.items() if faces}
+        matches = [UserMatch(owner, round(float(similarity_from_cosine(best[owner][0])), 4)) for owner in best]
+        matches = [match for match in matches if match.similarity >= threshold]
+        matches = sorted(matches, key=lambda match: (-match.similarity, match.user_id))[:max_users]
+        # Only the face that scores each returned user is checked against the table (see CollectionFaces);
+        # a user whose best face is gone is scored by its next one, checked in turn.
+        deciding = {best[match.user_id][1] for match in matches} - confirmed
+        if not deciding:
+            return matches
+        alive = records.existing(deciding)
+        confirmed |= alive
+        gone = deciding - alive
+        for owner, faces in candidates.items():
+            candidates[owner] = [candidate for candidate in faces if candidate[1] not in gone]
 
 
 def _match(face: FaceRecord, cosine: float) -> Match:
     return Match(face.face_id, face.external_image_id, round(float(similarity_from_cosine(cosine)), 4), face.photo_id)
 
 
-def _require_user(store: CollectionStore, collection_id: str, user_id: str) -> User:
+def require_user(store: CollectionStore, collection_id: str, user_id: str) -> User:
     if store.collections.get(validate_collection_id(collection_id)) is None:
         raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
     user = store.users.get(collection_id, validate_user_id(user_id))

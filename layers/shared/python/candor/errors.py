@@ -62,3 +62,27 @@ class NoFaceError(CandorError):
 
 class MalformedEventError(CandorError):
     code = "MalformedEvent"
+
+
+class ConsentRequiredError(CandorError):
+    """An enrolment without a consent reference: the face is not indexed."""
+
+    code = "ConsentRequired"
+
+
+class PurposeNotDeclaredError(CandorError):
+    """A search for a purpose the collection does not declare, or without the case reference it needs."""
+
+    code = "PurposeNotDeclared"
+
+
+class ThresholdBelowFloorError(CandorError):
+    """A match threshold below the collection's floor (99 for identification, 80 otherwise)."""
+
+    code = "ThresholdBelowFloor"
+
+
+class QuotaExceededError(CandorError):
+    """More searches in the current minute than the collection allows a caller (or all callers)."""
+
+    code = "QuotaExceeded"

@@ -115,6 +115,8 @@ class PhotoRecord:
     embedder_version: str | None = None
     # True when the photo held more than MAX_FACES faces: only the MAX_FACES largest were recorded.
     faces_truncated: bool = False
+    # Unix time after which DynamoDB's TTL removes the record: set when the photo enrols nobody.
+    expires_at: int | None = None
 
 
 @dataclass
@@ -134,6 +136,8 @@ class FaceRecord:
     image_width: int = 0
     image_height: int = 0
     user_id: str | None = None  # Rekognition's users: at most one per face
+    # Unix time after which DynamoDB's TTL removes the record: set on every face that is not enrolled.
+    expires_at: int | None = None
 
 
 @dataclass(frozen=True)

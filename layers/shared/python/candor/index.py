@@ -8,8 +8,9 @@ index"):
 - `HnswVectorIndex`: what collections use. Exact brute force while a collection is small; past
   `HNSW_MIN_FACES` faces an HNSW graph (usearch) over int8 copies of the vectors proposes candidates, which
   are rescored with the float32 vectors, so every reported cosine (and so every threshold decision) is exact.
-  Resident memory per face: the int8 vector (512 B) + graph links (~200 B) + the face id (~150 B); the float32
-  vectors (2 KB per face) are read from a memory-mapped file once the index has been persisted and loaded.
+  Resident memory per face: the graph (int8 vector, 512 B, and links: ~790 B) + the face id and its maps
+  (~470 B); the float32 vectors (2 KB per face) are read from a memory-mapped file once the index has been
+  persisted and loaded.
 - `ShardedVectorIndex`: a collection past `shard_size` faces is split into shards searched in parallel; the
   top-k are merged, so the result is the same as one index's.
 
@@ -37,6 +38,7 @@ from candor.settings import (
     HNSW_CONNECTIVITY,
     HNSW_EXPANSION_ADD,
     HNSW_EXPANSION_SEARCH,
+    HNSW_METRIC,
     HNSW_MIN_FACES,
     HNSW_RESCORE_CANDIDATES,
 )
@@ -293,6 +295,7 @@ class HnswVectorIndex(_KeyedIndex):
         expansion_add: int = HNSW_EXPANSION_ADD,
         expansion_search: int = HNSW_EXPANSION_SEARCH,
         rescore_candidates: int = HNSW_RESCORE_CANDIDATES,
+        metric: str = HNSW_METRIC,
         threads: int = 0,
         rows: _Rows | None = None,
         ids: list[str] | None = None,
@@ -301,6 +304,7 @@ class HnswVectorIndex(_KeyedIndex):
         super().__init__(dimension, rows, ids)
         self.min_graph_faces = min_graph_faces
         self.rescore_candidates = rescore_candidates
+        self.metric = metric
         self._params = {
             "connectivity": connectivity,
             "expansion_add": expansion_add,
@@ -318,7 +322,7 @@ class HnswVectorIndex(_KeyedIndex):
 
         return Index(
             ndim=self._dimension,
-            metric="cos",
+            metric=self.metric,
             dtype="i8",
             connectivity=self._params["connectivity"],
             expansion_add=self._params["expansion_add"],
@@ -355,7 +359,8 @@ class HnswVectorIndex(_KeyedIndex):
             return self._exact(queries, k, min_cosine)
         count = min(max(k, self.rescore_candidates), len(self._key_of))
         with self._lock:
-            found = self._graph.search(queries, count, threads=self._threads)
+            # One thread per query at most: a single query gains nothing from a second thread but its start.
+            found = self._graph.search(queries, count, threads=min(self._threads, len(queries)))
         # usearch answers one query with `Matches` (no counts), several with `BatchMatches`.
         keys_by_query = np.atleast_2d(found.keys)
         counts = np.atleast_1d(getattr(found, "counts", len(found.keys)))
@@ -381,7 +386,8 @@ class HnswVectorIndex(_KeyedIndex):
         if self._graph is not None:
             self._graph.save(str(directory / _GRAPH))
         meta = {"engine": self.engine, "graph": self._graph is not None, "min_graph_faces": self.min_graph_faces}
-        self._save_common(directory, {**meta, "rescore_candidates": self.rescore_candidates, **self._params})
+        meta |= {"rescore_candidates": self.rescore_candidates, "metric": self.metric}
+        self._save_common(directory, {**meta, **self._params})
 
     @classmethod
     def load(cls, directory: Path) -> HnswVectorIndex:
@@ -394,6 +400,7 @@ class HnswVectorIndex(_KeyedIndex):
             expansion_add=int(meta["expansion_add"]),
             expansion_search=int(meta["expansion_search"]),
             rescore_candidates=int(meta["rescore_candidates"]),
+            metric=str(meta.get("metric", "cos")),  # snapshots written before the metric was recorded
             rows=rows,
             ids=ids,
             graph=False if meta["graph"] else None,  # placeholder: no rebuild, the graph is read below
@@ -478,6 +485,11 @@ class ShardedVectorIndex:
             self._pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 2 * (os.cpu_count() or 1)))
         per_shard = list(self._pool.map(lambda shard: shard.search(queries, k, min_cosine), self.shards))
         return [merge_top_k([shard[q] for shard in per_shard], k) for q in range(len(queries))]
+
+    def set_expansion_search(self, expansion: int) -> None:
+        for shard in self.shards:
+            if isinstance(shard, HnswVectorIndex):
+                shard.set_expansion_search(expansion)
 
     def memory_bytes(self) -> int:
         return sum(shard.memory_bytes() for shard in self.shards) + _ids_bytes(list(self._shard_of))

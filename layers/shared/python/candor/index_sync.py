@@ -6,6 +6,8 @@ applies the difference with the table: faces added since the snapshot are added,
 removed, before the first search. A warm one applies the same difference whenever the collection's
 `index_version` changes. So a fresh face is searchable as soon as it is in the table, and a deleted face is
 never returned once its deletion returned, across restarts too: a stale snapshot only costs a larger diff.
+The table is read through its ByCollection index, which on AWS may lag a deletion for a moment; a search
+therefore checks its hits against the table itself before returning them (candor/search.py, CollectionFaces).
 
 Snapshots are published by the search function itself once enough has changed since the last one, in the
 background, so no request waits for the upload.

@@ -27,9 +27,11 @@ def embed_and_store(
     embedder: FaceEmbedder,
     face_repository: FaceRepository,
     collections: CollectionRepository,
+    expires_at: int | None = None,
 ) -> list[FaceRecord]:
     """Embed `faces` (pixels of the original upright image, largest first), store every one, and enrol the
-    first `enrol_count` of them into the enrolment's collection, whose warm indexes then reload."""
+    first `enrol_count` of them into the enrolment's collection, whose warm indexes then reload. The others
+    are kept until `expires_at` (candor/retention.py)."""
     vectors = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale) for face in faces])
     records = []
     for number, (face_id, face, vector) in enumerate(zip(face_ids, faces, vectors, strict=True)):
@@ -47,6 +49,7 @@ def embed_and_store(
                 consent_reference=enrolled.consent_reference if enrolled else None,
                 image_width=image.width,
                 image_height=image.height,
+                expires_at=None if enrolled else expires_at,
             )
         )
     face_repository.save_all(records)

@@ -2,6 +2,10 @@
 
 Bad input ends in a FAILED photo record with a reason code and the message is consumed; anything else
 (throttling, a network error) raises, so the queue retries it and, after a few receives, dead-letters it.
+
+An enrolment needs a consent reference (metadata candor-consent): without one the photo is detected,
+recorded as FAILED with ConsentRequired, audited as a refusal, and nobody in it is embedded or indexed.
+What enrols nobody expires after the retention period (candor/retention.py).
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from candor.enrolment import enrolment_for, face_id_for, photo_id_for
-from candor.errors import CandorError, NoFaceError, ResourceNotFoundError
+from candor.accountability import Accountability
+from candor.enrolment import META_CONSENT, enrolment_for, face_id_for, photo_id_for
+from candor.errors import CandorError, ConsentRequiredError, NoFaceError, ResourceNotFoundError
 from candor.faces import DetectedFace, Enrolment, PhotoRecord, PhotoStatus
 from candor.images import decode_image
 from candor.indexing import embed_and_store
+from candor.policy import Caller
 from candor.ports import (
     CollectionRepository,
     FaceDetector,
@@ -23,7 +29,11 @@ from candor.ports import (
     MessagePublisher,
     PhotoRepository,
 )
-from candor.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
+from candor.retention import expire_photo, expiry
+from candor.settings import DEFAULT_RETENTION_DAYS, MAX_FACES, MAX_OBJECT_IMAGE_BYTES
+
+# Who the audit log names for what the pipeline does: the upload (the uploader's identity is in S3's logs).
+PIPELINE_CALLER = Caller("upload-pipeline")
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ def detect_photo(
     detector: FaceDetector,
     embed_queue: MessagePublisher,
     min_confidence: float,
+    accountability: Accountability | None = None,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
 ) -> PhotoRecord:
     """Find up to MAX_FACES faces, record them, and hand the photo to the embed stage."""
     photo = PhotoRecord(
@@ -64,11 +76,15 @@ def detect_photo(
         if photo.enrolment and not found:
             raise NoFaceError("no face found in an enrolment photo")
     except CandorError as error:
-        return _record_failure(photos, photo, error)
+        return _record_failure(photos, photo, error, retention_days)
 
     photo.image_width, photo.image_height = image.width, image.height
     photo.faces = [image.to_original(face) for face in found]
     photo.face_ids = [face_id_for(photo.photo_id, i) for i in range(len(photo.faces))]
+    if photo.enrolment is not None and not photo.enrolment.consent_reference:
+        return _refuse_without_consent(photo, photo.enrolment, images, photos, accountability, retention_days)
+    if photo.enrolment is None:
+        expire_photo(photo, images, retention_days)
     if not photo.faces:
         photo.status = PhotoStatus.COMPLETE
     photos.save(photo)
@@ -105,10 +121,14 @@ def embed_photo(
     faces: FaceRepository,
     collections: CollectionRepository,
     embedder: FaceEmbedder,
+    accountability: Accountability | None = None,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
 ) -> PhotoRecord:
     """Embed every detected face; the largest face of an enrolment photo joins its collection."""
     photo = photos.get(request["photo_id"]) or _photo_from_request(request)
     enrolment = photo.enrolment
+    if enrolment is not None and not enrolment.consent_reference:
+        enrolment = None  # never indexed without consent, whatever queued the message
     detected = [DetectedFace.from_dict(face) for face in request["faces"]]
     try:
         stored = images.get(
@@ -117,10 +137,10 @@ def embed_photo(
         _require_collection(collections, enrolment)
         image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
     except CandorError as error:
-        return _record_failure(photos, photo, error)
+        return _record_failure(photos, photo, error, retention_days)
 
     # Faces are sorted largest first; only the person the upload names is enrolled, never bystanders.
-    embed_and_store(
+    records = embed_and_store(
         image,
         photo.photo_id,
         detected,
@@ -130,7 +150,17 @@ def embed_photo(
         embedder=embedder,
         face_repository=faces,
         collections=collections,
+        expires_at=expiry(retention_days),
     )
+    if enrolment is not None and enrolment.consent_reference and records and accountability is not None:
+        accountability.record_enrolment(
+            enrolment.collection_id,
+            PIPELINE_CALLER,
+            "Upload",
+            face_ids=[records[0].face_id],
+            person=enrolment.external_image_id,
+            consent_reference=enrolment.consent_reference,
+        )
     photo.status = PhotoStatus.COMPLETE
     photo.embedder_version = embedder.version
     photos.save(photo)
@@ -144,8 +174,31 @@ def _require_collection(collections: CollectionRepository, enrolment: Enrolment 
         )
 
 
-def _record_failure(photos: PhotoRepository, photo: PhotoRecord, error: CandorError) -> PhotoRecord:
+def _refuse_without_consent(
+    photo: PhotoRecord,
+    enrolment: Enrolment,
+    images: ImageStore,
+    photos: PhotoRepository,
+    accountability: Accountability | None,
+    retention_days: int,
+) -> PhotoRecord:
+    """Detected and reported, never embedded: the faces stay boxes in the photo record until it expires."""
+    error = ConsentRequiredError(
+        f"enrolling into {enrolment.collection_id!r} needs the person's consent reference: "
+        f"upload the photo with the object metadata {META_CONSENT}"
+    )
+    if accountability is not None:
+        accountability.refuse(enrolment.collection_id, PIPELINE_CALLER, "Upload", error)
+    expire_photo(photo, images, retention_days)
+    return _record_failure(photos, photo, error)
+
+
+def _record_failure(
+    photos: PhotoRepository, photo: PhotoRecord, error: CandorError, retention_days: int = DEFAULT_RETENTION_DAYS
+) -> PhotoRecord:
     photo.status = PhotoStatus.FAILED
+    # A failed photo enrols nobody: its record goes after the retention period.
+    photo.expires_at = photo.expires_at or expiry(retention_days)
     photo.error_code = error.code
     photo.error_message = error.message
     photos.save(photo)

@@ -11,6 +11,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from candor.faces import DetectedFace, FaceRecord, PhotoRecord
+from candor.policy import CollectionPolicy
 
 T = TypeVar("T")
 
@@ -33,6 +34,8 @@ class Collection:
     # Changes whenever a face is added or removed, so a warm search function knows to reload.
     index_version: str = ""
     face_count: int = 0
+    # What the collection may be searched for, and how (candor/policy.py); the safe default otherwise.
+    policy: CollectionPolicy = field(default_factory=CollectionPolicy)
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,19 @@ class ImageStore(Protocol):
         """Raises ImageTooLargeError past max_bytes without reading the body, ResourceNotFoundError if absent."""
         ...
 
+    def add_tag(self, bucket: str, key: str, name: str, value: str) -> None:
+        """Adds one tag to the object, keeping the tags it has."""
+        ...
+
+    def delete(self, bucket: str, key: str) -> None: ...
+
 
 class PhotoRepository(Protocol):
     def save(self, photo: PhotoRecord) -> None: ...
 
     def get(self, photo_id: str) -> PhotoRecord | None: ...
+
+    def delete(self, photo_id: str) -> None: ...
 
 
 class FaceRepository(Protocol):
@@ -76,6 +87,10 @@ class FaceRepository(Protocol):
         ...
 
     def delete_all(self, face_ids: Sequence[str]) -> None: ...
+
+    def existing(self, face_ids: Sequence[str]) -> set[str]:
+        """Which of these faces are in the table, read consistently (never from the ByCollection index)."""
+        ...
 
     def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
         """Associate the faces with a user (None: with nobody)."""
@@ -94,6 +109,10 @@ class CollectionRepository(Protocol):
     def list_ids(self) -> list[str]: ...
 
     def mark_changed(self, collection_id: str) -> None: ...
+
+    def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
+        """Raises ResourceNotFoundError for a missing collection."""
+        ...
 
 
 class UserRepository(Protocol):

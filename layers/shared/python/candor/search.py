@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from candor.enrolment import validate_collection_id
@@ -29,11 +30,26 @@ class ImageSearchResult:
     faces: list[FaceSearchResult]
 
 
+class CollectionFaces(dict[str, FaceRecord]):
+    """A collection's faces by id as the warm index last read them, from the faces table's ByCollection index.
+    On AWS that index is eventually consistent: for a moment after DeleteFaces it may still list a deleted
+    face. So a search checks the few faces it is about to return against the table itself (`existing`)."""
+
+    def __init__(self, records: Iterable[tuple[str, FaceRecord]], table: FaceRepository) -> None:
+        super().__init__(records)
+        self._table = table
+
+    def existing(self, face_ids: Iterable[str]) -> set[str]:
+        """Which of these faces are still in the table: one consistent read of only these ids."""
+        wanted = list(dict.fromkeys(face_ids))
+        return self._table.existing(wanted) if wanted else set()
+
+
 @dataclass
 class _LoadedIndex:
     index_version: str
     index: VectorIndex
-    faces: dict[str, FaceRecord]
+    faces: CollectionFaces
 
 
 class CollectionIndexes:
@@ -47,7 +63,7 @@ class CollectionIndexes:
         self._lock = threading.Lock()
         self._sync = sync or IndexSync()  # without a snapshot store: built from the table on a cold start
 
-    def get(self, collection_id: str) -> tuple[Collection, VectorIndex, dict[str, FaceRecord]]:
+    def get(self, collection_id: str) -> tuple[Collection, VectorIndex, CollectionFaces]:
         collection = self._collections.get(validate_collection_id(collection_id))
         if collection is None:
             raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
@@ -65,7 +81,8 @@ class CollectionIndexes:
         self._sync.forget(collection_id)
 
     def _load(self, collection: Collection) -> _LoadedIndex:
-        records = {face.face_id: face for face in self._faces.list_collection(collection.collection_id)}
+        faces = self._faces.list_collection(collection.collection_id)
+        records = CollectionFaces(((face.face_id, face) for face in faces), self._faces)
         previous = self._loaded.get(collection.collection_id)
         # The warm index is updated in place, never rebuilt: only the faces that changed are added or removed.
         index = self._sync.load(collection.collection_id, records, previous.index if previous else None, self._lock)
@@ -98,6 +115,7 @@ def search_image(
         found = found[:1]
     vectors = embedder.embed_faces(image.pixels, found)
     neighbours = index.search(vectors, max_matches, cosine_from_similarity(face_match_threshold))
+    alive = records.existing(hit.face_id for hits in neighbours for hit in hits)
     results = []
     for face, hits in zip(found, neighbours, strict=True):
         matches = [
@@ -108,6 +126,7 @@ def search_image(
                 photo_id=records[hit.face_id].photo_id,
             )
             for hit in hits
+            if hit.face_id in alive
         ]
         # A rounding at the cut-off must never let a match below the threshold through.
         matches = [match for match in matches if match.similarity >= face_match_threshold]

@@ -27,8 +27,10 @@ from candor.adapters.records import (
     user_from_dict,
     user_to_dict,
 )
+from candor.audit import AuditRecord
 from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
+from candor.policy import CollectionPolicy
 from candor.ports import Collection, Page, StoredImage, User
 
 BY_COLLECTION_INDEX = "ByCollection"
@@ -81,6 +83,16 @@ class S3ImageStore:
             last_modified=modified.isoformat() if modified else None,
         )
 
+    def add_tag(self, bucket: str, key: str, name: str, value: str) -> None:
+        tags = self._s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
+        if {"Key": name, "Value": value} in tags:
+            return
+        tags = [tag for tag in tags if tag["Key"] != name] + [{"Key": name, "Value": value}]
+        self._s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tags})
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._s3.delete_object(Bucket=bucket, Key=key)
+
 
 class DynamoPhotoRepository:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
@@ -92,6 +104,9 @@ class DynamoPhotoRepository:
     def get(self, photo_id: str) -> PhotoRecord | None:
         item = self._table.get_item(Key={"photo_id": photo_id}, ConsistentRead=True).get("Item")
         return photo_from_dict(item) if item else None
+
+    def delete(self, photo_id: str) -> None:
+        self._table.delete_item(Key={"photo_id": photo_id})
 
 
 class DynamoFaceRepository:
@@ -118,6 +133,28 @@ class DynamoFaceRepository:
         with self._table.batch_writer(overwrite_by_pkeys=["face_id"]) as batch:
             for face_id in face_ids:
                 batch.delete_item(Key={"face_id": face_id})
+
+    def existing(self, face_ids: Sequence[str]) -> set[str]:
+        # Consistent reads of the base table: the ByCollection index is eventually consistent and may still
+        # list a face for a moment after DeleteFaces removed it. (The Table's client is the resource's: it
+        # takes and returns plain values, as the Table does.)
+        client, table = self._table.meta.client, self._table.name
+        ids = list(dict.fromkeys(face_ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), 100):  # BatchGetItem's limit per request
+            keys = [{"face_id": face_id} for face_id in ids[start : start + 100]]
+            request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "face_id"}}
+            for attempt in range(6):
+                response = client.batch_get_item(RequestItems=request)
+                found.update(item["face_id"] for item in response.get("Responses", {}).get(table, []))
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(0.05 * 2**attempt)  # keys left unread under throttling: again, with backoff
+            else:
+                # Never answer with a face that could not be checked.
+                raise RuntimeError(f"{len(request[table]['Keys'])} faces of {table} still unread after retries")
+        return found
 
     def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
         for face_id in face_ids:
@@ -194,6 +231,20 @@ class DynamoCollectionRepository:
             ConditionExpression="attribute_exists(collection_id)",
             ExpressionAttributeValues={":v": uuid.uuid4().hex},
         )
+
+    def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
+        try:
+            self._table.update_item(
+                Key={"collection_id": collection_id},
+                UpdateExpression="SET #p = :p",
+                ConditionExpression="attribute_exists(collection_id)",
+                ExpressionAttributeNames={"#p": "policy"},
+                ExpressionAttributeValues={":p": to_item(policy.to_dict())},
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
+            raise
 
 
 class DynamoUserRepository:
@@ -334,3 +385,96 @@ class S3ModelSource:
 def model_source(bucket: str, prefix: str) -> S3ModelSource | None:
     """The model bucket when one is configured (on AWS); None locally, where MODEL_DIR has every file."""
     return S3ModelSource(bucket, prefix) if bucket else None
+
+
+class DynamoAuditStore:
+    """The audit chains in one table: partition key `chain`, sort key `seq`. Entries are only ever put with a
+    condition that the key is free, so a writer can neither overwrite an entry nor lose a race silently."""
+
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
+
+    def head(self, chain: str) -> AuditRecord | None:
+        page = self._table.query(
+            KeyConditionExpression="#c = :c",
+            ExpressionAttributeNames={"#c": "chain"},
+            ExpressionAttributeValues={":c": chain},
+            ScanIndexForward=False,
+            Limit=1,
+            ConsistentRead=True,
+        )
+        items = page.get("Items", [])
+        return _audit_record(items[0]) if items else None
+
+    def put_new(self, record: AuditRecord) -> bool:
+        try:
+            self._table.put_item(
+                Item={
+                    "chain": record.chain,
+                    "seq": record.seq,
+                    "body": record.body,
+                    "prev_hash": record.prev_hash,
+                    "hash": record.hash,
+                },
+                ConditionExpression="attribute_not_exists(#s)",
+                ExpressionAttributeNames={"#s": "seq"},
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def entries(self, chain: str) -> Iterator[AuditRecord]:
+        params: dict[str, Any] = {
+            "KeyConditionExpression": "#c = :c",
+            "ExpressionAttributeNames": {"#c": "chain"},
+            "ExpressionAttributeValues": {":c": chain},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._table.query(**params)
+            for item in page.get("Items", []):
+                yield _audit_record(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def chains(self) -> list[str]:
+        names: set[str] = set()
+        params: dict[str, Any] = {"ProjectionExpression": "#c", "ExpressionAttributeNames": {"#c": "chain"}}
+        while True:
+            page = self._table.scan(**params)
+            names.update(str(item["chain"]) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return sorted(names)
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _audit_record(item: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(
+        str(item["chain"]), int(item["seq"]), str(item["body"]), str(item["prev_hash"]), str(item["hash"])
+    )
+
+
+class DynamoQuotaCounter:
+    """Search quotas: one counter item per key and window, incremented atomically below its limit and
+    removed by DynamoDB's TTL once the window is over."""
+
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
+
+    def consume(self, key: str, limit: int, expires_at: int) -> bool:
+        try:
+            self._table.update_item(
+                Key={"quota_key": key},
+                UpdateExpression="ADD used :one SET expires_at = :e",
+                ConditionExpression="attribute_not_exists(used) OR used < :limit",
+                ExpressionAttributeValues={":one": 1, ":e": expires_at, ":limit": limit},
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+

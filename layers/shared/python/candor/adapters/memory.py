@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from candor.audit import AuditRecord
 from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
+from candor.policy import CollectionPolicy
 from candor.ports import Collection, Page, StoredImage, User
 
 
 class MemoryImageStore:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], StoredImage] = {}
+        self.tags: dict[tuple[str, str], dict[str, str]] = {}
 
     def put(self, bucket: str, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         self.objects[(bucket, key)] = StoredImage(data, metadata or {})
@@ -28,6 +32,14 @@ class MemoryImageStore:
             raise ImageTooLargeError(f"object is {len(stored.data)} bytes; the limit is {max_bytes}")
         return stored
 
+    def add_tag(self, bucket: str, key: str, name: str, value: str) -> None:
+        if (bucket, key) in self.objects:
+            self.tags.setdefault((bucket, key), {})[name] = value
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.objects.pop((bucket, key), None)
+        self.tags.pop((bucket, key), None)
+
 
 class MemoryPhotoRepository:
     def __init__(self) -> None:
@@ -38,6 +50,9 @@ class MemoryPhotoRepository:
 
     def get(self, photo_id: str) -> PhotoRecord | None:
         return self.photos.get(photo_id)
+
+    def delete(self, photo_id: str) -> None:
+        self.photos.pop(photo_id, None)
 
 
 class MemoryFaceRepository:
@@ -57,6 +72,9 @@ class MemoryFaceRepository:
     def delete_all(self, face_ids: Sequence[str]) -> None:
         for face_id in face_ids:
             self.faces.pop(face_id, None)
+
+    def existing(self, face_ids: Sequence[str]) -> set[str]:
+        return {face_id for face_id in face_ids if face_id in self.faces}
 
     def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
         for face_id in face_ids:
@@ -85,6 +103,11 @@ class MemoryCollectionRepository:
     def mark_changed(self, collection_id: str) -> None:
         if collection_id in self.collections:
             self.collections[collection_id].index_version = uuid.uuid4().hex
+
+    def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
+        if collection_id not in self.collections:
+            raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+        self.collections[collection_id].policy = policy
 
 
 class MemoryUserRepository:
@@ -142,3 +165,39 @@ class MemoryPublisher:
 
     def publish(self, body: dict[str, Any]) -> None:
         self.messages.append(body)
+
+
+class MemoryAuditStore:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[int, AuditRecord]] = {}
+        self._lock = threading.Lock()  # put_new is a conditional write, as DynamoDB's is
+
+    def head(self, chain: str) -> AuditRecord | None:
+        entries = self.records.get(chain)
+        return entries[max(entries)] if entries else None
+
+    def put_new(self, record: AuditRecord) -> bool:
+        with self._lock:
+            entries = self.records.setdefault(record.chain, {})
+            if record.seq in entries:
+                return False
+            entries[record.seq] = record
+            return True
+
+    def entries(self, chain: str) -> Iterable[AuditRecord]:
+        entries = self.records.get(chain, {})
+        return [entries[seq] for seq in sorted(entries)]
+
+    def chains(self) -> list[str]:
+        return sorted(self.records)
+
+
+class MemoryQuotaCounter:
+    def __init__(self) -> None:
+        self.used: dict[str, int] = {}
+
+    def consume(self, key: str, limit: int, expires_at: int) -> bool:
+        if self.used.get(key, 0) >= limit:
+            return False
+        self.used[key] = self.used.get(key, 0) + 1
+        return True

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from candor.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
+from candor.policy import CollectionPolicy
 from candor.ports import Collection, User
 
 
@@ -55,6 +56,7 @@ def photo_to_dict(photo: PhotoRecord) -> dict[str, Any]:
         "source_modified": photo.source_modified,
         "embedder_version": photo.embedder_version,
         "faces_truncated": photo.faces_truncated,
+        "expires_at": photo.expires_at,
     }
 
 
@@ -83,6 +85,7 @@ def photo_from_dict(data: dict[str, Any]) -> PhotoRecord:
         source_modified=data.get("source_modified"),
         embedder_version=data.get("embedder_version"),
         faces_truncated=bool(data.get("faces_truncated", False)),
+        expires_at=data.get("expires_at"),
     )
 
 
@@ -101,6 +104,7 @@ def face_to_dict(face: FaceRecord) -> dict[str, Any]:
         "image_width": face.image_width,
         "image_height": face.image_height,
         "user_id": face.user_id,
+        "expires_at": face.expires_at,
     }
 
 
@@ -121,6 +125,7 @@ def face_from_dict(data: dict[str, Any]) -> FaceRecord:
         image_width=int(data.get("image_width", 0)),
         image_height=int(data.get("image_height", 0)),
         user_id=data.get("user_id"),
+        expires_at=data.get("expires_at"),
     )
 
 
@@ -130,6 +135,7 @@ def collection_to_dict(collection: Collection) -> dict[str, Any]:
         "created_at": collection.created_at,
         "face_model_version": collection.face_model_version,
         "index_version": collection.index_version,
+        "policy": collection.policy.to_dict(),
     }
 
 
@@ -140,6 +146,7 @@ def collection_from_dict(data: dict[str, Any]) -> Collection:
         created_at=data["created_at"],
         face_model_version=data["face_model_version"],
         index_version=data.get("index_version", ""),
+        policy=CollectionPolicy.from_dict(data.get("policy")),
     )
 
 

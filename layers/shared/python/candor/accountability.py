@@ -1,0 +1,227 @@
+"""The rules every enrolment and search passes, and the audit entry each one leaves.
+
+A search is allowed only for a purpose its collection declares (with a case reference unless the purpose
+is `general`), at a threshold no lower than the collection's floor, and within its quotas; a refusal is
+audited before it is returned. An allowed search is audited with what it returned before the caller sees
+it: if the audit log cannot be written, the search fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from candor.audit import AuditEvent, AuditLog, sha256_hex
+from candor.errors import (
+    CandorError,
+    ConsentRequiredError,
+    PurposeNotDeclaredError,
+    QuotaExceededError,
+    ThresholdBelowFloorError,
+)
+from candor.policy import GENERAL_PURPOSE, Caller, CollectionPolicy
+
+QUOTA_WINDOW_S = 60
+
+
+class QuotaCounter(Protocol):
+    def consume(self, key: str, limit: int, expires_at: int) -> bool:
+        """Counts one use of `key`; False (and nothing counted) when `limit` uses were already counted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Returned:
+    """What the audit log keeps of a match: which stored face (or user), how similar. Never a vector."""
+
+    id: str
+    similarity: float
+
+
+def subject_hash(collection_id: str, person: str) -> str:
+    """Names the enrolled or erased person in the audit log without writing their name."""
+    return sha256_hex(f"{collection_id}/{person}".encode())
+
+
+class Accountability:
+    def __init__(
+        self, audit: AuditLog, quotas: QuotaCounter | None = None, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.audit = audit
+        self._quotas = quotas
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    # --- searches ---------------------------------------------------------------------------------------
+
+    def authorize_search(
+        self,
+        collection_id: str,
+        policy: CollectionPolicy,
+        caller: Caller,
+        operation: str,
+        threshold: float | None,
+        probe: bytes | None = None,
+    ) -> float:
+        """The threshold the search runs at (the floor when none was given); refusals are audited, then raised."""
+        try:
+            if caller.purpose not in policy.purposes:
+                raise PurposeNotDeclaredError(
+                    f"collection {collection_id!r} may be searched for {', '.join(policy.purposes)} only, "
+                    f"not for {caller.purpose!r} (state the purpose in the X-Candor-Purpose header)"
+                )
+            if caller.purpose != GENERAL_PURPOSE and not caller.case_reference:
+                raise PurposeNotDeclaredError(
+                    f"a search for {caller.purpose!r} needs a case reference in the X-Candor-Case header"
+                )
+            effective = policy.floor if threshold is None else threshold
+            if effective < policy.floor:
+                use = "identification" if policy.identification else "search"
+                raise ThresholdBelowFloorError(
+                    f"collection {collection_id!r} is used for {use}: a match threshold below "
+                    f"{policy.floor:g} is refused (asked for {effective:g})"
+                )
+            self._consume_quotas(collection_id, policy, caller)
+        except CandorError as error:
+            self.refuse(collection_id, caller, operation, error, probe=probe, threshold=threshold)
+            raise
+        return effective
+
+    def record_search(
+        self,
+        collection_id: str,
+        caller: Caller,
+        operation: str,
+        *,
+        threshold: float,
+        matches: Sequence[Sequence[Returned]],
+        probe: bytes | None = None,
+        searched: str | None = None,
+        error: CandorError | None = None,
+    ) -> None:
+        """One entry per search: `matches` holds, per searched face, what was returned; a search that
+        failed after it was allowed (no face in the photo) is recorded with its reason."""
+        self.audit.append(
+            collection_id,
+            AuditEvent.SEARCH,
+            operation=operation,
+            outcome="failed" if error else "allowed",
+            **_caller_fields(caller),
+            threshold=threshold,
+            probe_sha256=sha256_hex(probe) if probe is not None else None,
+            searched=searched,
+            faces_searched=len(matches),
+            faces_matched=sum(1 for face in matches if face),
+            matches=[[{"id": m.id, "similarity": m.similarity} for m in face] for face in matches],
+            reason=error.code if error else None,
+        )
+
+    def _consume_quotas(self, collection_id: str, policy: CollectionPolicy, caller: Caller) -> None:
+        if self._quotas is None:
+            raise RuntimeError("searches are authorized only where quotas are counted (the face API)")
+        now = int(self._clock().timestamp())
+        window = now - now % QUOTA_WINDOW_S
+        expires_at = window + 2 * QUOTA_WINDOW_S
+        if not self._quotas.consume(
+            f"{collection_id}|caller|{caller.identity}|{window}", policy.searches_per_caller_per_minute, expires_at
+        ):
+            raise QuotaExceededError(
+                f"you have made {policy.searches_per_caller_per_minute} searches of {collection_id!r} this minute, "
+                "its limit per caller; try again in the next minute"
+            )
+        if not self._quotas.consume(f"{collection_id}|all|{window}", policy.searches_per_minute, expires_at):
+            raise QuotaExceededError(
+                f"collection {collection_id!r} has been searched {policy.searches_per_minute} times this minute, "
+                "its limit; try again in the next minute"
+            )
+
+    # --- enrolment, deletion, erasure, refusals ----------------------------------------------------------
+
+    def require_consent(self, collection_id: str, caller: Caller, operation: str) -> str:
+        if not caller.consent_reference:
+            error = ConsentRequiredError(
+                f"{operation} into {collection_id!r} needs the enrolled person's consent reference: "
+                "send it in the X-Candor-Consent header"
+            )
+            self.refuse(collection_id, caller, operation, error)
+            raise error
+        return caller.consent_reference
+
+    def record_enrolment(
+        self,
+        collection_id: str,
+        caller: Caller,
+        operation: str,
+        *,
+        face_ids: Sequence[str],
+        person: str | None,
+        consent_reference: str,
+    ) -> None:
+        self.audit.append(
+            collection_id,
+            AuditEvent.ENROLMENT,
+            operation=operation,
+            outcome="allowed",
+            caller=caller.identity,
+            consent_reference=consent_reference,
+            subject=subject_hash(collection_id, person) if person else None,
+            face_ids=list(face_ids),
+        )
+
+    def record_deletion(self, collection_id: str, caller: Caller, operation: str, **details: Any) -> None:
+        self.audit.append(
+            collection_id,
+            AuditEvent.DELETION,
+            operation=operation,
+            outcome="allowed",
+            caller=caller.identity,
+            **details,
+        )
+
+    def record_collection(self, collection_id: str, caller: Caller, operation: str, policy: CollectionPolicy) -> None:
+        self.audit.append(
+            collection_id,
+            AuditEvent.COLLECTION,
+            operation=operation,
+            outcome="allowed",
+            caller=caller.identity,
+            policy=policy.to_dict(),
+        )
+
+    def record_erasure(self, collection_id: str, caller: Caller, operation: str, person: str, **details: Any) -> None:
+        self.audit.append(
+            collection_id,
+            AuditEvent.ERASURE,
+            operation=operation,
+            outcome="allowed",
+            caller=caller.identity,
+            subject=subject_hash(collection_id, person),
+            **details,
+        )
+
+    def refuse(
+        self,
+        chain: str,
+        caller: Caller,
+        operation: str,
+        error: CandorError,
+        *,
+        probe: bytes | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        self.audit.append(
+            chain,
+            AuditEvent.REFUSAL,
+            operation=operation,
+            outcome="refused",
+            **_caller_fields(caller),
+            threshold=threshold,
+            probe_sha256=sha256_hex(probe) if probe is not None else None,
+            reason=error.code,
+            message=error.message,
+        )
+
+
+def _caller_fields(caller: Caller) -> dict[str, Any]:
+    return {"caller": caller.identity, "purpose": caller.purpose, "case_reference": caller.case_reference}

@@ -1,0 +1,251 @@
+"""The accountability rules as a plain boto3 Rekognition client meets them, through the local runtime: the
+consent header, purposes and case references, the identification floor, quotas, erasure with its proof,
+and an audit log that verifies intact and names every one of those events."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from candor.adapters.aws import DynamoAuditStore
+from candor.audit import verify_all
+from candor_local.client import client_for
+from candor_local.runtime import LocalEnvironment
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    with LocalEnvironment.start(
+        stack_name="candor-rules", model_dir=model_dir, log_dir=tmp_path_factory.mktemp("logs")
+    ) as environment:
+        yield environment
+
+
+def _rekognition(env: LocalEnvironment, access_key: str = "AKIDEXAMPLEALICE", **headers: str) -> Any:
+    """boto3's own client, with the X-Candor-* headers added by an event hook as the README shows."""
+    credentials = env.session.get_credentials().get_frozen_credentials()
+    client = boto3.session.Session(
+        aws_access_key_id=access_key,
+        aws_secret_access_key=credentials.secret_key,
+        region_name=env.region,
+    ).client("rekognition", endpoint_url=env.api_url)
+
+    def add_headers(request: Any, **_: Any) -> None:
+        for name, value in headers.items():
+            request.headers[f"X-Candor-{name}"] = value
+
+    client.meta.events.register("before-sign.rekognition", add_headers)
+    return client
+
+
+def _candor(env: LocalEnvironment, **statement: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    client = client_for(env)
+    client.state(**statement)
+    return client.call
+
+
+def _image(faces_dir: Path, name: str) -> dict[str, bytes]:
+    return {"Bytes": (faces_dir / name).read_bytes()}
+
+
+def _code(error: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
+    details = error.value.response["Error"]
+    return details["Code"], details["Message"]
+
+
+def _audit(env: LocalEnvironment, chain: str) -> list[dict[str, Any]]:
+    store = DynamoAuditStore(
+        env.resources["AuditTable"], env.session.resource("dynamodb", endpoint_url=env.endpoint_url)
+    )
+    return [record.fields for record in store.entries(chain)]
+
+
+def test_index_faces_needs_the_consent_header(env: LocalEnvironment, faces_dir: Path) -> None:
+    collection = f"consent-{uuid.uuid4().hex[:8]}"
+    plain = _rekognition(env)
+    plain.create_collection(CollectionId=collection)
+
+    with pytest.raises(ClientError) as refused:
+        plain.index_faces(
+            CollectionId=collection, Image=_image(faces_dir, "enroll/obama/obama.jpg"), ExternalImageId="obama"
+        )
+    code, message = _code(refused)
+    assert code == "AccessDeniedException" and "X-Candor-Consent" in message
+    assert plain.list_faces(CollectionId=collection)["Faces"] == []
+
+    consenting = _rekognition(env, Consent="signed-form-2026-0042")
+    indexed = consenting.index_faces(
+        CollectionId=collection, Image=_image(faces_dir, "enroll/obama/obama.jpg"), ExternalImageId="obama"
+    )
+    assert len(indexed["FaceRecords"]) == 1
+    events = [
+        (entry["event"], entry.get("reason"), entry.get("consent_reference")) for entry in _audit(env, collection)
+    ]
+    assert events == [
+        ("collection", None, None),
+        ("refusal", "ConsentRequired", None),
+        ("enrolment", None, "signed-form-2026-0042"),
+    ]
+
+
+def test_purpose_binding_floors_and_quotas(env: LocalEnvironment, faces_dir: Path) -> None:
+    collection = f"missing-{uuid.uuid4().hex[:8]}"
+    call = _candor(env, consent="form-1")
+    created = call(
+        "CandorService.CreateCollection",
+        {
+            "CollectionId": collection,
+            "Policy": {"Purposes": ["missing-persons"], "Identification": True, "SearchesPerCallerPerMinute": 3},
+        },
+    )
+    assert created["CollectionArn"].endswith(f"collection/{collection}")
+    _rekognition(env, Consent="form-1").index_faces(
+        CollectionId=collection, Image=_image(faces_dir, "enroll/obama/obama.jpg"), ExternalImageId="obama"
+    )
+    probe = _image(faces_dir, "probe/obama1.jpg")
+
+    # An unmodified Rekognition client searches for `general`, which this collection does not declare.
+    with pytest.raises(ClientError) as refused:
+        _rekognition(env).search_faces_by_image(CollectionId=collection, Image=probe)
+    assert _code(refused)[0] == "AccessDeniedException" and "missing-persons only" in _code(refused)[1]
+    without_case = _rekognition(env, Purpose="missing-persons")
+    with pytest.raises(ClientError) as refused:
+        without_case.search_faces_by_image(CollectionId=collection, Image=probe)
+    assert "X-Candor-Case" in _code(refused)[1]
+
+    investigator = _rekognition(env, "AKIDEXAMPLEBOB", Purpose="missing-persons", Case="MP-2026-114")
+    with pytest.raises(ClientError) as refused:
+        investigator.search_faces_by_image(CollectionId=collection, Image=probe, FaceMatchThreshold=90)
+    assert _code(refused)[0] == "InvalidParameterException" and "below 99" in _code(refused)[1]
+    # Without a threshold the identification floor applies: nothing below 99 comes back.
+    found = investigator.search_faces_by_image(CollectionId=collection, Image=probe)
+    assert all(match["Similarity"] >= 99 for match in found["FaceMatches"])
+
+    # Three searches a minute for this caller; the minute may turn between calls, so try again once if it did.
+    for _ in range(2):
+        minute = int(time.time()) // 60
+        outcomes = []
+        for _ in range(4):
+            try:
+                investigator.search_faces_by_image(CollectionId=collection, Image=probe, FaceMatchThreshold=99.5)
+                outcomes.append("ok")
+            except ClientError as error:
+                outcomes.append(error.response["Error"]["Code"])
+        if int(time.time()) // 60 == minute:
+            break
+    assert outcomes[-1] == "LimitExceededException" and outcomes.count("ok") <= 3
+
+    entries = _audit(env, collection)
+    refusals = [entry["reason"] for entry in entries if entry["event"] == "refusal"]
+    assert {"PurposeNotDeclared", "ThresholdBelowFloor", "QuotaExceeded"} <= set(refusals)
+    search = next(entry for entry in entries if entry["event"] == "search")
+    assert search["purpose"] == "missing-persons" and search["case_reference"] == "MP-2026-114"
+    assert search["caller"].endswith("user/AKIDEXAMPLEBOB") and search["threshold"] == 99
+
+
+def test_policy_is_described_and_changes_are_audited(env: LocalEnvironment) -> None:
+    collection = f"policy-{uuid.uuid4().hex[:8]}"
+    _rekognition(env).create_collection(CollectionId=collection)
+    call = _candor(env)
+    described = call("CandorService.DescribeCollectionPolicy", {"CollectionId": collection})["Policy"]
+    assert described["Purposes"] == ["general"] and described["MinFaceMatchThreshold"] == 80
+    assert described["Identification"] is False
+
+    changed = call(
+        "CandorService.PutCollectionPolicy",
+        {"CollectionId": collection, "Policy": {"Purposes": ["general", "fraud"], "MinFaceMatchThreshold": 95}},
+    )["Policy"]
+    assert changed["Purposes"] == ["general", "fraud"] and changed["MinFaceMatchThreshold"] == 95
+    with pytest.raises(ClientError) as refused:
+        _rekognition(env).search_faces_by_image(
+            CollectionId=collection, Image={"Bytes": b"not read"}, FaceMatchThreshold=90
+        )
+    # Refused before the image is even decoded: the floor is checked first.
+    assert _code(refused)[0] == "InvalidParameterException" and "below 95" in _code(refused)[1]
+    policies = [entry["policy"]["purposes"] for entry in _audit(env, collection) if entry["event"] == "collection"]
+    assert policies == [["general"], ["general", "fraud"]]
+
+
+def test_erasure_leaves_nothing_searchable_and_proves_it(env: LocalEnvironment, faces_dir: Path) -> None:
+    collection = f"erase-{uuid.uuid4().hex[:8]}"
+    client = client_for(env)
+    client.rekognition.create_collection(CollectionId=collection)
+    keys = [
+        client.upload_enrolment(collection, "obama", faces_dir / "enroll/obama/obama.jpg", "form-7"),
+        client.upload_enrolment(collection, "obama", faces_dir / "enroll/obama/obama2.jpg", "form-7"),
+        client.upload_enrolment(collection, "biden", faces_dir / "enroll/biden/biden.jpg", "form-8"),
+    ]
+    assert {record["status"] for record in client.wait_for_photos(keys, timeout_s=180).values()} == {"COMPLETE"}
+    probe = _image(faces_dir, "probe/obama1.jpg")
+    plain = _rekognition(env)
+    assert plain.search_faces_by_image(CollectionId=collection, Image=probe)["FaceMatches"]
+
+    erased = client.call("CandorService.ErasePerson", {"CollectionId": collection, "PersonId": "obama"})
+
+    assert (erased["FacesRemoved"], erased["PhotosRemoved"]) == (2, 2)
+    assert erased["Proof"] == {"Searched": True, "FacesSearched": 1, "RemainingMatches": [], "Erased": True}
+    assert plain.search_faces_by_image(CollectionId=collection, Image=probe)["FaceMatches"] == []
+    remaining = {face.get("ExternalImageId") for face in plain.list_faces(CollectionId=collection)["Faces"]}
+    assert remaining == {"biden"}
+    listed = client.s3.list_objects_v2(Bucket=env.resources["UploadBucket"], Prefix=f"enroll/{collection}/")
+    assert [item["Key"] for item in listed.get("Contents", [])] == [keys[2]]
+    assert all(client.photo_status(key) is None for key in keys[:2])
+
+    erasure = [entry for entry in _audit(env, collection) if entry["event"] == "erasure"]
+    assert len(erasure) == 1 and erasure[0]["faces_removed"] == 2 and erasure[0]["proof_remaining_matches"] == 0
+    assert "obama" not in json.dumps(erasure[0])
+
+
+def test_delete_user_erases_the_user(env: LocalEnvironment, faces_dir: Path) -> None:
+    collection = f"users-{uuid.uuid4().hex[:8]}"
+    rekognition = _rekognition(env, Consent="form-9")
+    rekognition.create_collection(CollectionId=collection)
+    face_ids = [
+        rekognition.index_faces(CollectionId=collection, Image=_image(faces_dir, f"enroll/{photo}"))["FaceRecords"][0][
+            "Face"
+        ]["FaceId"]
+        for photo in ("obama/obama.jpg", "biden/biden.jpg")
+    ]
+    rekognition.create_user(CollectionId=collection, UserId="user-obama")
+    rekognition.associate_faces(CollectionId=collection, UserId="user-obama", FaceIds=face_ids[:1])
+
+    rekognition.delete_user(CollectionId=collection, UserId="user-obama")
+
+    assert [face["FaceId"] for face in rekognition.list_faces(CollectionId=collection)["Faces"]] == face_ids[1:]
+    assert rekognition.list_users(CollectionId=collection)["Users"] == []
+    probe = _image(faces_dir, "probe/obama1.jpg")
+    assert rekognition.search_faces_by_image(CollectionId=collection, Image=probe)["FaceMatches"] == []
+
+
+def test_the_audit_log_verifies_intact_and_detects_an_altered_entry(env: LocalEnvironment, faces_dir: Path) -> None:
+    collection = f"audit-{uuid.uuid4().hex[:8]}"
+    rekognition = _rekognition(env, Consent="form-3")
+    rekognition.create_collection(CollectionId=collection)
+    rekognition.index_faces(CollectionId=collection, Image=_image(faces_dir, "enroll/biden/biden.jpg"))
+    for _ in range(2):
+        rekognition.search_faces_by_image(CollectionId=collection, Image=_image(faces_dir, "enroll/biden/biden2.jpg"))
+    store = DynamoAuditStore(
+        env.resources["AuditTable"], env.session.resource("dynamodb", endpoint_url=env.endpoint_url)
+    )
+    (intact,) = verify_all(store, [collection])
+    assert intact.intact and intact.entries == 4
+
+    # Someone with write access to the table rewrites a search as if it had matched nobody.
+    table = env.session.resource("dynamodb", endpoint_url=env.endpoint_url).Table(env.resources["AuditTable"])
+    item = table.get_item(Key={"chain": collection, "seq": 3})["Item"]
+    body = json.loads(item["body"])
+    body["faces_matched"], body["matches"] = 0, [[]]
+    table.put_item(Item={**item, "body": json.dumps(body, sort_keys=True, separators=(",", ":"))})
+
+    (tampered,) = verify_all(store, [collection])
+    assert not tampered.intact and tampered.problems == ["entry 3 altered: its content no longer matches its hash"]
