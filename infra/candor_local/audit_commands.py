@@ -16,12 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from candor.adapters.aws import DynamoAuditStore
 from candor.audit import AuditRecord, ChainVerification, verify_all, verify_chain
-from candor_local.dlq_commands import _is_loopback, _physical_ids
-from candor_local.emulator import EMULATOR_CREDENTIALS
+from candor_local.dlq_commands import _physical_ids, stack_session
 from candor_local.report import build_report, entry_time, parse_when, readable_fields, render_html, summarize
 
 AUDIT_TABLE = "AuditTable"  # the table's logical id in template.yaml
@@ -220,20 +217,7 @@ def _plain(text: str) -> str:
 
 def audit_store(stack_name: str) -> DynamoAuditStore:
     """The stack's audit table: on AWS_ENDPOINT_URL, or the stack `candor up` runs, or AWS itself."""
-    from candor_local.cli import STATE_FILE
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if endpoint is None and STATE_FILE.is_file():
-        state = json.loads(STATE_FILE.read_text())
-        endpoint, region = state.get("endpoint_url"), region or state.get("region")
-    session = boto3.session.Session(region_name=region or "us-east-1")
-    if session.get_credentials() is None and _is_loopback(endpoint):
-        session = boto3.session.Session(
-            aws_access_key_id=EMULATOR_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=EMULATOR_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            region_name=region or "us-east-1",
-        )
+    session, endpoint = stack_session()
     resources = _physical_ids(session.client("cloudformation", endpoint_url=endpoint), stack_name)
     if AUDIT_TABLE not in resources:
         raise ValueError(f"stack {stack_name!r} has no {AUDIT_TABLE}: deploy the current template.yaml first")

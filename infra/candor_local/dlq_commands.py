@@ -311,6 +311,14 @@ def format_letter(letter: DeadLetter, detailed: bool) -> str:
 
 def _connect(stack_name: str, log_dir: Path | None) -> DeadLetters:
     """The stack on AWS_ENDPOINT_URL, or the one `candor up` runs, or AWS itself."""
+    session, endpoint = stack_session()
+    cloudformation = session.client("cloudformation", endpoint_url=endpoint)
+    resources = _physical_ids(cloudformation, stack_name)
+    return DeadLetters(session, endpoint, resources, Path(log_dir) if log_dir else _latest_log_dir())
+
+
+def stack_session() -> tuple[boto3.session.Session, str | None]:
+    """A session and endpoint for the stack on AWS_ENDPOINT_URL, or the one `candor up` runs, or AWS itself."""
     from candor_local.cli import STATE_FILE
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -325,9 +333,7 @@ def _connect(stack_name: str, log_dir: Path | None) -> DeadLetters:
             aws_secret_access_key=EMULATOR_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
             region_name=region or "us-east-1",
         )
-    cloudformation = session.client("cloudformation", endpoint_url=endpoint)
-    resources = _physical_ids(cloudformation, stack_name)
-    return DeadLetters(session, endpoint, resources, Path(log_dir) if log_dir else _latest_log_dir())
+    return session, endpoint
 
 
 def _latest_log_dir() -> Path | None:
