@@ -158,47 +158,28 @@ class Accountability:
         person: str | None,
         consent_reference: str,
     ) -> None:
-        self.audit.append(
+        self._allowed(
             collection_id,
             AuditEvent.ENROLMENT,
-            operation=operation,
-            outcome="allowed",
-            caller=caller.identity,
+            caller,
+            operation,
             consent_reference=consent_reference,
             subject=subject_hash(collection_id, person) if person else None,
             face_ids=list(face_ids),
         )
 
     def record_deletion(self, collection_id: str, caller: Caller, operation: str, **details: Any) -> None:
-        self.audit.append(
-            collection_id,
-            AuditEvent.DELETION,
-            operation=operation,
-            outcome="allowed",
-            caller=caller.identity,
-            **details,
-        )
+        self._allowed(collection_id, AuditEvent.DELETION, caller, operation, **details)
 
     def record_collection(self, collection_id: str, caller: Caller, operation: str, policy: CollectionPolicy) -> None:
-        self.audit.append(
-            collection_id,
-            AuditEvent.COLLECTION,
-            operation=operation,
-            outcome="allowed",
-            caller=caller.identity,
-            policy=policy.to_dict(),
-        )
+        self._allowed(collection_id, AuditEvent.COLLECTION, caller, operation, policy=policy.to_dict())
 
     def record_erasure(self, collection_id: str, caller: Caller, operation: str, person: str, **details: Any) -> None:
-        self.audit.append(
-            collection_id,
-            AuditEvent.ERASURE,
-            operation=operation,
-            outcome="allowed",
-            caller=caller.identity,
-            subject=subject_hash(collection_id, person),
-            **details,
-        )
+        subject = subject_hash(collection_id, person)
+        self._allowed(collection_id, AuditEvent.ERASURE, caller, operation, subject=subject, **details)
+
+    def _allowed(self, chain: str, event: AuditEvent, caller: Caller, operation: str, **fields: Any) -> None:
+        self.audit.append(chain, event, operation=operation, outcome="allowed", caller=caller.identity, **fields)
 
     def refuse(
         self,
