@@ -236,6 +236,17 @@ def bench_size(
         result["batch_p50_ms"], result["batch_p99_ms"] = _percentiles(seconds)
         result["batch_ms_per_query"] = round(result["batch_p50_ms"] / batch, 3)
         log(f"{size}: HNSW p50 {result['p50_ms']} ms, recall@10 {result['recall_at_10']}: {json.dumps(result)}")
+        # The same search as the shard functions answer it on AWS: one request per shard (JSON both ways, as
+        # the Invoke API carries it), in parallel, merged; the network's round trip is not in it.
+        answers, seconds = _timed_single(_shard_requests(index, k), probes)
+        result["shard_requests_p50_ms"], result["shard_requests_p99_ms"] = _percentiles(seconds)
+        result["shard_requests_same_top_10"] = round(
+            sum([n.face_id for n in hits[0]] == f for hits, f in zip(answers, found, strict=True)) / len(found), 4
+        )
+        result["directory_mb"] = _directory_mb(size)
+        result["directory_bytes_per_face"] = round(result["directory_mb"] * 2**20 / size)
+        log(f"{size}: via shard requests p50 {result['shard_requests_p50_ms']} ms")
+        log(f"{size}: face directory {result['directory_mb']} MB")
         # Search-time expansion trades latency for recall on the same graphs, without a rebuild.
         result["expansions"] = []
         for expansion in expansions or []:
@@ -272,6 +283,54 @@ def bench_size(
             result["one_same_top_10"] = round(sum(a == b for a, b in zip(alone, found, strict=True)) / len(found), 4)
             log(f"{size}: one graph p50 {result['one_p50_ms']} ms, recall@10 {result['one_recall_at_10']}")
     return result
+
+
+def _shard_requests(index: Any, k: int) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from candor.index import merge_top_k
+    from candor.ports import Collection
+    from candor.shards import parse_shard_request, shard_answer, shard_neighbours, shard_request
+
+    collection = Collection("bench", "2026-01-01T00:00:00+00:00", "bench", shard_size=index.shard_size)
+    pool = ThreadPoolExecutor(max_workers=len(index.shards))
+
+    def one_shard(request: str) -> Any:
+        _, shard, queries, count, min_cosine = parse_shard_request(json.loads(request))
+        return json.loads(json.dumps(shard_answer(index.shards[shard].search(queries, count, min_cosine))))
+
+    def search(query: np.ndarray) -> Any:
+        requests = [json.dumps(shard_request(collection, n, query, k, -1.0)) for n in range(len(index.shards))]
+        per_shard = [shard_neighbours(answer, 1) for answer in pool.map(one_shard, requests)]
+        return [merge_top_k([shard[0] for shard in per_shard], k)]
+
+    return search
+
+
+def _directory_mb(size: int) -> float:
+    """What a warm collection's face directory (candor/index_sync.py: id, name, photo, user per face) adds to
+    a fresh process's resident set, built from records as the faces table returns them (8 photos a person)."""
+    script = (
+        "import sys\n"
+        "from candor.index_sync import CollectionFaces, FaceEntry\n"
+        "from candor.faces import BoundingBox, FaceRecord\n"
+        "import numpy as np\n"
+        "def rss():\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024\n"
+        "size, vector, box = int(sys.argv[1]), np.zeros(0, dtype=np.float32), BoundingBox(0, 0, 1, 1)\n"
+        "before = rss()\n"
+        "faces = CollectionFaces(None)\n"
+        "for n in range(size):\n"
+        "    face_id = f'{n:08x}-0000-4000-8000-{n:012x}'\n"
+        "    record = FaceRecord(face_id, f'{n:032x}', box, 1.0, vector, 'm', 'c', f'person-{n // 8:07d}')\n"
+        "    faces[face_id] = FaceEntry.of(record)\n"
+        "print(rss() - before)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(size)], capture_output=True, text=True, env=env, check=True
+    )
+    return round(int(completed.stdout.split()[-1]) / 2**20, 1)
 
 
 def _resident_mb(snapshot: Path, probes: np.ndarray, probes_file: Path) -> float:
@@ -359,6 +418,12 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
                 r["recall_at_10_above_threshold"],
                 r["exact_p50_ms"],
                 round(r["exact_p50_ms"] / r["p50_ms"], 1),
+                f"{r['shard_requests_p50_ms']} ({r['shard_requests_same_top_10']})"
+                if "shard_requests_p50_ms" in r
+                else "not measured",
+                f"{r['directory_mb']} ({r['directory_bytes_per_face']} B/face)"
+                if "directory_mb" in r
+                else "not measured",
             ]
         )
     main = table(
@@ -376,6 +441,8 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
             "recall@10 (matches ≥ 80)",
             "exact f32 p50 ms",
             "speed-up",
+            "via shard requests p50 ms (same top-10)",
+            "face directory MB",
         ],
         rows,
     )
@@ -487,15 +554,21 @@ the interpreter's fixed costs); 2 KB more on disk for the float32 vectors. So a 
 `IndexShardSize` x ~1.3 KB. usearch's own figure (`memory_usage`; `memory_estimate_mb` in the JSON) counts
 its arenas' reserved capacity and overstates this.
 
-Sharding: a collection past `IndexShardSize` faces is split in shards of at most that many faces (filled in
-arrival order); a search asks every shard for its top-k and merges them in one total order (cosine, then face
-id), so the answer equals one index's whenever each shard answers exactly (the tests prove it on exact
-shards). Each HNSW shard is approximate, so the merged recall is the table's; `--one-graph` adds one
-unsharded graph of the same faces for comparison. Locally the shards are searched by a thread pool in one
-process. On AWS the design is one invocation per shard: the search function publishes each shard as its own
-snapshot prefix (`shard-NNNN/`), invokes a shard reader per shard in parallel with the query vectors, and
-merges the top-k the same way; a shard reader loads only its shard and applies the table's difference for its
-faces. That fan-out function is not built yet: today one search function holds every shard of a collection.
+Sharding: a face's shard is fixed when it is enrolled (the n-th face a collection ever enrolled is in shard
+n // `IndexShardSize`), so shards fill one after another, a collection grows by opening a shard, and every
+function agrees where a face is. A search asks every shard for its top-k and merges them in one total order
+(cosine, then face id), so the answer equals one index's whenever each shard answers exactly (the tests prove
+it on exact shards). Each HNSW shard is approximate, so the merged recall is the table's; `--one-graph` adds
+one unsharded graph of the same faces for comparison. Locally, and in a collection of one shard, the shards
+are searched by a thread pool in the search function. On AWS, past one shard, each shard is searched by its
+own invocation of ShardFunction (candor/shards.py), in parallel; *via shard requests* is that search with
+every request and answer crossing JSON as the Invoke API carries them, in threads of this process (so without
+the network's round trip), and the share of queries whose top-10 equals the in-process search's.
+
+*face directory MB* is what the search function keeps of a collection besides its index: each face's id,
+name, photo id and user (candor/index_sync.py, `FaceEntry`), measured in a fresh process. Embeddings are
+not kept there: the index holds the vectors, and the faces table when the search function asks a shard
+function. A reload reads only the collection's change log since the last one, never the whole collection.
 """
 
 

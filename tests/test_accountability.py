@@ -384,7 +384,9 @@ def test_the_audit_table_is_kept_and_no_function_may_change_or_delete_an_entry()
             or statement["Resource"] == {"Fn::GetAtt": "AuditTable.Arn"}
             for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
         }
-        assert actions == {"dynamodb:PutItem", "dynamodb:Query"}, name
+        # The shard function searches for the search function, which audits the search: it has no audit grant.
+        expected = set() if name == "ShardFunction" else {"dynamodb:PutItem", "dynamodb:Query"}
+        assert actions == expected, name
 
 
 def test_erasing_a_user_leaves_a_face_enrolled_under_the_same_name(stack: Stack, faces_dir: Path) -> None:

@@ -86,7 +86,7 @@ def test_quality_bars_name_every_shortfall() -> None:
 
 def _store(face_count: int, collection_id: str = "people") -> tuple[service.CollectionStore, list[str]]:
     collections, faces = MemoryCollectionRepository(), MemoryFaceRepository()
-    collections.create(Collection(collection_id, "2026-01-01T00:00:00+00:00", "test", index_version="v0"))
+    collections.create(Collection(collection_id, "2026-01-01T00:00:00+00:00", "test", change_seq=0))
     rng = np.random.default_rng(7)
     ids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(face_count)]
     base = rng.normal(size=EMBEDDING_SIZE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -32,7 +33,8 @@ from candor.index import (
     load_index,
 )
 from candor.index_sync import IndexSync
-from candor.ports import Collection
+from candor.indexing import shards_for
+from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes, search_image
 
 DIMENSION = 512
@@ -211,7 +213,7 @@ class Stack:
         self.faces = MemoryFaceRepository()
         self.collections = MemoryCollectionRepository()
         self.snapshots = MemoryIndexSnapshotStore()
-        self.collections.create(Collection("staff", "2026-01-01T00:00:00Z", "test"))
+        self.collections.create(Collection("staff", "2026-01-01T00:00:00Z", "test", shard_size=64))
         self._tmp = tmp_path
         self._starts = 0
         self.indexes = self.start()
@@ -221,7 +223,6 @@ class Stack:
         self._starts += 1
         sync = IndexSync(
             self.snapshots,
-            shard_size=64,
             work_dir=self._tmp / f"start-{self._starts}",
             snapshot_min_faces=0,
             snapshot_min_changes=1,
@@ -230,12 +231,16 @@ class Stack:
         return CollectionIndexes(self.faces, self.collections, sync)
 
     def enrol(self, records: list[FaceRecord]) -> None:
+        shards = shards_for(self.collections, "staff", len(records))
+        records = [replace(record, shard=shard) for record, shard in zip(records, shards, strict=True)]
         self.faces.save_all(records)
-        self.collections.mark_changed("staff")
+        self.collections.mark_changed(
+            "staff", IndexChange(added=tuple(r.face_id for r in records), shards=tuple(shards))
+        )
 
     def delete(self, face_ids: list[str]) -> None:
         self.faces.delete_all(face_ids)
-        self.collections.mark_changed("staff")
+        self.collections.mark_changed("staff", IndexChange(removed=tuple(face_ids)))
 
     def who(self, probe: np.ndarray, indexes: CollectionIndexes | None = None) -> list[str]:
         _, index, records = (indexes or self.indexes).get("staff")
@@ -434,10 +439,10 @@ def test_a_face_deleted_from_the_table_is_never_returned_while_the_warm_index_st
     assert sorted(by_image()) == [uid(1, 0), uid(1, 1), uid(1, 2)]
     assert sorted(by_face(uid(1, 0))) == [uid(1, 1), uid(1, 2)]
 
-    deletion = collection_service.delete_faces(store, "staff", [uid(1, 1)])
-    assert deletion.deleted == [uid(1, 1)]
+    # DeleteFaces deletes from the table, then logs the change: a search in between has the face in its index.
+    faces.delete_all([uid(1, 1)])
     _, index, records = store.indexes.get("staff")
-    assert uid(1, 1) in index and uid(1, 1) in records, "the warm index reloaded and still holds the face"
+    assert uid(1, 1) in index and uid(1, 1) in records, "the warm index has not applied the deletion yet"
 
     assert sorted(by_image()) == [uid(1, 0), uid(1, 2)]
     assert sorted(by_face(uid(1, 0))) == [uid(1, 2)]
@@ -459,8 +464,7 @@ def test_a_face_deleted_from_the_table_is_never_returned_while_the_warm_index_st
 
     assert users() == [("alice", scores[best])]
     for gone, expected in ((best, [("alice", scores[other])]), (other, [])):
-        faces.delete_all([gone])  # an erasure deletes a user's faces from the table
-        collections.mark_changed("staff")
+        faces.delete_all([gone])  # an erasure deletes a user's faces from the table, then logs the change
         assert gone in store.indexes.get("staff")[1]
         assert users() == expected
 

@@ -45,6 +45,7 @@ BOTO3_ACTIONS = {
     "delete_objects": "s3:DeleteObject",
     "list_objects_v2": "s3:ListBucket",
     "send_message": "sqs:SendMessage",
+    "invoke": "lambda:InvokeFunction",
 }
 # Resources a function wires only as a fallback it never takes: YuNet ships in the model layer, so Detect never
 # fetches from the model bucket (Embed and Search do: FaceNet is too big for the layer).

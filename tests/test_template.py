@@ -25,6 +25,7 @@ FUNCTIONS = {
     "DetectFunction": "services/detect",
     "EmbedFunction": "services/embed",
     "SearchFunction": "services/search",
+    "ShardFunction": "services/shard",
 }
 
 
@@ -67,7 +68,7 @@ def test_the_template_is_the_default_of_the_local_runtime() -> None:
     assert DEFAULT_TEMPLATE_PATH == TEMPLATE
 
 
-def test_sam_translates_offline_into_three_functions_with_their_code_and_layers(template: Template) -> None:
+def test_sam_translates_offline_into_the_functions_with_their_code_and_layers(template: Template) -> None:
     assert set(template.functions) == set(FUNCTIONS)
     for logical_id, code in FUNCTIONS.items():
         function = template.functions[logical_id]
@@ -181,19 +182,33 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_outlives_its_fun
 
 def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) -> None:
     tables = _resources(template, "AWS::DynamoDB::Table")
-    assert set(tables) == {"PhotosTable", "FacesTable", "CollectionsTable", "UsersTable", "AuditTable", "QuotasTable"}
+    assert set(tables) == {
+        "PhotosTable",
+        "FacesTable",
+        "CollectionsTable",
+        "CollectionChangesTable",
+        "UsersTable",
+        "AuditTable",
+        "QuotasTable",
+    }
     for name, table in tables.items():
         properties = table["Properties"]
         assert properties["SSESpecification"]["SSEEnabled"] is True, name
         assert properties["BillingMode"] == "PAY_PER_REQUEST", name
-        if name != "QuotasTable":  # minute counters: nothing to recover
+        # Minute counters, and a log whose loss costs only a rebuild from the faces table: nothing to recover.
+        if name not in ("QuotasTable", "CollectionChangesTable"):
             assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
 
 
 def test_faces_are_searchable_by_collection(template: Template) -> None:
     faces = template.resources["FacesTable"]["Properties"]
-    (index,) = faces["GlobalSecondaryIndexes"]
+    index, by_shard = faces["GlobalSecondaryIndexes"]
     assert index["IndexName"] == "ByCollection"
+    assert by_shard["IndexName"] == "ByShard"
+    assert by_shard["KeySchema"] == [
+        {"AttributeName": "collection_shard", "KeyType": "HASH"},
+        {"AttributeName": "face_id", "KeyType": "RANGE"},
+    ]
     assert index["KeySchema"] == [
         {"AttributeName": "collection_id", "KeyType": "HASH"},
         {"AttributeName": "face_id", "KeyType": "RANGE"},
@@ -242,6 +257,7 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
         "PhotosTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
         "FacesTable": {"dynamodb:BatchWriteItem"},
         "CollectionsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "CollectionChangesTable": append_only,
         # FaceNet from the model bucket (ModelBucket/ModelPrefix*, read-only).
         "ModelBucket": {"s3:GetObject"},
         "ModelPrefix": {"s3:GetObject"},
@@ -264,7 +280,16 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
             "dynamodb:Scan",
             "dynamodb:UpdateItem",
         },
+        "CollectionChangesTable": append_only,
         "UsersTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"},
+        "IndexBucket": {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
+        # Past one shard, a collection's shards are searched by invocations of the shard function.
+        "ShardFunction": {"lambda:InvokeFunction"},
+    }
+    # A shard reads its faces and the change log, and keeps its snapshot; it writes no table.
+    assert grants("ShardFunction") == {
+        "FacesTable": {"dynamodb:Query", "dynamodb:BatchGetItem"},
+        "CollectionChangesTable": {"dynamodb:Query"},
         "IndexBucket": {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
     }
 

@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from candor.accountability import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
+    DynamoChangeLog,
     DynamoCollectionRepository,
     DynamoFaceRepository,
     DynamoPhotoRepository,
@@ -41,7 +42,7 @@ embedder = load_embedder(
 images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 faces = DynamoFaceRepository(settings.faces_table)
-collections = DynamoCollectionRepository(settings.collections_table)
+collections = DynamoCollectionRepository(settings.collections_table, DynamoChangeLog(settings.collection_changes_table))
 accountability = Accountability(AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)))
 
 

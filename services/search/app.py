@@ -19,11 +19,13 @@ from rekognition import FaceApi, UnknownOperationError, error_body
 from candor.accountability import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
+    DynamoChangeLog,
     DynamoCollectionRepository,
     DynamoFaceRepository,
     DynamoPhotoRepository,
     DynamoQuotaCounter,
     DynamoUserRepository,
+    LambdaShardInvoker,
     S3ImageStore,
     S3IndexSnapshotStore,
     model_source,
@@ -36,6 +38,7 @@ from candor.model_files import model_dir_with
 from candor.policy import GENERAL_PURPOSE, Caller, validate_purpose, validate_reference
 from candor.search import CollectionIndexes
 from candor.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
+from candor.shards import ShardFunctionEngine
 from candor.vision import load_models
 
 AMZ_JSON = "application/x-amz-json-1.1"
@@ -49,11 +52,13 @@ model_dir = model_dir_with(
     [DETECTOR_FILE, EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)
 )
 detector, embedder = load_models(model_dir, settings.model_threads)
-collections = DynamoCollectionRepository(settings.collections_table)
+collections = DynamoCollectionRepository(settings.collections_table, DynamoChangeLog(settings.collection_changes_table))
 faces = DynamoFaceRepository(settings.faces_table)
-# Cold start: a collection's index comes from its snapshot in the index bucket, then the table's difference.
+# Cold start: a collection's index comes from its snapshot in the index bucket, then its change log. Past one
+# shard, with a shard function configured (AWS), each shard is searched by its own invocation.
 snapshots = S3IndexSnapshotStore(settings.index_bucket) if settings.index_bucket else None
-indexes = CollectionIndexes(faces, collections, IndexSync(snapshots, shard_size=settings.index_shard_size))
+engine = ShardFunctionEngine(LambdaShardInvoker(settings.shard_function), faces) if settings.shard_function else None
+indexes = CollectionIndexes(faces, collections, IndexSync(snapshots, engine=engine))
 face_api = FaceApi(
     images=S3ImageStore(),
     collections=collections,
@@ -69,6 +74,7 @@ face_api = FaceApi(
         DynamoQuotaCounter(settings.quotas_table),
     ),
     photos=DynamoPhotoRepository(settings.photos_table),
+    shard_size=settings.index_shard_size,
 )
 
 

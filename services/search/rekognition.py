@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from candor.search import CollectionIndexes, ImageSearchResult, search_image
 from candor.settings import (
     DEFAULT_FACE_MATCH_THRESHOLD,
     EMBEDDER_VERSION,
+    INDEX_SHARD_SIZE,
     MAX_FACES,
     MAX_OBJECT_IMAGE_BYTES,
     MAX_REQUEST_IMAGE_BYTES,
@@ -88,6 +88,8 @@ class FaceApi:
     photos: PhotoRepository
     # Who asks, with the purpose, case and consent they state: set per request by `dispatch`.
     caller: Caller = field(default_factory=lambda: Caller("anonymous"))
+    # Faces per index shard of a collection created here (settings.INDEX_SHARD_SIZE unless configured).
+    shard_size: int = INDEX_SHARD_SIZE
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         service, _, operation = target.partition(".")
@@ -172,15 +174,10 @@ def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     CreateCollection takes a Policy)."""
     collection_id = validate_collection_id(str(_required(request, "CollectionId")))
     policy = parse_policy(request["Policy"]) if "Policy" in request else CollectionPolicy()
-    # A fresh index version: a warm index of a deleted collection of the same name is never reused.
+    # Its creation time tells it from a deleted collection of the same name: that one's warm index is never reused.
+    created_at = datetime.now(UTC).isoformat()
     api.collections.create(
-        Collection(
-            collection_id,
-            datetime.now(UTC).isoformat(),
-            EMBEDDER_VERSION,
-            index_version=uuid.uuid4().hex,
-            policy=policy,
-        )
+        Collection(collection_id, created_at, EMBEDDER_VERSION, shard_size=api.shard_size, policy=policy)
     )
     api.accountability.record_collection(collection_id, api.caller, "CreateCollection", policy)
     return {"StatusCode": 200, "CollectionArn": api.collection_arn(collection_id), "FaceModelVersion": EMBEDDER_VERSION}
@@ -341,9 +338,7 @@ def search_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
         collection_id,
         "SearchFaces",
         threshold,
-        lambda: service.search_by_face_id(
-            api.store, collection_id, face_id, threshold=threshold, max_faces=max_faces
-        ),
+        lambda: service.search_by_face_id(api.store, collection_id, face_id, threshold=threshold, max_faces=max_faces),
         lambda found: [[Returned(m.face_id, m.similarity) for m in found]],
         searched=face_id,
     )

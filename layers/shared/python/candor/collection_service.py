@@ -23,8 +23,9 @@ from candor.errors import (
 )
 from candor.faces import FaceRecord, Match
 from candor.index import VectorIndex
-from candor.ports import CollectionRepository, FaceRepository, Page, User, UserRepository
-from candor.search import CollectionFaces, CollectionIndexes
+from candor.index_sync import CollectionFaces, FaceEntry
+from candor.ports import CollectionRepository, FaceRepository, IndexChange, Page, User, UserRepository
+from candor.search import CollectionIndexes
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
 
 # Rekognition's patterns for FaceId and UserId.
@@ -57,8 +58,9 @@ class CollectionStore:
     users: UserRepository
     indexes: CollectionIndexes
 
-    def records(self, collection_id: str) -> dict[str, FaceRecord]:
-        """The collection's faces by id; raises ResourceNotFoundError for a missing collection."""
+    def records(self, collection_id: str) -> CollectionFaces:
+        """The collection's faces by id (ids, names, photos, users; the vectors are in its index); raises
+        ResourceNotFoundError for a missing collection."""
         return self.indexes.get(collection_id)[2]
 
 
@@ -104,17 +106,16 @@ def list_faces(
         validate_user_id(user_id)
     chosen = sorted(
         (
-            face
+            face.face_id
             for face in records.values()
             if (wanted is None or face.face_id in wanted)
             and (user_id is None or face.user_id == user_id)
             and (next_token is None or face.face_id > next_token)
         ),
-        key=lambda face: face.face_id,
     )
-    if len(chosen) > limit:
-        return Page(chosen[:limit], chosen[limit - 1].face_id)
-    return Page(chosen, None)
+    # The page's full records (boxes, confidence, sizes) from the table; a face deleted meanwhile drops out.
+    page = records.records(chosen[:limit])
+    return Page(page, chosen[limit - 1] if len(chosen) > limit else None)
 
 
 @dataclass
@@ -140,7 +141,7 @@ def delete_faces(store: CollectionStore, collection_id: str, face_ids: Sequence[
             result.deleted.append(face_id)
     if result.deleted:
         store.faces.delete_all(result.deleted)
-        store.collections.mark_changed(collection_id)
+        store.collections.mark_changed(collection_id, IndexChange(removed=tuple(result.deleted)))
     return result
 
 
@@ -155,8 +156,12 @@ def search_by_face_id(
     searched = records.get(validate_face_id(face_id))
     if searched is None:
         raise InvalidParameterError(f"face {face_id!r} is not in collection {collection_id!r}")
-    (hits,) = index.search(searched.embedding[None, :], max_faces + 1, cosine_from_similarity(threshold))
-    matches = [_match(records[hit.face_id], hit.cosine) for hit in hits if hit.face_id != face_id]
+    (hits,) = index.search(index.vectors([searched.face_id]), max_faces + 1, cosine_from_similarity(threshold))
+    matches = [
+        _match(entry, hit.cosine)
+        for hit in hits
+        if hit.face_id != face_id and (entry := records.get(hit.face_id)) is not None
+    ]
     matches = [match for match in matches if match.similarity >= threshold][:max_faces]
     # The searched face and its matches, checked against the table in one read (see CollectionFaces).
     alive = records.existing([face_id, *(match.face_id for match in matches)])
@@ -195,10 +200,10 @@ def create_user(store: CollectionStore, collection_id: str, user_id: str) -> Use
 def delete_user(store: CollectionStore, collection_id: str, user_id: str) -> None:
     """The user goes; its faces stay in the collection, associated with nobody."""
     require_user(store, collection_id, user_id)
-    faces = [face.face_id for face in store.records(collection_id).values() if face.user_id == user_id]
+    faces = store.records(collection_id).of_user(user_id)
     store.faces.set_user(faces, None)
     store.users.delete(collection_id, user_id)
-    store.collections.mark_changed(collection_id)
+    store.collections.mark_changed(collection_id, IndexChange(users=tuple((face_id, None) for face_id in faces)))
 
 
 def list_users(store: CollectionStore, collection_id: str, limit: int, next_token: str | None) -> Page[UserSummary]:
@@ -231,11 +236,11 @@ def associate_faces(
     _check_threshold(threshold)
     _check_face_list(face_ids)
     require_user(store, collection_id, user_id)
-    records = store.records(collection_id)
-    own = [face for face in records.values() if face.user_id == user_id]
+    _, index, records = store.indexes.get(collection_id)
+    own = records.of_user(user_id)
     # A face is checked against the user's faces and those accepted before it in this call: a first call
     # naming two people's faces takes the first and refuses the other.
-    members = [face.embedding for face in own]
+    members = list(index.vectors(own)) if own else []
     result = Association()
     for face_id in dict.fromkeys(validate_face_id(face_id) for face_id in face_ids):
         face = records.get(face_id)
@@ -248,18 +253,19 @@ def associate_faces(
         if face.user_id is not None:
             result.refused[face_id] = (face.user_id, None, ["ASSOCIATED_TO_A_DIFFERENT_USER"])
             continue
+        vector = index.vectors([face_id])[0]
         if members:
-            cosine = float(np.max(np.stack(members) @ face.embedding))
+            cosine = float(np.max(np.stack(members) @ vector))
             similarity = round(float(similarity_from_cosine(cosine)), 4)
             if similarity < threshold:
                 result.refused[face_id] = (None, similarity, ["LOW_MATCH_CONFIDENCE"])
                 continue
         result.associated.append(face_id)
-        members.append(face.embedding)
+        members.append(vector)
     new = [face_id for face_id in result.associated if records[face_id].user_id != user_id]
     if new:
         store.faces.set_user(new, user_id)
-        store.collections.mark_changed(collection_id)
+        store.collections.mark_changed(collection_id, IndexChange(users=tuple((face_id, user_id) for face_id in new)))
     result.user_status = "ACTIVE" if own or result.associated else "CREATED"
     return result
 
@@ -288,7 +294,8 @@ def disassociate_faces(
             result.disassociated.append(face_id)
     if result.disassociated:
         store.faces.set_user(result.disassociated, None)
-        store.collections.mark_changed(collection_id)
+        change = IndexChange(users=tuple((face_id, None) for face_id in result.disassociated))
+        store.collections.mark_changed(collection_id, change)
     remaining = {f.face_id for f in records.values() if f.user_id == user_id} - set(result.disassociated)
     result.user_status = "ACTIVE" if remaining else "CREATED"
     return result
@@ -316,15 +323,16 @@ def search_users(
     _, index, records = store.indexes.get(collection_id)
     if user_id is not None:
         require_user(store, collection_id, user_id)
-        queries = [face.embedding for face in records.values() if face.user_id == user_id]
-        if not queries:
+        own = records.of_user(user_id)
+        if not own:
             return []
+        queries = index.vectors(own)
     else:
         face = records.get(validate_face_id(face_id))
         if face is None:
             raise InvalidParameterError(f"face {face_id!r} is not in collection {collection_id!r}")
-        queries = [face.embedding]
-    return user_matches(index, records, np.stack(queries), threshold, max_users, exclude=user_id)
+        queries = index.vectors([face.face_id])
+    return user_matches(index, records, queries, threshold, max_users, exclude=user_id)
 
 
 def user_matches(
@@ -343,7 +351,8 @@ def user_matches(
     k = min(len(index), MAX_NEIGHBOURS)
     for hits in index.search(queries, k, cosine_from_similarity(threshold)):
         for hit in hits:
-            owner = records[hit.face_id].user_id
+            entry = records.get(hit.face_id)
+            owner = entry.user_id if entry is not None else None
             if owner is not None and owner != exclude:
                 candidates.setdefault(owner, []).append((hit.cosine, hit.face_id))
     for faces in candidates.values():
@@ -366,7 +375,7 @@ def user_matches(
             candidates[owner] = [candidate for candidate in faces if candidate[1] not in gone]
 
 
-def _match(face: FaceRecord, cosine: float) -> Match:
+def _match(face: FaceEntry, cosine: float) -> Match:
     return Match(face.face_id, face.external_image_id, round(float(similarity_from_cosine(cosine)), 4), face.photo_id)
 
 

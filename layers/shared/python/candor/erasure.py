@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from candor.collection_service import CollectionStore
 from candor.errors import CandorError, ResourceNotFoundError
 from candor.faces import Match
-from candor.ports import ImageStore, PhotoRepository
+from candor.ports import ImageStore, IndexChange, PhotoRepository
 
 
 @dataclass
@@ -87,7 +87,7 @@ def erase_person(
         store.users.delete(collection_id, person)
     # The snapshots hold the vectors: dropped with the warm index, rebuilt from the table when next searched.
     store.indexes.forget(collection_id)
-    store.collections.mark_changed(collection_id)
+    store.collections.mark_changed(collection_id, IndexChange(removed=tuple(sorted(erased_ids))))
     return ErasureResult(
         faces_removed=len(erased_ids),
         photos_removed=removed_photos,

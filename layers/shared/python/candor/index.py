@@ -11,8 +11,9 @@ index"):
   Resident memory per face: the graph (int8 vector, 512 B, and links: ~790 B) + the face id and its maps
   (~470 B); the float32 vectors (2 KB per face) are read from a memory-mapped file once the index has been
   persisted and loaded.
-- `ShardedVectorIndex`: a collection past `shard_size` faces is split into shards searched in parallel; the
-  top-k are merged, so the result is the same as one index's.
+- `ShardedVectorIndex`: a collection's shards in one process, searched in parallel; the top-k are merged, so
+  the result is the same as one index's. A face goes to the shard it was given at enrolment (candor/shards.py
+  explains why, and how the shards of a large collection are searched by separate functions on AWS).
 
 Order is total: by cosine descending, then face id, so every engine, sharded or not, answers the same.
 """
@@ -56,7 +57,10 @@ class Neighbour:
 
 
 class VectorIndex(Protocol):
-    def add(self, face_ids: Sequence[str], vectors: np.ndarray) -> None: ...
+    def add(self, face_ids: Sequence[str], vectors: np.ndarray, shards: Sequence[int] | None = None) -> None:
+        """Adds (or replaces) faces; `shards`: the shard each face was given when enrolled, for an index that
+        has shards (the others ignore it)."""
+        ...
 
     def remove(self, face_ids: Sequence[str]) -> None: ...
 
@@ -180,7 +184,7 @@ class _KeyedIndex:
     def vectors(self, face_ids: Sequence[str]) -> np.ndarray:
         return self._rows.take(np.array([self._key_of[face_id] for face_id in face_ids], dtype=np.int64))
 
-    def add(self, face_ids: Sequence[str], vectors: np.ndarray) -> None:
+    def add(self, face_ids: Sequence[str], vectors: np.ndarray, shards: Sequence[int] | None = None) -> None:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self._dimension)
         if len(face_ids) != len(vectors):
             raise ValueError(f"{len(face_ids)} ids for {len(vectors)} vectors")
@@ -413,7 +417,8 @@ class HnswVectorIndex(_KeyedIndex):
 
 
 class ShardedVectorIndex:
-    """Shards of at most `shard_size` faces, searched in parallel, their top-k merged."""
+    """Shards of about `shard_size` faces (each face in the shard it was given), searched in parallel, their
+    top-k merged."""
 
     engine = "sharded"
 
@@ -451,14 +456,29 @@ class ShardedVectorIndex:
             out[positions] = self.shards[n].vectors([face_ids[p] for p in positions])
         return out
 
-    def add(self, face_ids: Sequence[str], vectors: np.ndarray) -> None:
+    def add(self, face_ids: Sequence[str], vectors: np.ndarray, shards: Sequence[int] | None = None) -> None:
+        """Each face into the shard it was given (`shards`, fixed at enrolment: every function agrees where a
+        face is and a face never moves); without `shards`, into the last shard until it is full."""
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self._dimension)
         if len(face_ids) != len(vectors):
             raise ValueError(f"{len(face_ids)} ids for {len(vectors)} vectors")
+        if shards is not None and len(shards) != len(face_ids):
+            raise ValueError(f"{len(shards)} shards for {len(face_ids)} faces")
         self.remove([face_id for face_id in face_ids if face_id in self._shard_of])
+        if shards is not None:
+            by_shard: dict[int, list[int]] = {}
+            for position, number in enumerate(shards):
+                by_shard.setdefault(int(number), []).append(position)
+            for n, positions in sorted(by_shard.items()):
+                while len(self.shards) <= n:
+                    self.shards.append(self._new_shard())
+                ids = [face_ids[p] for p in positions]
+                self.shards[n].add(ids, vectors[positions])
+                self._shard_of.update(dict.fromkeys(ids, n))
+            return
         start = 0
         while start < len(face_ids):
-            # Fill the emptiest-last shard first; a new shard only when every one is full.
+            # Fill the last shard first; a new shard only when every one is full.
             if not self.shards or len(self.shards[-1]) >= self.shard_size:
                 self.shards.append(self._new_shard())
             shard = self.shards[-1]

@@ -12,6 +12,7 @@ import numpy as np
 
 from candor.faces import DetectedFace, FaceRecord, PhotoRecord
 from candor.policy import CollectionPolicy
+from candor.settings import INDEX_SHARD_SIZE
 
 T = TypeVar("T")
 
@@ -31,11 +32,40 @@ class Collection:
     collection_id: str
     created_at: str
     face_model_version: str
-    # Changes whenever a face is added or removed, so a warm search function knows to reload.
-    index_version: str = ""
+    # The number of the collection's latest change (IndexChange.seq): a warm search function that has applied
+    # fewer reads the ones it misses from the change log, and only those.
+    change_seq: int = 0
+    # Faces per index shard, fixed when the collection is made, and how many enrolment numbers were handed
+    # out: the n-th face enrolled lives in shard n // shard_size, so every function agrees where a face is.
+    shard_size: int = INDEX_SHARD_SIZE
+    faces_allocated: int = 0
     face_count: int = 0
     # What the collection may be searched for, and how (candor/policy.py); the safe default otherwise.
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
+
+
+@dataclass(frozen=True)
+class IndexChange:
+    """One change to what a collection's searches can return, as its change log records it: face ids only,
+    never embeddings (a reader fetches the added faces' records from the faces table)."""
+
+    added: tuple[str, ...] = ()
+    shards: tuple[int, ...] = ()  # the shard of each added face
+    removed: tuple[str, ...] = ()
+    users: tuple[tuple[str, str | None], ...] = ()  # (face id, the user it belongs to now, or None)
+    seq: int = 0  # its place in the log, given when it is appended
+
+    def parts(self, size: int) -> list[IndexChange]:
+        """The same change in pieces of at most `size` face ids each, so no log entry outgrows an item."""
+        parts = [
+            IndexChange(added=self.added[start : start + size], shards=self.shards[start : start + size])
+            for start in range(0, len(self.added), size)
+        ]
+        parts += [
+            IndexChange(removed=self.removed[start : start + size]) for start in range(0, len(self.removed), size)
+        ]
+        parts += [IndexChange(users=self.users[start : start + size]) for start in range(0, len(self.users), size)]
+        return parts or [self]
 
 
 @dataclass(frozen=True)
@@ -56,9 +86,7 @@ class Page(Generic[T]):
 
 
 class ImageStore(Protocol):
-    def get(
-        self, bucket: str, key: str, version_id: str | None = None, max_bytes: int | None = None
-    ) -> StoredImage:
+    def get(self, bucket: str, key: str, version_id: str | None = None, max_bytes: int | None = None) -> StoredImage:
         """Raises ImageTooLargeError past max_bytes without reading the body, ResourceNotFoundError if absent."""
         ...
 
@@ -82,6 +110,10 @@ class FaceRepository(Protocol):
 
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]: ...
 
+    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
+        """The collection's faces enrolled into index shard `shard` (FaceRecord.shard)."""
+        ...
+
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         """Up to `limit` faces of the collection in face_id order, starting after the face id `after`."""
         ...
@@ -90,6 +122,10 @@ class FaceRepository(Protocol):
 
     def existing(self, face_ids: Sequence[str]) -> set[str]:
         """Which of these faces are in the table, read consistently (never from the ByCollection index)."""
+        ...
+
+    def get_many(self, face_ids: Sequence[str]) -> dict[str, FaceRecord]:
+        """The records of those of these faces that are in the table, read consistently."""
         ...
 
     def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
@@ -108,11 +144,28 @@ class CollectionRepository(Protocol):
 
     def list_ids(self) -> list[str]: ...
 
-    def mark_changed(self, collection_id: str) -> None: ...
+    def mark_changed(self, collection_id: str, change: IndexChange) -> None:
+        """Appends `change` to the collection's change log, then raises its change_seq to the change's number."""
+        ...
+
+    def allocate(self, collection_id: str, count: int) -> int:
+        """Hands out `count` enrolment numbers, never handed out before; returns the first."""
+        ...
+
+    def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
+        """Those of the changes numbered after+1 to upto that the log still holds, in order. Entries expire
+        after CHANGE_LOG_DAYS: a reader missing one rebuilds from the faces table."""
+        ...
 
     def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
         """Raises ResourceNotFoundError for a missing collection."""
         ...
+
+
+class ChangeLog(Protocol):
+    """What a warm index reads of a collection's change log (CollectionRepository.changes)."""
+
+    def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]: ...
 
 
 class UserRepository(Protocol):
@@ -152,9 +205,7 @@ class MessagePublisher(Protocol):
 class FaceDetector(Protocol):
     version: str
 
-    def detect(
-        self, image: np.ndarray, max_faces: int = ..., min_confidence: float = ...
-    ) -> list[DetectedFace]: ...
+    def detect(self, image: np.ndarray, max_faces: int = ..., min_confidence: float = ...) -> list[DetectedFace]: ...
 
 
 class FaceEmbedder(Protocol):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from candor.enrolment import validate_collection_id
 from candor.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
-from candor.faces import DetectedFace, FaceRecord, Match
+from candor.faces import DetectedFace, Match
 from candor.images import DecodedImage, decode_image
 from candor.index import VectorIndex
-from candor.index_sync import IndexSync
+from candor.index_sync import CollectionFaces, IndexSync, WarmCollection
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
 from candor.settings import MAX_FACES, MAX_REQUEST_IMAGE_BYTES
+from candor.shards import RemoteShards
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
 
 
@@ -30,36 +30,14 @@ class ImageSearchResult:
     faces: list[FaceSearchResult]
 
 
-class CollectionFaces(dict[str, FaceRecord]):
-    """A collection's faces by id as the warm index last read them, from the faces table's ByCollection index.
-    On AWS that index is eventually consistent: for a moment after DeleteFaces it may still list a deleted
-    face. So a search checks the few faces it is about to return against the table itself (`existing`)."""
-
-    def __init__(self, records: Iterable[tuple[str, FaceRecord]], table: FaceRepository) -> None:
-        super().__init__(records)
-        self._table = table
-
-    def existing(self, face_ids: Iterable[str]) -> set[str]:
-        """Which of these faces are still in the table: one consistent read of only these ids."""
-        wanted = list(dict.fromkeys(face_ids))
-        return self._table.existing(wanted) if wanted else set()
-
-
-@dataclass
-class _LoadedIndex:
-    index_version: str
-    index: VectorIndex
-    faces: CollectionFaces
-
-
 class CollectionIndexes:
-    """Warm indexes, one per collection, brought up to date only when the collection says its faces changed
-    (from its snapshot on a cold start, then by the difference with the table: candor/index_sync.py)."""
+    """Warm indexes, one per collection, brought up to date only when the collection's change number moved
+    (from its snapshot on a cold start, then by its change log: candor/index_sync.py)."""
 
     def __init__(self, faces: FaceRepository, collections: CollectionRepository, sync: IndexSync | None = None) -> None:
         self._faces = faces
         self._collections = collections
-        self._loaded: dict[str, _LoadedIndex] = {}
+        self._warm: dict[str, WarmCollection] = {}
         self._lock = threading.Lock()
         self._sync = sync or IndexSync()  # without a snapshot store: built from the table on a cold start
 
@@ -68,25 +46,20 @@ class CollectionIndexes:
         if collection is None:
             raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
         with self._lock:
-            loaded = self._loaded.get(collection_id)
-            if loaded is None or loaded.index_version != collection.index_version:
-                loaded = self._load(collection)
-                self._loaded[collection_id] = loaded
-        return collection, loaded.index, loaded.faces
+            warm = self._warm.get(collection_id)
+            if warm is None or warm.change_seq != collection.change_seq or warm.created_at != collection.created_at:
+                # The warm index is updated in place, never rebuilt: only the faces that changed are applied.
+                warm = self._sync.load(collection, warm, self._faces, self._collections, self._lock)
+                self._warm[collection_id] = warm
+            if isinstance(warm.index, RemoteShards):
+                warm.index.collection = collection  # the shards are asked to reach this change number
+        return collection, warm.index, warm.faces
 
     def forget(self, collection_id: str) -> None:
         """Drop a deleted collection's warm index and its snapshots."""
         with self._lock:
-            self._loaded.pop(collection_id, None)
+            self._warm.pop(collection_id, None)
         self._sync.forget(collection_id)
-
-    def _load(self, collection: Collection) -> _LoadedIndex:
-        faces = self._faces.list_collection(collection.collection_id)
-        records = CollectionFaces(((face.face_id, face) for face in faces), self._faces)
-        previous = self._loaded.get(collection.collection_id)
-        # The warm index is updated in place, never rebuilt: only the faces that changed are added or removed.
-        index = self._sync.load(collection.collection_id, records, previous.index if previous else None, self._lock)
-        return _LoadedIndex(collection.index_version, index, records)
 
 
 def search_image(
@@ -121,12 +94,12 @@ def search_image(
         matches = [
             Match(
                 face_id=hit.face_id,
-                external_image_id=records[hit.face_id].external_image_id,
+                external_image_id=entry.external_image_id,
                 similarity=round(float(similarity_from_cosine(hit.cosine)), 4),
-                photo_id=records[hit.face_id].photo_id,
+                photo_id=entry.photo_id,
             )
             for hit in hits
-            if hit.face_id in alive
+            if hit.face_id in alive and (entry := records.get(hit.face_id)) is not None
         ]
         # A rounding at the cut-off must never let a match below the threshold through.
         matches = [match for match in matches if match.similarity >= face_match_threshold]

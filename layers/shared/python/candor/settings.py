@@ -71,6 +71,12 @@ INDEX_SHARD_SIZE = 250_000
 # were added or removed since the snapshot it loaded.
 SNAPSHOT_MIN_FACES = HNSW_MIN_FACES
 SNAPSHOT_MIN_CHANGES = 1_000
+# How long a collection's change log keeps an entry (DynamoDB's TTL). A warm search function applies the
+# entries it missed; one that missed more than the log holds (or a snapshot older than that) rebuilds from
+# the faces table instead, which is correct, only slower.
+CHANGE_LOG_DAYS = 7
+# Face ids per change log entry: well inside DynamoDB's 400 KB item limit.
+CHANGE_LOG_ENTRY_FACES = 1_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Settings:
     photos_table: str
     faces_table: str
     collections_table: str
+    collection_changes_table: str
     users_table: str
     audit_table: str
     quotas_table: str
@@ -86,6 +93,8 @@ class Settings:
     upload_bucket: str
     index_bucket: str
     index_shard_size: int
+    # The function that searches one shard (AWS); empty: every shard is searched in the search function.
+    shard_function: str
     min_detection_confidence: float
     face_match_threshold: float
     # Where models too large for the model layer come from on AWS (candor/model_files.py); empty locally.
@@ -104,6 +113,7 @@ class Settings:
             photos_table=env.get("PHOTOS_TABLE", ""),
             faces_table=env.get("FACES_TABLE", ""),
             collections_table=env.get("COLLECTIONS_TABLE", ""),
+            collection_changes_table=env.get("COLLECTION_CHANGES_TABLE", ""),
             users_table=env.get("USERS_TABLE", ""),
             audit_table=env.get("AUDIT_TABLE", ""),
             quotas_table=env.get("QUOTAS_TABLE", ""),
@@ -111,9 +121,8 @@ class Settings:
             upload_bucket=env.get("UPLOAD_BUCKET", ""),
             index_bucket=env.get("INDEX_BUCKET", ""),
             index_shard_size=int(env.get("INDEX_SHARD_SIZE", str(INDEX_SHARD_SIZE))),
-            min_detection_confidence=float(
-                env.get("MIN_DETECTION_CONFIDENCE", str(MIN_DETECTION_CONFIDENCE))
-            ),
+            shard_function=env.get("SHARD_FUNCTION", ""),
+            min_detection_confidence=float(env.get("MIN_DETECTION_CONFIDENCE", str(MIN_DETECTION_CONFIDENCE))),
             face_match_threshold=float(env.get("FACE_MATCH_THRESHOLD", str(DEFAULT_FACE_MATCH_THRESHOLD))),
             model_bucket=env.get("MODEL_BUCKET", ""),
             model_prefix=env.get("MODEL_PREFIX", ""),

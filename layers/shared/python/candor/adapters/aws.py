@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,15 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from candor.adapters.records import (
+    change_from_dict,
+    change_to_dict,
     collection_from_dict,
     collection_to_dict,
     face_from_dict,
     face_to_dict,
     photo_from_dict,
     photo_to_dict,
+    shard_key,
     to_item,
     user_from_dict,
     user_to_dict,
@@ -31,9 +35,11 @@ from candor.audit import AuditRecord
 from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
 from candor.policy import CollectionPolicy
-from candor.ports import Collection, Page, StoredImage, User
+from candor.ports import Collection, IndexChange, Page, StoredImage, User
+from candor.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
 
 BY_COLLECTION_INDEX = "ByCollection"
+BY_SHARD_INDEX = "ByShard"
 
 # Throttling, 5xx and connection errors are retried here, with exponential backoff and jitter, before a
 # record fails and SQS redelivers it: a blip costs a second, not a receive towards the dead-letter queue.
@@ -123,6 +129,19 @@ class DynamoFaceRepository:
         for item in self._query_pages(collection_id):
             yield face_from_dict(item)
 
+    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
+        params: dict[str, Any] = {
+            "IndexName": BY_SHARD_INDEX,
+            "KeyConditionExpression": "collection_shard = :s",
+            "ExpressionAttributeValues": {":s": shard_key(collection_id, shard)},
+        }
+        while True:
+            page = self._table.query(**params)
+            yield from (face_from_dict(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         start = {"collection_id": collection_id, "face_id": after} if after else None
         items = _query_limited(self._table, self._collection_query(collection_id), limit, start)
@@ -136,17 +155,27 @@ class DynamoFaceRepository:
 
     def existing(self, face_ids: Sequence[str]) -> set[str]:
         # Consistent reads of the base table: the ByCollection index is eventually consistent and may still
-        # list a face for a moment after DeleteFaces removed it. (The Table's client is the resource's: it
-        # takes and returns plain values, as the Table does.)
+        # list a face for a moment after DeleteFaces removed it.
+        return {item["face_id"] for item in self._consistent_batch_get(face_ids, projection="face_id")}
+
+    def get_many(self, face_ids: Sequence[str]) -> dict[str, FaceRecord]:
+        records = (face_from_dict(item) for item in self._consistent_batch_get(face_ids))
+        return {face.face_id: face for face in records}
+
+    def _consistent_batch_get(self, face_ids: Sequence[str], projection: str | None = None) -> list[dict[str, Any]]:
+        # The Table's client is the resource's: it takes and returns plain values, as the Table does.
         client, table = self._table.meta.client, self._table.name
         ids = list(dict.fromkeys(face_ids))
-        found: set[str] = set()
+        found: list[dict[str, Any]] = []
         for start in range(0, len(ids), 100):  # BatchGetItem's limit per request
-            keys = [{"face_id": face_id} for face_id in ids[start : start + 100]]
-            request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "face_id"}}
+            keys: dict[str, Any] = {"Keys": [{"face_id": face_id} for face_id in ids[start : start + 100]]}
+            keys["ConsistentRead"] = True
+            if projection:
+                keys["ProjectionExpression"] = projection
+            request: dict[str, Any] = {table: keys}
             for attempt in range(6):
                 response = client.batch_get_item(RequestItems=request)
-                found.update(item["face_id"] for item in response.get("Responses", {}).get(table, []))
+                found.extend(response.get("Responses", {}).get(table, []))
                 request = response.get("UnprocessedKeys") or {}
                 if not request:
                     break
@@ -193,8 +222,12 @@ class DynamoFaceRepository:
 
 
 class DynamoCollectionRepository:
-    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+    """Collections; changes to their faces go to the collection's change log (DynamoChangeLog), which only the
+    functions that change or search faces are given."""
+
+    def __init__(self, table_name: str, change_log: DynamoChangeLog | None = None, resource: Any | None = None) -> None:
         self._table = (resource or _resource("dynamodb")).Table(table_name)
+        self._log = change_log
 
     def get(self, collection_id: str) -> Collection | None:
         item = self._table.get_item(Key={"collection_id": collection_id}, ConsistentRead=True).get("Item")
@@ -224,13 +257,46 @@ class DynamoCollectionRepository:
                 return sorted(ids)
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def mark_changed(self, collection_id: str) -> None:
-        self._table.update_item(
-            Key={"collection_id": collection_id},
-            UpdateExpression="SET index_version = :v",
-            ConditionExpression="attribute_exists(collection_id)",
-            ExpressionAttributeValues={":v": uuid.uuid4().hex},
-        )
+    def mark_changed(self, collection_id: str, change: IndexChange) -> None:
+        if self._log is None:
+            raise RuntimeError("this function was given no change log: it may not change a collection's faces")
+        for part in change.parts(CHANGE_LOG_ENTRY_FACES):
+            collection = self.get(collection_id)
+            # The collection's own number is a floor: entries expire, and numbers must never go back.
+            seq = self._log.append(collection_id, part, floor=collection.change_seq if collection else 0)
+            try:
+                # Raised only after the entry is written, so a reader never sees a number the log lacks.
+                self._table.update_item(
+                    Key={"collection_id": collection_id},
+                    UpdateExpression="SET change_seq = :s",
+                    ConditionExpression="attribute_exists(collection_id) AND "
+                    "(attribute_not_exists(change_seq) OR change_seq < :s)",
+                    ExpressionAttributeValues={":s": seq},
+                )
+            except ClientError as error:
+                # A later change got there first (its number covers this one), or the collection is gone.
+                if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+
+    def allocate(self, collection_id: str, count: int) -> int:
+        try:
+            response = self._table.update_item(
+                Key={"collection_id": collection_id},
+                UpdateExpression="ADD faces_allocated :n",
+                ConditionExpression="attribute_exists(collection_id)",
+                ExpressionAttributeValues={":n": count},
+                ReturnValues="UPDATED_NEW",
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
+            raise
+        return int(response["Attributes"]["faces_allocated"]) - count
+
+    def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
+        if self._log is None:
+            raise RuntimeError("this function was given no change log")
+        return self._log.changes(collection_id, after, upto)
 
     def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
         try:
@@ -245,6 +311,54 @@ class DynamoCollectionRepository:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
             raise
+
+
+class DynamoChangeLog:
+    """Each collection's numbered changes: (collection_id, seq) items that DynamoDB's TTL expires."""
+
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
+
+    def append(self, collection_id: str, change: IndexChange, floor: int = 0) -> int:
+        """Writes `change` as the next entry (numbered above `floor` too) and returns its number; concurrent
+        writers race for a number with a new-key condition, and the loser takes the next one."""
+        expires_at = int(time.time()) + CHANGE_LOG_DAYS * 86400
+        for _ in range(50):
+            latest = self._table.query(
+                KeyConditionExpression="collection_id = :c",
+                ExpressionAttributeValues={":c": collection_id},
+                ScanIndexForward=False,
+                Limit=1,
+                ConsistentRead=True,
+            ).get("Items", [])
+            seq = max([int(item["seq"]) for item in latest] + [floor]) + 1
+            try:
+                self._table.put_item(
+                    Item=to_item(change_to_dict(collection_id, replace(change, seq=seq), expires_at)),
+                    ConditionExpression="attribute_not_exists(seq)",
+                )
+                return seq
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+        raise RuntimeError(f"no free change number for collection {collection_id!r} after 50 tries")
+
+    def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
+        """The entries numbered after+1 to upto that the log still holds, in order."""
+        if upto <= after:
+            return []
+        params: dict[str, Any] = {
+            "KeyConditionExpression": "collection_id = :c AND seq BETWEEN :a AND :b",
+            "ExpressionAttributeValues": {":c": collection_id, ":a": after + 1, ":b": upto},
+            "ConsistentRead": True,
+        }
+        found: list[IndexChange] = []
+        while True:
+            page = self._table.query(**params)
+            found.extend(change_from_dict(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return found
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class DynamoUserRepository:
@@ -276,9 +390,7 @@ class DynamoUserRepository:
         return _page(users, limit, lambda user: user.user_id)
 
 
-def _query_limited(
-    table: Any, query: dict[str, Any], limit: int, start: dict[str, Any] | None
-) -> list[dict[str, Any]]:
+def _query_limited(table: Any, query: dict[str, Any], limit: int, start: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Up to limit + 1 items (one more tells whether another page follows), across DynamoDB's 1 MB pages."""
     params = dict(query, Limit=limit + 1)
     if start:
@@ -301,9 +413,10 @@ def _page(items: list[Any], limit: int, key_of: Any) -> Page[Any]:
 
 
 class S3IndexSnapshotStore:
-    """Snapshots of a collection's vector index: the files under snapshots/<collection>/<snapshot>/, and
-    latest/<collection>.json naming the current one. The manifest is written last, so a reader sees either
-    the old snapshot or the whole new one; the previous snapshot is kept for readers still fetching it."""
+    """Snapshots of a collection's vector index: the files under snapshots/<name>/<snapshot>/, and
+    latest/<name>.json naming the current one, where a name is a collection id or <collection id>/shard-NNNN
+    (one shard's, candor/shards.py). The manifest is written last, so a reader sees either the old snapshot or
+    the whole new one; the previous snapshot is kept for readers still fetching it."""
 
     def __init__(self, bucket: str, client: Any | None = None) -> None:
         self._s3 = client or _client("s3")
@@ -344,20 +457,48 @@ class S3IndexSnapshotStore:
         return manifest
 
     def delete(self, collection_id: str) -> None:
-        # The manifest first: a search starting meanwhile finds no snapshot and builds from the table.
+        # The manifests first: a search starting meanwhile finds no snapshot and builds from the table.
         self._s3.delete_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json")
+        self._delete_keys(self._keys(f"latest/{collection_id}/"))  # its shards'
         self._delete_snapshots(collection_id, keep=set())
 
     def _delete_snapshots(self, collection_id: str, keep: set[str]) -> None:
         prefix = f"snapshots/{collection_id}/"
-        stale = [
-            {"Key": item["Key"]}
-            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix)
-            for item in page.get("Contents", [])
-            if item["Key"][len(prefix) :].split("/", 1)[0] not in keep
-        ]
-        for start in range(0, len(stale), 1000):
-            self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": stale[start : start + 1000]})
+
+        def stale(key: str) -> bool:
+            snapshot = key[len(prefix) :].split("/", 1)[0]
+            # A collection's clean-up leaves its shards' snapshots (shard-NNNN/) alone; deleting it takes all.
+            return not keep or (snapshot not in keep and not snapshot.startswith("shard-"))
+
+        self._delete_keys([key for key in self._keys(prefix) if stale(key)])
+
+    def _keys(self, prefix: str) -> list[str]:
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            objects = [{"Key": key} for key in keys[start : start + 1000]]
+            self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": objects})
+
+
+class LambdaShardInvoker:
+    """One shard's search, run by the shard function (candor/shards.py): a synchronous invocation."""
+
+    def __init__(self, function_name: str, client: Any | None = None) -> None:
+        self._lambda = client or _client("lambda")
+        self._function_name = function_name
+
+    def search_shard(self, request: dict[str, Any]) -> dict[str, Any]:
+        response = self._lambda.invoke(FunctionName=self._function_name, Payload=json.dumps(request).encode())
+        answer: dict[str, Any] = json.loads(response["Payload"].read() or b"{}")
+        if response.get("FunctionError"):
+            # Never a partial answer: a search that misses a shard could miss the person it is asked about.
+            raise RuntimeError(
+                f"shard {request.get('shard')} of {request.get('collection_id')!r} failed: "
+                f"{answer.get('errorType', '')} {answer.get('errorMessage', '')}".strip()
+            )
+        return answer
 
 
 class SqsPublisher:
@@ -477,4 +618,3 @@ class DynamoQuotaCounter:
                 return False
             raise
         return True
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +12,8 @@ from candor.audit import AuditRecord
 from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
 from candor.policy import CollectionPolicy
-from candor.ports import Collection, Page, StoredImage, User
+from candor.ports import Collection, IndexChange, Page, StoredImage, User
+from candor.settings import CHANGE_LOG_ENTRY_FACES
 
 
 class MemoryImageStore:
@@ -65,6 +65,9 @@ class MemoryFaceRepository:
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]:
         return [face for face in self.faces.values() if face.collection_id == collection_id]
 
+    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
+        return [face for face in self.list_collection(collection_id) if (face.shard or 0) == shard]
+
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         faces = sorted(self.list_collection(collection_id), key=lambda face: face.face_id)
         return _page([face for face in faces if after is None or face.face_id > after], limit, lambda f: f.face_id)
@@ -76,6 +79,9 @@ class MemoryFaceRepository:
     def existing(self, face_ids: Sequence[str]) -> set[str]:
         return {face_id for face_id in face_ids if face_id in self.faces}
 
+    def get_many(self, face_ids: Sequence[str]) -> dict[str, FaceRecord]:
+        return {face_id: self.faces[face_id] for face_id in face_ids if face_id in self.faces}
+
     def set_user(self, face_ids: Sequence[str], user_id: str | None) -> None:
         for face_id in face_ids:
             if face_id in self.faces:
@@ -85,6 +91,8 @@ class MemoryFaceRepository:
 class MemoryCollectionRepository:
     def __init__(self) -> None:
         self.collections: dict[str, Collection] = {}
+        self.change_log: dict[str, dict[int, IndexChange]] = {}  # collection id -> seq -> change
+        self._lock = threading.Lock()
 
     def get(self, collection_id: str) -> Collection | None:
         return self.collections.get(collection_id)
@@ -100,9 +108,27 @@ class MemoryCollectionRepository:
     def list_ids(self) -> list[str]:
         return sorted(self.collections)
 
-    def mark_changed(self, collection_id: str) -> None:
-        if collection_id in self.collections:
-            self.collections[collection_id].index_version = uuid.uuid4().hex
+    def mark_changed(self, collection_id: str, change: IndexChange) -> None:
+        for part in change.parts(CHANGE_LOG_ENTRY_FACES):
+            with self._lock:
+                log = self.change_log.setdefault(collection_id, {})
+                collection = self.collections.get(collection_id)
+                seq = max([*log, collection.change_seq if collection else 0]) + 1
+                log[seq] = replace(part, seq=seq)
+                if collection is not None:
+                    collection.change_seq = max(collection.change_seq, seq)
+
+    def allocate(self, collection_id: str, count: int) -> int:
+        with self._lock:
+            collection = self.collections.get(collection_id)
+            if collection is None:
+                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+            collection.faces_allocated += count
+            return collection.faces_allocated - count
+
+    def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
+        log = self.change_log.get(collection_id, {})
+        return [log[seq] for seq in range(after + 1, upto + 1) if seq in log]
 
     def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
         if collection_id not in self.collections:
@@ -156,7 +182,8 @@ class MemoryIndexSnapshotStore:
         }
 
     def delete(self, collection_id: str) -> None:
-        self.snapshots.pop(collection_id, None)
+        for name in [name for name in self.snapshots if name.split("/")[0] == collection_id]:
+            del self.snapshots[name]
 
 
 class MemoryPublisher:

@@ -1,0 +1,288 @@
+"""Shards: a face's shard is fixed at enrolment, a collection grows by opening shards, and a search fanned
+out over one shard function invocation per shard answers exactly as one index in one process does."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from candor import collection_service
+from candor.adapters.aws import LambdaShardInvoker, S3IndexSnapshotStore
+from candor.adapters.memory import (
+    MemoryCollectionRepository,
+    MemoryFaceRepository,
+    MemoryIndexSnapshotStore,
+    MemoryUserRepository,
+)
+from candor.faces import BoundingBox, FaceRecord
+from candor.index import ShardedVectorIndex
+from candor.index_sync import IndexSync
+from candor.indexing import shards_for
+from candor.ports import Collection, IndexChange
+from candor.search import CollectionIndexes
+from candor.shards import RemoteShards, ShardFunctionEngine, ShardSearch, shard_count
+
+DIMENSION = 512
+SHARD_SIZE = 40
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def uid(person: int, photo: int) -> str:
+    return f"{person:08x}-0000-4000-8000-{photo:012x}"
+
+
+def people(count: int, photos: int, seed: int) -> tuple[list[FaceRecord], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((count, DIMENSION)))
+    noise = 0.6 / np.sqrt(DIMENSION)
+    vectors = unit(np.repeat(centres, photos, axis=0) + noise * rng.standard_normal((count * photos, DIMENSION)))
+    records = [
+        FaceRecord(
+            face_id=uid(person, photo),
+            photo_id=f"photo-{person}-{photo}",
+            bounding_box=BoundingBox(10, 10, 50, 50),
+            confidence=0.99,
+            embedding=vectors[person * photos + photo],
+            model_version="test",
+            collection_id="staff",
+            external_image_id=f"person{person}",
+        )
+        for person in range(count)
+        for photo in range(photos)
+    ]
+    return records, unit(centres + noise * rng.standard_normal((count, DIMENSION)))
+
+
+class ShardedFaces(MemoryFaceRepository):
+    """The faces table, counting which shards were listed whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shard_listings: list[int] = []
+
+    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
+        self.shard_listings.append(shard)
+        return super().list_shard(collection_id, shard)
+
+
+class JsonInvoker:
+    """The shard function as Lambda runs it, in this process: the request and the answer cross JSON, as
+    they cross the Invoke API."""
+
+    def __init__(self, shard_search: ShardSearch) -> None:
+        self.shard_search = shard_search
+        self.asked: list[int] = []
+
+    def search_shard(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.asked.append(request["shard"])
+        answer = self.shard_search.search(json.loads(json.dumps(request)))
+        return dict(json.loads(json.dumps(answer)))
+
+
+class Tables:
+    def __init__(self, tmp_path: Path) -> None:
+        self.faces = ShardedFaces()
+        self.collections = MemoryCollectionRepository()
+        self.users = MemoryUserRepository()
+        self.snapshots = MemoryIndexSnapshotStore()
+        self.collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", "test", shard_size=SHARD_SIZE))
+        self.tmp = tmp_path
+        self.starts = 0
+
+    def sync(self, engine: Any = None, snapshot_min_changes: int = 10_000) -> IndexSync:
+        self.starts += 1
+        return IndexSync(
+            self.snapshots,
+            engine=engine,
+            work_dir=self.tmp / f"start-{self.starts}",
+            snapshot_min_faces=0,
+            snapshot_min_changes=snapshot_min_changes,
+            background=False,
+        )
+
+    def shard_function(self, snapshot_min_changes: int = 10_000) -> JsonInvoker:
+        return JsonInvoker(ShardSearch(self.faces, self.collections, self.sync(None, snapshot_min_changes)))
+
+    def search_function(self, invoker: JsonInvoker | None) -> CollectionIndexes:
+        engine = ShardFunctionEngine(invoker, self.faces) if invoker is not None else None
+        return CollectionIndexes(self.faces, self.collections, self.sync(engine))
+
+    def enrol(self, records: Sequence[FaceRecord]) -> list[int]:
+        """As the embed stage enrols: enrolment numbers, then the faces, then the change."""
+        shards = shards_for(self.collections, "staff", len(records))
+        self.faces.save_all([replace(face, shard=shard) for face, shard in zip(records, shards, strict=True)])
+        added = tuple(face.face_id for face in records)
+        self.collections.mark_changed("staff", IndexChange(added=added, shards=tuple(shards)))
+        return shards
+
+    def store(self, indexes: CollectionIndexes) -> collection_service.CollectionStore:
+        return collection_service.CollectionStore(self.collections, self.faces, self.users, indexes)
+
+
+def test_shards_fill_in_enrolment_order_and_a_face_never_moves(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, _ = people(30, 3, seed=1)
+    assert tables.enrol(records[:50]) == [0] * 40 + [1] * 10
+    indexes = tables.search_function(None)
+    _, index, _ = indexes.get("staff")
+    assert isinstance(index, ShardedVectorIndex) and [len(shard) for shard in index.shards] == [40, 10]
+
+    collection_service.delete_faces(tables.store(indexes), "staff", [face.face_id for face in records[:20]])
+    # Freed places are never handed out again: shard 0 shrinks, and new faces go on filling shard 1, then 2.
+    assert tables.enrol(records[50:]) == [1] * 30 + [2] * 10
+    _, index, _ = indexes.get("staff")
+    assert isinstance(index, ShardedVectorIndex) and [len(shard) for shard in index.shards] == [20, 40, 10]
+    collection = tables.collections.get("staff")
+    assert collection is not None and shard_count(collection) == 3
+
+
+def test_a_search_over_one_shard_function_invocation_per_shard_answers_as_one_index(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, probes = people(45, 3, seed=2)
+    tables.enrol(records[:100])
+    invoker = tables.shard_function()
+    remote, local = tables.search_function(invoker), tables.search_function(None)
+
+    def answers(indexes: CollectionIndexes) -> list[list[tuple[str, float]]]:
+        _, index, _ = indexes.get("staff")
+        return [[(hit.face_id, hit.cosine) for hit in hits] for hits in index.search(probes, 5, 0.3)]
+
+    expected = answers(local)
+    assert answers(remote) == expected
+    assert sorted(set(invoker.asked)) == [0, 1, 2]
+    _, index, entries = remote.get("staff")
+    assert isinstance(index, RemoteShards), "the search function keeps no vectors once there are shards"
+    assert len(index) == len(entries) == 100
+
+    # The collection grows into a fourth shard and loses faces: both kinds of function follow the log.
+    tables.enrol(records[100:])
+    collection_service.delete_faces(tables.store(remote), "staff", [uid(2, 0), uid(35, 1)])
+    invoker.asked.clear()
+    assert answers(remote) == answers(local)
+    assert sorted(set(invoker.asked)) == [0, 1, 2, 3]
+    assert all(uid(2, 0) != face_id for hits in answers(remote) for face_id, _ in hits)
+
+    # Searches that need a face's own vector read it from the faces table.
+    store = tables.store(remote)
+    by_face = collection_service.search_by_face_id(store, "staff", uid(7, 0), threshold=80.0, max_faces=5)
+    assert sorted(match.face_id for match in by_face) == [uid(7, 1), uid(7, 2)]
+    collection_service.create_user(store, "staff", "dana")
+    collection_service.associate_faces(store, "staff", "dana", [uid(7, 0), uid(7, 1)])
+    users = collection_service.search_users(store, "staff", face_id=uid(7, 2), threshold=80.0, max_users=5)
+    assert [match.user_id for match in users] == ["dana"]
+    assert sorted(tables.faces.shard_listings) == [0, 1, 2, 3], (
+        "each shard was listed once, when first asked, never again"
+    )
+
+
+def test_a_collection_stays_in_the_search_function_until_it_opens_a_second_shard(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, probes = people(20, 3, seed=3)
+    tables.enrol(records[:30])
+    invoker = tables.shard_function()
+    remote = tables.search_function(invoker)
+    _, index, _ = remote.get("staff")
+    assert not isinstance(index, RemoteShards) and invoker.asked == []
+    tables.enrol(records[30:])
+    _, index, entries = remote.get("staff")
+    assert isinstance(index, RemoteShards) and len(index) == len(entries) == 60
+    (hits,) = index.search(probes[15:16], 3, 0.4)
+    assert {entries[hit.face_id].external_image_id for hit in hits} == {"person15"}
+    assert sorted(set(invoker.asked)) == [0, 1]
+
+
+def test_a_cold_shard_function_loads_its_shards_snapshot_and_the_log_after_it(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, probes = people(30, 3, seed=4)
+    tables.enrol(records[:80])
+    first = tables.shard_function(snapshot_min_changes=1)
+    coordinator = tables.search_function(first)
+    _, index, _ = coordinator.get("staff")
+    index.search(probes[:1], 3, 0.4)
+    assert {"staff/shard-0000", "staff/shard-0001"} <= set(tables.snapshots.snapshots)
+
+    tables.enrol(records[80:])  # after the snapshots: only in the log
+    listed = list(tables.faces.shard_listings)
+    cold = tables.shard_function()
+    coordinator = tables.search_function(cold)
+    _, index, entries = coordinator.get("staff")
+    (hits,) = index.search(probes[28:29], 3, 0.4)
+    assert {entries[hit.face_id].external_image_id for hit in hits} == {"person28"}
+    assert tables.faces.shard_listings == [*listed, 2], "shards 0 and 1 came from their snapshots and the log"
+
+
+def test_deleting_a_collection_deletes_its_shards_snapshots_too(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, probes = people(30, 2, seed=5)
+    tables.enrol(records)
+    coordinator = tables.search_function(tables.shard_function(snapshot_min_changes=1))
+    coordinator.get("staff")[1].search(probes[:1], 3, 0.4)
+    assert any(name.startswith("staff/shard-") for name in tables.snapshots.snapshots)
+    collection_service.delete_collection(tables.store(coordinator), "staff")
+    assert not tables.snapshots.snapshots
+
+
+def test_s3_keeps_shard_snapshots_apart_from_the_collections_and_deletes_them_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "index.json").write_text("{}")
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="index")
+        store = S3IndexSnapshotStore("index", s3)
+        store.publish("staff/shard-0001", snapshot)
+        for _ in range(3):  # the collection's clean-up of its older snapshots leaves the shard's alone
+            store.publish("staff", snapshot)
+        assert store.fetch("staff/shard-0001", tmp_path / "shard")
+        assert store.fetch("staff", tmp_path / "collection")
+        store.publish("staffroom", snapshot)
+        store.delete("staff")
+        assert not store.fetch("staff/shard-0001", tmp_path / "gone") and not store.fetch("staff", tmp_path / "g")
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="index").get("Contents", [])]
+        assert keys and all("staffroom" in key for key in keys), "another collection's snapshots stay"
+
+
+def test_the_shard_function_is_invoked_synchronously_and_its_failure_fails_the_search():
+    client = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    invoker = LambdaShardInvoker("candor-shard", client)
+    request = {"collection_id": "staff", "shard": 3, "k": 1}
+    answer = {"neighbours": [[["f", 0.9]]]}
+    with Stubber(client) as stub:
+        body = json.dumps(answer).encode()
+        stub.add_response(
+            "invoke",
+            {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(body), len(body))},
+            {"FunctionName": "candor-shard", "Payload": json.dumps(request).encode()},
+        )
+        assert invoker.search_shard(request) == answer
+        failure = json.dumps({"errorType": "MemoryError", "errorMessage": "out of memory"}).encode()
+        stub.add_response(
+            "invoke",
+            {
+                "StatusCode": 200,
+                "FunctionError": "Unhandled",
+                "Payload": StreamingBody(io.BytesIO(failure), len(failure)),
+            },
+        )
+        with pytest.raises(RuntimeError, match="shard 3 of 'staff' failed: MemoryError out of memory"):
+            invoker.search_shard(request)
