@@ -218,7 +218,7 @@ def bench_size(
         result["load_s"] = round(time.perf_counter() - started, 2)
         result["shards"] = len(index.shards)
         # As served: loaded from its snapshot, float32 rows memory-mapped (disk), the rest resident.
-        result["memory_mb"] = _resident_mb(snapshot, probes[:20], Path(tmp) / "probes.npy")
+        result["memory_mb"], result["mapped_file_mb"] = _resident_mb(snapshot, probes[:20], Path(tmp) / "probes.npy")
         result["bytes_per_face"] = round(result["memory_mb"] * 2**20 / size)
         result["memory_estimate_mb"] = round(index.memory_bytes() / 2**20, 1)
         result["disk_mb"] = round(sum(f.stat().st_size for f in snapshot.rglob("*") if f.is_file()) / 2**20, 1)
@@ -316,7 +316,7 @@ def _directory_mb(size: int) -> float:
         "from candor.faces import BoundingBox, FaceRecord\n"
         "import numpy as np\n"
         "def rss():\n"
-        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon')) * 1024\n"
         "size, vector, box = int(sys.argv[1]), np.zeros(0, dtype=np.float32), BoundingBox(0, 0, 1, 1)\n"
         "before = rss()\n"
         "faces = CollectionFaces(None)\n"
@@ -333,9 +333,11 @@ def _directory_mb(size: int) -> float:
     return round(int(completed.stdout.split()[-1]) / 2**20, 1)
 
 
-def _resident_mb(snapshot: Path, probes: np.ndarray, probes_file: Path) -> float:
-    """What loading the snapshot and answering a few queries adds to a fresh process's resident set (VmRSS):
-    the figure a search function pays, without this process's ground truth and allocator history."""
+def _resident_mb(snapshot: Path, probes: np.ndarray, probes_file: Path) -> tuple[float, float]:
+    """What loading the snapshot and answering a few queries adds to a fresh process's resident set, in two
+    parts: anonymous memory (RssAnon: the graph, ids and maps, which the process must keep) and mapped file
+    pages (RssFile: float32 rows of the snapshot file read through the memory map, clean page cache the
+    kernel takes back under pressure; the kernel maps cached pages around each row read)."""
     np.save(probes_file, probes)
     script = (
         "import sys, numpy as np\n"
@@ -343,17 +345,18 @@ def _resident_mb(snapshot: Path, probes: np.ndarray, probes_file: Path) -> float
         "from candor.index import _load_onnxruntime_first, load_index\n"
         "_load_onnxruntime_first()\n"
         "import usearch.index\n"
-        "def rss():\n"
-        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024\n"
-        "before = rss()\n"
+        "def rss(field):\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(field)) * 1024\n"
+        "before = rss('RssAnon:'), rss('RssFile:')\n"
         "index = load_index(Path(sys.argv[1]))\n"
         "index.search(np.load(sys.argv[2]), 10, -1.0)\n"
-        "print(rss() - before)\n"
+        "print(rss('RssAnon:') - before[0], rss('RssFile:') - before[1])\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-c", script, str(snapshot), str(probes_file)]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    return round(int(completed.stdout.split()[-1]) / 2**20, 1)
+    anonymous, mapped = (int(value) for value in completed.stdout.split()[-2:])
+    return round(anonymous / 2**20, 1), round(mapped / 2**20, 1)
 
 
 def _exact_variants(
@@ -410,6 +413,7 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
                 r["build_s"],
                 r["memory_mb"],
                 r["bytes_per_face"],
+                r.get("mapped_file_mb", "not measured"),
                 r["p50_ms"],
                 r["p99_ms"],
                 f"{r['batch_ms_per_query']} ({r['batch_size']}/batch)",
@@ -433,6 +437,7 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
             "build s",
             "resident MB",
             "B/face",
+            "mapped file MB",
             "p50 ms",
             "p99 ms",
             "batch ms/query",
@@ -528,10 +533,13 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
 
 
 NOTES = """\
-What the columns mean: *shards* is how many graphs of at most `IndexShardSize` faces the collection is split
-into. *resident MB* is what loading the index's snapshot and answering a few queries adds to a fresh
-process's resident set (VmRSS: int8 vectors, HNSW links, face ids); the float32 vectors stay in the
-snapshot's file, memory-mapped, and only the rows of rescored candidates are read. *recall@10* is the share of
+What the columns mean: *shards* is how many graphs of about `IndexShardSize` faces the collection is split
+into. *resident MB* is the anonymous memory (RssAnon) that loading the index's snapshot and answering 20
+queries adds to a fresh process: int8 vectors, HNSW links, face ids and their maps, which the process must
+keep. The float32 vectors stay in the snapshot's file, memory-mapped, and only the rows of rescored candidates
+are read; *mapped file MB* (RssFile) is the snapshot file's pages mapped into the process meanwhile: clean
+page cache that the kernel takes back under memory pressure, and more than the rows read, because the
+kernel maps the cached pages around each row it faults in. *recall@10* is the share of
 exact brute force's top-10 (float32, every face) that the index returns; *matches ≥ 80* counts only
 neighbours at or above the default FaceMatchThreshold, which is what a user sees. The synthetic faces: people
 as unit centres (32 shared directions plus an individual part), 1 to 15 photos each as noisy copies
@@ -547,12 +555,12 @@ kernel for it, so it is slower still; int8 with SIMD kernels and float32 rescori
 512 B per face. Only the graph's cost grows slowly with the collection. Rescoring makes every reported cosine
 exact, so the threshold never admits a face the exact search would refuse.
 
-Memory per face (resident), ~1.26 KB at 1M: the graph, 788 B per face in the snapshot's graph file (512 B
-int8 vector + links, 64 on the base layer, and node header), and ~470 B of face ids, their maps in the shards
-and the shard map, and allocator slack (the *B/face* column is measured; small indexes carry usearch's and
-the interpreter's fixed costs); 2 KB more on disk for the float32 vectors. So a shard's memory is bounded by
-`IndexShardSize` x ~1.3 KB. usearch's own figure (`memory_usage`; `memory_estimate_mb` in the JSON) counts
-its arenas' reserved capacity and overstates this.
+Memory per face (resident, anonymous), ~1.07 KB at 1M: the graph, 788 B per face in the snapshot's graph
+file (512 B int8 vector + links, 64 on the base layer, and node header), and the face ids, their maps in the
+shards and the shard map (the *B/face* column is measured; small indexes carry usearch's and the interpreter's
+fixed costs); 2 KB more on disk for the float32 vectors. So a shard's memory is bounded by `IndexShardSize` x
+~1.1 KB, plus ~320 B per face of face directory. usearch's own figure (`memory_usage`; `memory_estimate_mb`
+in the JSON) counts its arenas' reserved capacity and overstates this.
 
 Sharding: a face's shard is fixed when it is enrolled (the n-th face a collection ever enrolled is in shard
 n // `IndexShardSize`), so shards fill one after another, a collection grows by opening a shard, and every

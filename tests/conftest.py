@@ -30,3 +30,16 @@ def models(model_dir: Path):  # type: ignore[no-untyped-def]
     from candor.vision import load_models
 
     return load_models(model_dir)
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """AWS mocked in this process (moto), with throwaway credentials and no endpoint from the caller."""
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield

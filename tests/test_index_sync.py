@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
+from synthetic_faces import enrolled_people, uid
 
 from candor import collection_service
 from candor.adapters.aws import DynamoChangeLog, DynamoCollectionRepository, DynamoFaceRepository
@@ -20,48 +20,11 @@ from candor.adapters.memory import (
     MemoryIndexSnapshotStore,
     MemoryUserRepository,
 )
-from candor.faces import BoundingBox, FaceRecord
+from candor.faces import FaceRecord
 from candor.index_sync import FaceEntry, IndexSync
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
-
-DIMENSION = 512
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def uid(person: int, photo: int) -> str:
-    return f"{person:08x}-0000-4000-8000-{photo:012x}"
-
-
-def people(count: int, photos: int, seed: int = 1) -> tuple[list[FaceRecord], np.ndarray]:
-    """`photos` enrolled photos of each of `count` people, and one new photo (a probe) of each."""
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.standard_normal((count, DIMENSION)))
-    noise = 0.6 / np.sqrt(DIMENSION)
-    vectors = unit(np.repeat(centres, photos, axis=0) + noise * rng.standard_normal((count * photos, DIMENSION)))
-    records = [
-        face(uid(person, photo), vectors[person * photos + photo], f"person{person}")
-        for person in range(count)
-        for photo in range(photos)
-    ]
-    return records, unit(centres + noise * rng.standard_normal((count, DIMENSION)))
-
-
-def face(face_id: str, vector: np.ndarray, name: str, collection_id: str = "staff") -> FaceRecord:
-    return FaceRecord(
-        face_id=face_id,
-        photo_id=f"photo-{face_id}",
-        bounding_box=BoundingBox(10, 10, 50, 50),
-        confidence=0.99,
-        embedding=vector,
-        model_version="test",
-        collection_id=collection_id,
-        external_image_id=name,
-    )
 
 
 class CountingFaces(MemoryFaceRepository):
@@ -122,7 +85,7 @@ class Stack:
 
 
 def test_a_warm_index_reads_only_what_changed_never_the_whole_collection_again(tmp_path: Path):
-    records, probes = people(40, 3, seed=3)
+    records, probes = enrolled_people(40, 3, seed=3)
     stack = Stack(tmp_path)
     stack.enrol(records[:90])
     assert stack.who(probes[5]) == ["person5"] * 3
@@ -142,7 +105,7 @@ def test_a_warm_index_reads_only_what_changed_never_the_whole_collection_again(t
 
 
 def test_the_warm_state_holds_names_and_users_not_embeddings(tmp_path: Path):
-    records, _ = people(4, 2, seed=4)
+    records, _ = enrolled_people(4, 2, seed=4)
     stack = Stack(tmp_path)
     stack.enrol(records)
     _, _, entries = stack.indexes.get("staff")
@@ -154,7 +117,7 @@ def test_the_warm_state_holds_names_and_users_not_embeddings(tmp_path: Path):
 
 
 def test_users_follow_the_log_and_searches_use_the_vectors_in_the_index(tmp_path: Path):
-    records, _ = people(6, 3, seed=5)
+    records, _ = enrolled_people(6, 3, seed=5)
     stack = Stack(tmp_path)
     stack.enrol(records)
     store = stack.store
@@ -177,7 +140,7 @@ def test_users_follow_the_log_and_searches_use_the_vectors_in_the_index(tmp_path
 
 
 def test_a_cold_start_loads_the_snapshot_and_the_log_after_it_without_listing_the_collection(tmp_path: Path):
-    records, probes = people(30, 3, seed=6)
+    records, probes = enrolled_people(30, 3, seed=6)
     stack = Stack(tmp_path)
     stack.indexes = stack.start(snapshot_min_changes=1)
     stack.enrol(records[:60])
@@ -195,7 +158,7 @@ def test_a_cold_start_loads_the_snapshot_and_the_log_after_it_without_listing_th
 
 
 def test_a_log_that_lost_entries_costs_a_rebuild_from_the_table_never_a_wrong_answer(tmp_path: Path):
-    records, probes = people(20, 3, seed=7)
+    records, probes = enrolled_people(20, 3, seed=7)
     stack = Stack(tmp_path)
     stack.enrol(records[:30])
     idle = stack.start()
@@ -212,7 +175,7 @@ def test_a_log_that_lost_entries_costs_a_rebuild_from_the_table_never_a_wrong_an
 
 
 def test_a_face_added_then_deleted_before_the_reload_is_never_added(tmp_path: Path):
-    records, _ = people(5, 2, seed=8)
+    records, _ = enrolled_people(5, 2, seed=8)
     stack = Stack(tmp_path)
     stack.enrol(records[:4])
     stack.indexes.get("staff")
@@ -223,7 +186,7 @@ def test_a_face_added_then_deleted_before_the_reload_is_never_added(tmp_path: Pa
 
 
 def test_a_collection_deleted_and_created_again_never_gets_the_old_ones_faces(tmp_path: Path):
-    records, probes = people(5, 2, seed=9)
+    records, probes = enrolled_people(5, 2, seed=9)
     stack = Stack(tmp_path)
     stack.indexes = stack.start(snapshot_min_changes=1)
     stack.enrol(records)
@@ -237,38 +200,33 @@ def test_a_collection_deleted_and_created_again_never_gets_the_old_ones_faces(tm
 
 
 @pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        resource = boto3.resource("dynamodb")
-        resource.create_table(
-            TableName="collections",
-            KeySchema=[{"AttributeName": "collection_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "collection_id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        resource.create_table(
-            TableName="changes",
-            KeySchema=[
-                {"AttributeName": "collection_id", "KeyType": "HASH"},
-                {"AttributeName": "seq", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "collection_id", "AttributeType": "S"},
-                {"AttributeName": "seq", "AttributeType": "N"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        resource.create_table(
-            TableName="faces",
-            KeySchema=[{"AttributeName": "face_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "face_id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield resource
+def dynamodb(moto):  # type: ignore[no-untyped-def]
+    resource = boto3.resource("dynamodb")
+    resource.create_table(
+        TableName="collections",
+        KeySchema=[{"AttributeName": "collection_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "collection_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    resource.create_table(
+        TableName="changes",
+        KeySchema=[
+            {"AttributeName": "collection_id", "KeyType": "HASH"},
+            {"AttributeName": "seq", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "collection_id", "AttributeType": "S"},
+            {"AttributeName": "seq", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    resource.create_table(
+        TableName="faces",
+        KeySchema=[{"AttributeName": "face_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "face_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield resource
 
 
 def test_the_change_log_in_dynamodb_numbers_every_change_once_even_when_writers_race(dynamodb):  # type: ignore[no-untyped-def]
@@ -316,7 +274,7 @@ def test_the_change_log_in_dynamodb_numbers_every_change_once_even_when_writers_
 
 def test_faces_are_read_by_id_consistently_with_their_embeddings(dynamodb):  # type: ignore[no-untyped-def]
     faces = DynamoFaceRepository("faces", dynamodb)
-    records, _ = people(70, 2, seed=10)
+    records, _ = enrolled_people(70, 2, seed=10)
     faces.save_all(records)
     wanted = [records[n].face_id for n in range(0, 140, 3)] + [uid(999, 0)]
     found = faces.get_many(wanted)

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import numpy as np
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
-from moto import mock_aws
+from synthetic_faces import enrolled_people, uid
 
 from candor import collection_service
 from candor.adapters.aws import LambdaShardInvoker, S3IndexSnapshotStore
@@ -25,7 +24,7 @@ from candor.adapters.memory import (
     MemoryIndexSnapshotStore,
     MemoryUserRepository,
 )
-from candor.faces import BoundingBox, FaceRecord
+from candor.faces import FaceRecord
 from candor.index import ShardedVectorIndex
 from candor.index_sync import IndexSync
 from candor.indexing import shards_for
@@ -33,38 +32,7 @@ from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
 from candor.shards import RemoteShards, ShardFunctionEngine, ShardSearch, shard_count
 
-DIMENSION = 512
 SHARD_SIZE = 40
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def uid(person: int, photo: int) -> str:
-    return f"{person:08x}-0000-4000-8000-{photo:012x}"
-
-
-def people(count: int, photos: int, seed: int) -> tuple[list[FaceRecord], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.standard_normal((count, DIMENSION)))
-    noise = 0.6 / np.sqrt(DIMENSION)
-    vectors = unit(np.repeat(centres, photos, axis=0) + noise * rng.standard_normal((count * photos, DIMENSION)))
-    records = [
-        FaceRecord(
-            face_id=uid(person, photo),
-            photo_id=f"photo-{person}-{photo}",
-            bounding_box=BoundingBox(10, 10, 50, 50),
-            confidence=0.99,
-            embedding=vectors[person * photos + photo],
-            model_version="test",
-            collection_id="staff",
-            external_image_id=f"person{person}",
-        )
-        for person in range(count)
-        for photo in range(photos)
-    ]
-    return records, unit(centres + noise * rng.standard_normal((count, DIMENSION)))
 
 
 class ShardedFaces(MemoryFaceRepository):
@@ -135,7 +103,7 @@ class Tables:
 
 def test_shards_fill_in_enrolment_order_and_a_face_never_moves(tmp_path: Path):
     tables = Tables(tmp_path)
-    records, _ = people(30, 3, seed=1)
+    records, _ = enrolled_people(30, 3, seed=1)
     assert tables.enrol(records[:50]) == [0] * 40 + [1] * 10
     indexes = tables.search_function(None)
     _, index, _ = indexes.get("staff")
@@ -152,7 +120,7 @@ def test_shards_fill_in_enrolment_order_and_a_face_never_moves(tmp_path: Path):
 
 def test_a_search_over_one_shard_function_invocation_per_shard_answers_as_one_index(tmp_path: Path):
     tables = Tables(tmp_path)
-    records, probes = people(45, 3, seed=2)
+    records, probes = enrolled_people(45, 3, seed=2)
     tables.enrol(records[:100])
     invoker = tables.shard_function()
     remote, local = tables.search_function(invoker), tables.search_function(None)
@@ -191,7 +159,7 @@ def test_a_search_over_one_shard_function_invocation_per_shard_answers_as_one_in
 
 def test_a_collection_stays_in_the_search_function_until_it_opens_a_second_shard(tmp_path: Path):
     tables = Tables(tmp_path)
-    records, probes = people(20, 3, seed=3)
+    records, probes = enrolled_people(20, 3, seed=3)
     tables.enrol(records[:30])
     invoker = tables.shard_function()
     remote = tables.search_function(invoker)
@@ -207,7 +175,7 @@ def test_a_collection_stays_in_the_search_function_until_it_opens_a_second_shard
 
 def test_a_cold_shard_function_loads_its_shards_snapshot_and_the_log_after_it(tmp_path: Path):
     tables = Tables(tmp_path)
-    records, probes = people(30, 3, seed=4)
+    records, probes = enrolled_people(30, 3, seed=4)
     tables.enrol(records[:80])
     first = tables.shard_function(snapshot_min_changes=1)
     coordinator = tables.search_function(first)
@@ -227,7 +195,7 @@ def test_a_cold_shard_function_loads_its_shards_snapshot_and_the_log_after_it(tm
 
 def test_deleting_a_collection_deletes_its_shards_snapshots_too(tmp_path: Path):
     tables = Tables(tmp_path)
-    records, probes = people(30, 2, seed=5)
+    records, probes = enrolled_people(30, 2, seed=5)
     tables.enrol(records)
     coordinator = tables.search_function(tables.shard_function(snapshot_min_changes=1))
     coordinator.get("staff")[1].search(probes[:1], 3, 0.4)
@@ -236,30 +204,23 @@ def test_deleting_a_collection_deletes_its_shards_snapshots_too(tmp_path: Path):
     assert not tables.snapshots.snapshots
 
 
-def test_s3_keeps_shard_snapshots_apart_from_the_collections_and_deletes_them_with_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+def test_s3_keeps_shard_snapshots_apart_from_the_collections_and_deletes_them_with_it(tmp_path: Path, moto):  # type: ignore[no-untyped-def]
     snapshot = tmp_path / "snapshot"
     snapshot.mkdir()
     (snapshot / "index.json").write_text("{}")
-    with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="index")
-        store = S3IndexSnapshotStore("index", s3)
-        store.publish("staff/shard-0001", snapshot)
-        for _ in range(3):  # the collection's clean-up of its older snapshots leaves the shard's alone
-            store.publish("staff", snapshot)
-        assert store.fetch("staff/shard-0001", tmp_path / "shard")
-        assert store.fetch("staff", tmp_path / "collection")
-        store.publish("staffroom", snapshot)
-        store.delete("staff")
-        assert not store.fetch("staff/shard-0001", tmp_path / "gone") and not store.fetch("staff", tmp_path / "g")
-        keys = [item["Key"] for item in s3.list_objects_v2(Bucket="index").get("Contents", [])]
-        assert keys and all("staffroom" in key for key in keys), "another collection's snapshots stay"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="index")
+    store = S3IndexSnapshotStore("index", s3)
+    store.publish("staff/shard-0001", snapshot)
+    for _ in range(3):  # the collection's clean-up of its older snapshots leaves the shard's alone
+        store.publish("staff", snapshot)
+    assert store.fetch("staff/shard-0001", tmp_path / "shard")
+    assert store.fetch("staff", tmp_path / "collection")
+    store.publish("staffroom", snapshot)
+    store.delete("staff")
+    assert not store.fetch("staff/shard-0001", tmp_path / "gone") and not store.fetch("staff", tmp_path / "g")
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket="index").get("Contents", [])]
+    assert keys and all("staffroom" in key for key in keys), "another collection's snapshots stay"
 
 
 def test_the_shard_function_is_invoked_synchronously_and_its_failure_fails_the_search():

@@ -61,10 +61,10 @@ HNSW_RESCORE_CANDIDATES = 64
 # Embeddings are unit vectors, so the inner product is their cosine; the graph's int8 distance then skips the
 # two norms a cosine computes: a quarter less time per search and a third less per build, at the same recall.
 HNSW_METRIC = "ip"
-# Faces per shard: a collection past it is split and searched shard by shard in parallel. Measured at 1M
-# faces on 2 cores: four shards of 250k recall 0.9985 of the exact top-10 at 6.9 ms p50, 1.26 KB resident
-# per face; one graph of 500k (same links and expansion, cosine distance) recalls only 0.967 (docs/benchmarks.md,
-# "Search index at 1M faces").
+# Faces per shard: the n-th face a collection enrols goes to shard n // this, and the shards are searched in
+# parallel (candor/shards.py). Measured at 1M faces on 2 cores: four shards of 250k recall 0.9985 of the exact
+# top-10 at 6.4 to 8.3 ms p50, 1.07 KB resident (anonymous) per face; one graph of 500k (same links and
+# expansion, cosine distance) recalls only 0.967 (docs/benchmarks.md, "Search index at 1M faces").
 INDEX_SHARD_SIZE = 250_000
 # The search function publishes a collection's index to the index bucket once it holds SNAPSHOT_MIN_FACES
 # faces (below that, building it from the table takes well under a second) and SNAPSHOT_MIN_CHANGES faces

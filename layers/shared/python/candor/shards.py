@@ -16,6 +16,7 @@ function keeps a collection (candor/index_sync.py), and publishes the shard's ow
 from __future__ import annotations
 
 import base64
+import json
 import math
 import threading
 from collections.abc import Sequence
@@ -166,7 +167,7 @@ class RemoteShards:
     def persist(self, directory: Path) -> None:
         # Only that the vectors are elsewhere: the face ids are in the snapshot's face directory.
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "index.json").write_text(f'{{"engine": "{REMOTE_ENGINE}", "count": {len(self)}}}')
+        (directory / "index.json").write_text(json.dumps({"engine": REMOTE_ENGINE, "count": len(self)}))
         (directory / "ids.txt").write_text("\n".join(sorted(self._ids)))
 
     @staticmethod
