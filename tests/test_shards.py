@@ -21,9 +21,12 @@ from candor.adapters.aws import LambdaShardInvoker, S3IndexSnapshotStore
 from candor.adapters.memory import (
     MemoryCollectionRepository,
     MemoryFaceRepository,
+    MemoryImageStore,
     MemoryIndexSnapshotStore,
+    MemoryPhotoRepository,
     MemoryUserRepository,
 )
+from candor.erasure import erase_person
 from candor.faces import FaceRecord
 from candor.index import ShardedVectorIndex
 from candor.index_sync import IndexSync
@@ -55,9 +58,9 @@ class JsonInvoker:
         self.shard_search = shard_search
         self.asked: list[int] = []
 
-    def search_shard(self, request: dict[str, Any]) -> dict[str, Any]:
+    def call_shard(self, request: dict[str, Any]) -> dict[str, Any]:
         self.asked.append(request["shard"])
-        answer = self.shard_search.search(json.loads(json.dumps(request)))
+        answer = self.shard_search.handle(json.loads(json.dumps(request)))
         return dict(json.loads(json.dumps(answer)))
 
 
@@ -235,7 +238,7 @@ def test_the_shard_function_is_invoked_synchronously_and_its_failure_fails_the_s
             {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(body), len(body))},
             {"FunctionName": "candor-shard", "Payload": json.dumps(request).encode()},
         )
-        assert invoker.search_shard(request) == answer
+        assert invoker.call_shard(request) == answer
         failure = json.dumps({"errorType": "MemoryError", "errorMessage": "out of memory"}).encode()
         stub.add_response(
             "invoke",
@@ -246,4 +249,31 @@ def test_the_shard_function_is_invoked_synchronously_and_its_failure_fails_the_s
             },
         )
         with pytest.raises(RuntimeError, match="shard 3 of 'staff' failed: MemoryError out of memory"):
-            invoker.search_shard(request)
+            invoker.call_shard(request)
+
+
+def test_an_erasure_replaces_each_shards_snapshot_with_one_without_the_person(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, probes = enrolled_people(30, 3, seed=6)  # 90 faces: shards of 40, 40 and 10
+    tables.enrol(records)
+    coordinator = tables.search_function(tables.shard_function(snapshot_min_changes=1))
+    coordinator.get("staff")[1].search(probes[:1], 3, 0.4)
+    before = {name: dict(files) for name, files in tables.snapshots.snapshots.items()}
+    assert any(uid(12, 0).encode() in data for data in before["staff/shard-0000"].values())
+
+    result = erase_person(
+        tables.store(coordinator), MemoryPhotoRepository(), MemoryImageStore(), "staff", "person12", search=lambda _: []
+    )
+    assert result.faces_removed == 3
+    assert set(tables.snapshots.snapshots) == set(before), "replaced, not dropped"
+    for name, files in tables.snapshots.snapshots.items():
+        for data in files.values():
+            assert uid(12, 0).encode() not in data and b"person12" not in data, name
+
+    # A cold start loads the replaced snapshots: nothing to rebuild, and nobody left to find.
+    listed = list(tables.faces.shard_listings)
+    cold = tables.search_function(tables.shard_function())
+    _, index, entries = cold.get("staff")
+    found = {entries[hit.face_id].external_image_id for hits in index.search(probes[11:13], 3, 0.4) for hit in hits}
+    assert found == {"person11"}
+    assert tables.faces.shard_listings == listed

@@ -30,4 +30,4 @@ shard_search = ShardSearch(
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(collection_id=event.get("collection_id"), shard=event.get("shard"))
-    return shard_search.search(event)
+    return shard_search.handle(event)

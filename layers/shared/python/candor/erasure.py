@@ -2,11 +2,11 @@
 
 A person is named by the ExternalImageId they were enrolled under or by their Rekognition user id. Erased:
 their face records with the embeddings, their user, their enrolment photos (the S3 object, the photo record
-and every other face detected in it), and the collection's index snapshots (which hold the vectors; the
-next search rebuilds them from the table). Candor keeps no crops. Then the collection is searched with
-the largest face of one of their photos: the proof is that no face at all comes back (a face still found
-is named, whoever it is enrolled as, so a second enrolment under another name cannot hide). The audit
-log keeps that an erasure happened (a hash of the person's id, counts, the proof's outcome), never the
+and every other face detected in it), and the collection's index snapshots, which hold the vectors: each is
+replaced by a snapshot of the index without them, or deleted. Candor keeps no crops. Then the collection is
+searched with the largest face of one of their photos: the proof is that no face at all comes back (a face
+still found is named, whoever it is enrolled as, so a second enrolment under another name cannot hide). The
+audit log keeps that an erasure happened (a hash of the person's id, counts, the proof's outcome), never the
 biometric data.
 """
 
@@ -85,9 +85,9 @@ def erase_person(
     store.faces.delete_all(sorted(erased_ids))
     if user is not None:
         store.users.delete(collection_id, person)
-    # The snapshots hold the vectors: dropped with the warm index, rebuilt from the table when next searched.
-    store.indexes.forget(collection_id)
     store.collections.mark_changed(collection_id, IndexChange(removed=tuple(sorted(erased_ids))))
+    # The snapshots hold the vectors: replaced by snapshots without them (the shards' too).
+    store.indexes.purge(collection_id)
     return ErasureResult(
         faces_removed=len(erased_ids),
         photos_removed=removed_photos,

@@ -210,6 +210,27 @@ class IndexSync:
         self._unpublished[name] = 0
         return warm
 
+    def republish(self, name: str, warm: WarmCollection) -> None:
+        """Replaces every snapshot under `name` with one of `warm` as it is now, the previous one included
+        (after an erasure they hold the erased vectors); if that fails, deletes them. Called under the lock."""
+        if self._snapshots is None:
+            return
+        directory = Path(tempfile.mkdtemp(prefix="publish-", dir=self._work_dir))
+        try:
+            _persist(warm, directory / "index")
+            self._snapshots.publish(name, directory / "index", keep_previous=False)
+            self._unpublished[name] = 0
+        except Exception:
+            logger.exception("snapshot of %s not republished; deleting its snapshots instead", name)
+            self._snapshots.delete(name)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def drop(self, name: str) -> None:
+        """Deletes the snapshots under `name` (a collection's, with its shards', or one shard's)."""
+        if self._snapshots is not None:
+            self._snapshots.delete(name)
+
     def _should_publish(self, name: str, index: VectorIndex) -> bool:
         return (
             self._snapshots is not None

@@ -189,12 +189,15 @@ class IndexSnapshotStore(Protocol):
         """Writes the latest snapshot's files into `directory`; False when the collection has none."""
         ...
 
-    def publish(self, collection_id: str, directory: Path) -> None:
-        """Stores the index persisted in `directory` as the collection's latest snapshot."""
+    def publish(self, collection_id: str, directory: Path, keep_previous: bool = True) -> None:
+        """Stores the index persisted in `directory` as the latest snapshot under the name `collection_id` (a
+        collection id, or <collection id>/shard-NNNN for one shard of it); the one before is kept for readers
+        still fetching it unless `keep_previous` is False."""
         ...
 
     def delete(self, collection_id: str) -> None:
-        """Removes every snapshot of the collection: its embeddings must not outlive it."""
+        """Removes every snapshot under the name (a collection's with its shards'): embeddings must not
+        outlive what they were taken from."""
         ...
 
 

@@ -13,7 +13,7 @@ from candor.index import VectorIndex
 from candor.index_sync import CollectionFaces, IndexSync, WarmCollection
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
 from candor.settings import MAX_FACES, MAX_REQUEST_IMAGE_BYTES
-from candor.shards import RemoteShards
+from candor.shards import RemoteShards, snapshot_name
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
 
 
@@ -54,6 +54,18 @@ class CollectionIndexes:
             if isinstance(warm.index, RemoteShards):
                 warm.index.collection = collection  # the shards are asked to reach this change number
         return collection, warm.index, warm.faces
+
+    def purge(self, collection_id: str) -> None:
+        """After an erasure (logged): the collection's snapshots, and its shards', which hold the erased
+        vectors, replaced by snapshots of the index without them, so no cold start has to rebuild from the
+        table. A snapshot that cannot be replaced is deleted."""
+        self.get(collection_id)  # applies the erasure's change
+        with self._lock:
+            warm = self._warm[collection_id]
+            self._sync.republish(collection_id, warm)
+        if isinstance(warm.index, RemoteShards):
+            for shard in warm.index.purge_shards():
+                self._sync.drop(snapshot_name(collection_id, shard))
 
     def forget(self, collection_id: str) -> None:
         """Drop a deleted collection's warm index and its snapshots."""

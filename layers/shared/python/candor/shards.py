@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 REMOTE_ENGINE = "remote"
 
+logger = logging.getLogger(__name__)
+
 
 def shard_count(collection: Collection) -> int:
     """How many shards the collection's enrolment numbers have opened (at least one)."""
@@ -47,9 +50,9 @@ def snapshot_name(collection_id: str, shard: int | None) -> str:
 
 
 class ShardInvoker(Protocol):
-    """Runs one shard's search (the shard function on AWS) and returns its answer."""
+    """Runs one shard's request (the shard function on AWS): a search, or a purge of its snapshots."""
 
-    def search_shard(self, request: dict[str, Any]) -> dict[str, Any]: ...
+    def call_shard(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class IndexEngine(Protocol):
@@ -159,7 +162,25 @@ class RemoteShards:
         return [merge_top_k([shard[q] for shard in per_shard], k) for q in range(len(queries))]
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self._invoker.search_shard(request)
+        return self._invoker.call_shard(request)
+
+    def purge_shards(self) -> list[int]:
+        """Asks every shard to replace its snapshots with one of itself as it is now (after an erasure: the old
+        ones hold the erased vectors). Returns the shards that failed to."""
+        count = shard_count(self.collection)
+        empty = np.empty((0, EMBEDDING_SIZE), dtype=np.float32)
+        requests = [{**shard_request(self.collection, n, empty, 1, 1.0), "purge": True} for n in range(count)]
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            outcomes = list(pool.map(self._try, requests))
+        return [n for n, done in enumerate(outcomes) if not done]
+
+    def _try(self, request: dict[str, Any]) -> bool:
+        try:
+            self._ask(request)
+        except Exception:
+            logger.exception("shard %s of %s could not purge its snapshots", request["shard"], request["collection_id"])
+            return False
+        return True
 
     def memory_bytes(self) -> int:
         return sum(49 + len(face_id) + 100 for face_id in self._ids)
@@ -234,7 +255,8 @@ class ShardSearch:
         self._warm: dict[tuple[str, int], WarmCollection] = {}
         self._lock = threading.Lock()
 
-    def search(self, request: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A search of one shard; or, with "purge", its snapshots replaced by one of the shard as it is now."""
         collection, shard, queries, k, min_cosine = parse_shard_request(request)
         key = (collection.collection_id, shard)
         with self._lock:
@@ -243,4 +265,7 @@ class ShardSearch:
             if warm is None or warm.created_at != collection.created_at or warm.change_seq < collection.change_seq:
                 warm = self._sync.load(collection, warm, self._faces, self._log, self._lock, shard=shard)
                 self._warm[key] = warm
+            if request.get("purge"):
+                self._sync.republish(snapshot_name(collection.collection_id, shard), warm)
+                return shard_answer([])
         return shard_answer(warm.index.search(queries, k, min_cosine))

@@ -433,7 +433,7 @@ class S3IndexSnapshotStore:
             self._s3.download_file(self._bucket, prefix + name, str(target))
         return True
 
-    def publish(self, collection_id: str, directory: Path) -> None:
+    def publish(self, collection_id: str, directory: Path, keep_previous: bool = True) -> None:
         directory = Path(directory)
         snapshot_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
         prefix = f"snapshots/{collection_id}/{snapshot_id}/"
@@ -443,7 +443,7 @@ class S3IndexSnapshotStore:
         previous = self._manifest(collection_id)
         body = json.dumps({"snapshot_id": snapshot_id, "files": files})
         self._s3.put_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json", Body=body.encode())
-        keep = {snapshot_id, previous["snapshot_id"] if previous else ""}
+        keep = {snapshot_id, previous["snapshot_id"] if previous and keep_previous else ""}
         self._delete_snapshots(collection_id, keep)
 
     def _manifest(self, collection_id: str) -> dict[str, Any] | None:
@@ -489,7 +489,7 @@ class LambdaShardInvoker:
         self._lambda = client or _client("lambda")
         self._function_name = function_name
 
-    def search_shard(self, request: dict[str, Any]) -> dict[str, Any]:
+    def call_shard(self, request: dict[str, Any]) -> dict[str, Any]:
         response = self._lambda.invoke(FunctionName=self._function_name, Payload=json.dumps(request).encode())
         answer: dict[str, Any] = json.loads(response["Payload"].read() or b"{}")
         if response.get("FunctionError"):

@@ -175,14 +175,14 @@ class MemoryIndexSnapshotStore:
             (Path(directory) / name).write_bytes(data)
         return True
 
-    def publish(self, collection_id: str, directory: Path) -> None:
+    def publish(self, collection_id: str, directory: Path, keep_previous: bool = True) -> None:
         directory = Path(directory)
         self.snapshots[collection_id] = {
             path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*") if path.is_file()
         }
 
     def delete(self, collection_id: str) -> None:
-        for name in [name for name in self.snapshots if name.split("/")[0] == collection_id]:
+        for name in [name for name in self.snapshots if name == collection_id or name.startswith(collection_id + "/")]:
             del self.snapshots[name]
 
 
