@@ -44,6 +44,11 @@ class ShardedFaces(MemoryFaceRepository):
     def __init__(self) -> None:
         super().__init__()
         self.shard_listings: list[int] = []
+        self.collection_listings = 0
+
+    def list_collection(self, collection_id: str) -> Iterable[FaceRecord]:
+        self.collection_listings += 1
+        return super().list_collection(collection_id)
 
     def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
         self.shard_listings.append(shard)
@@ -88,9 +93,9 @@ class Tables:
     def shard_function(self, snapshot_min_changes: int = 10_000) -> JsonInvoker:
         return JsonInvoker(ShardSearch(self.faces, self.collections, self.sync(None, snapshot_min_changes)))
 
-    def search_function(self, invoker: JsonInvoker | None) -> CollectionIndexes:
+    def search_function(self, invoker: JsonInvoker | None, snapshot_min_changes: int = 10_000) -> CollectionIndexes:
         engine = ShardFunctionEngine(invoker, self.faces) if invoker is not None else None
-        return CollectionIndexes(self.faces, self.collections, self.sync(engine))
+        return CollectionIndexes(self.faces, self.collections, self.sync(engine, snapshot_min_changes))
 
     def enrol(self, records: Sequence[FaceRecord]) -> list[int]:
         """As the embed stage enrols: enrolment numbers, then the faces, then the change."""
@@ -155,9 +160,9 @@ def test_a_search_over_one_shard_function_invocation_per_shard_answers_as_one_in
     collection_service.associate_faces(store, "staff", "dana", [uid(7, 0), uid(7, 1)])
     users = collection_service.search_users(store, "staff", face_id=uid(7, 2), threshold=80.0, max_users=5)
     assert [match.user_id for match in users] == ["dana"]
-    assert sorted(tables.faces.shard_listings) == [0, 1, 2, 3], (
-        "each shard was listed once, when first asked, never again"
-    )
+    # Shards 0 to 2 started from their parts of the snapshot the in-process search function had published;
+    # shard 3, opened after it, was listed from the ByShard index once, and followed the log from then on.
+    assert tables.faces.shard_listings == [3]
 
 
 def test_a_collection_stays_in_the_search_function_until_it_opens_a_second_shard(tmp_path: Path):
@@ -174,6 +179,33 @@ def test_a_collection_stays_in_the_search_function_until_it_opens_a_second_shard
     (hits,) = index.search(probes[15:16], 3, 0.4)
     assert {entries[hit.face_id].external_image_id for hit in hits} == {"person15"}
     assert sorted(set(invoker.asked)) == [0, 1]
+    # Handed over without reading the table again: the search function kept its face directory, shard 0
+    # started from its part of the search function's snapshot, and only shard 1 (new) was listed.
+    assert tables.faces.collection_listings == 1 and tables.faces.shard_listings == [1]
+
+
+def test_shards_start_from_the_snapshot_the_search_function_kept_every_shard_in(tmp_path: Path):
+    tables = Tables(tmp_path)
+    records, probes = enrolled_people(40, 3, seed=7)
+    tables.enrol(records[:39])
+    in_process = tables.search_function(None)
+    in_process.get("staff")  # publishes the collection's snapshot: one shard, vectors and all
+    tables.enrol(records[39:])  # a second shard opens
+    invoker = tables.shard_function()
+    coordinator = tables.search_function(invoker, snapshot_min_changes=1)
+    _, index, entries = coordinator.get("staff")
+    assert isinstance(index, RemoteShards)
+    # The face directory is published under its own name: the snapshot with the vectors stays for the shards.
+    assert (
+        "staff/directory" in tables.snapshots.snapshots
+        and "shard-0000/index.json" in tables.snapshots.snapshots["staff"]
+    )
+    (hits,) = index.search(probes[20:21], 3, 0.4)
+    assert {entries[hit.face_id].external_image_id for hit in hits} == {"person20"}
+    # Shard 0 started from its part of the collection's snapshot; shards 1 and 2, opened after it, were listed.
+    assert sorted(tables.faces.shard_listings) == [1, 2]
+    cold = tables.search_function(tables.shard_function())
+    assert len(cold.get("staff")[1]) == 120 and tables.faces.collection_listings == 1
 
 
 def test_a_cold_shard_function_loads_its_shards_snapshot_and_the_log_after_it(tmp_path: Path):
@@ -215,10 +247,15 @@ def test_s3_keeps_shard_snapshots_apart_from_the_collections_and_deletes_them_wi
     s3.create_bucket(Bucket="index")
     store = S3IndexSnapshotStore("index", s3)
     store.publish("staff/shard-0001", snapshot)
-    for _ in range(3):  # the collection's clean-up of its older snapshots leaves the shard's alone
+    store.publish("staff/directory", snapshot)
+    for _ in range(3):  # the collection's clean-up of its older snapshots leaves the shard's and directory's alone
         store.publish("staff", snapshot)
     assert store.fetch("staff/shard-0001", tmp_path / "shard")
     assert store.fetch("staff", tmp_path / "collection")
+    store.delete("staff", with_children=False)  # its own snapshots only
+    assert not store.fetch("staff", tmp_path / "own")
+    assert store.fetch("staff/shard-0001", tmp_path / "shard-kept") and store.fetch("staff/directory", tmp_path / "d")
+    store.publish("staff", snapshot)
     store.publish("staffroom", snapshot)
     store.delete("staff")
     assert not store.fetch("staff/shard-0001", tmp_path / "gone") and not store.fetch("staff", tmp_path / "g")

@@ -26,4 +26,3 @@ class LoggedSqsBatchProcessor(BatchProcessor):
             extra={"message_id": message_id, "receive_count": receive_count},
         )
         return super().failure_handler(record, exception)
-

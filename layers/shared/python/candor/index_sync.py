@@ -39,17 +39,16 @@ from typing import NamedTuple
 import numpy as np
 
 from candor.faces import FaceRecord
-from candor.index import VectorIndex
+from candor.index import VectorIndex, load_index
 from candor.ports import ChangeLog, Collection, FaceRepository, IndexChange, IndexSnapshotStore
 from candor.settings import SNAPSHOT_MIN_CHANGES, SNAPSHOT_MIN_FACES
-from candor.shards import IndexEngine, InProcessEngine, RemoteShards, snapshot_name
+from candor.shards import SNAPSHOT_FACES_FILE, IndexEngine, InProcessEngine, RemoteShards, snapshot_name
 
 logger = logging.getLogger(__name__)
 
 # Entries replayed after a rebuild from the ByCollection index, which may not list the newest faces yet.
 REBUILD_REPLAY_CHANGES = 1_000
 _BLOCK = 65_536  # faces per block when a rebuild compares or adds vectors: bounded memory
-_FACES_FILE = "collection.json"  # beside the persisted index in a snapshot
 
 
 class FaceEntry(NamedTuple):
@@ -149,8 +148,7 @@ class IndexSync:
     ) -> WarmCollection:
         """`current` (or the snapshot, or a rebuild) brought to the collection's change_seq: the whole
         collection, or only shard `shard` of it. Called under `lock`."""
-        name = snapshot_name(collection.collection_id, shard)
-        warm = current if current is not None and self._suits(current, collection, shard) else None
+        warm = self._adopted(current, collection, shard) if current is not None else None
         if warm is None:
             warm = self._from_snapshot(collection, faces, shard)
         changes = 0
@@ -162,7 +160,7 @@ class IndexSync:
             else:
                 logger.info(
                     "change log of %s lacks entries %d..%d: rebuilding from the faces table",
-                    name,
+                    snapshot_name(collection.collection_id, shard),
                     warm.change_seq + 1,
                     collection.change_seq,
                 )
@@ -170,6 +168,7 @@ class IndexSync:
         if warm is None:
             index = self._engine.new(collection, shard)
             warm, changes = _rebuild(collection, index, faces, log, shard)
+        name = snapshot_name(collection.collection_id, shard, warm.index)
         self._unpublished[name] = self._unpublished.get(name, 0) + changes
         if self._should_publish(name, warm.index):
             self._publishing.add(name)
@@ -182,32 +181,72 @@ class IndexSync:
         return warm
 
     def _suits(self, warm: WarmCollection, collection: Collection, shard: int | None) -> bool:
-        # Another collection under the same id, or one that outgrew the place its index is kept, starts again.
         return warm.created_at == collection.created_at and self._engine.suits(warm.index, collection, shard)
+
+    def _adopted(self, warm: WarmCollection, collection: Collection, shard: int | None) -> WarmCollection | None:
+        """`warm`, or its index made to suit (a collection that outgrew the search function's process); None for
+        another collection under the same id, or an index that cannot be made to suit."""
+        if warm.created_at != collection.created_at:
+            return None
+        if self._engine.suits(warm.index, collection, shard):
+            return warm
+        index = self._engine.adopt(warm.index, collection, shard)
+        return WarmCollection(warm.created_at, warm.change_seq, index, warm.faces) if index is not None else None
 
     def _from_snapshot(self, collection: Collection, faces: FaceRepository, shard: int | None) -> WarmCollection | None:
         if self._snapshots is None:
             return None
-        name = snapshot_name(collection.collection_id, shard)
+        collection_id = collection.collection_id
+        only = self._engine.snapshot_files(collection, shard)
+        warm = None
+        if only:  # the face directory alone: its own snapshot, or the one the search function kept every shard in
+            warm = self._fetched(f"{collection_id}/directory", collection, faces, shard, only)
+        if warm is None:
+            warm = self._fetched(snapshot_name(collection_id, shard), collection, faces, shard, only)
+        if warm is None and shard is not None:
+            # A shard with no snapshot of its own yet starts from its part of the collection's, published while
+            # the search function held every shard: faces keep their shards, so that part is exactly this shard.
+            part = (SNAPSHOT_FACES_FILE, f"shard-{shard:04d}/")
+            warm = self._fetched(collection_id, collection, faces, shard, part, part=shard)
+        return warm
+
+    def _fetched(
+        self,
+        name: str,
+        collection: Collection,
+        faces: FaceRepository,
+        shard: int | None,
+        only: tuple[str, ...],
+        part: int | None = None,
+    ) -> WarmCollection | None:
+        assert self._snapshots is not None
         self._fetches += 1
         directory = self._work_dir / f"fetched-{self._fetches}"
         try:
-            if not self._snapshots.fetch(name, directory):
+            if not self._snapshots.fetch(name, directory, only):
                 return None
-            state = json.loads((directory / _FACES_FILE).read_text())
+            if part is not None and not (directory / f"shard-{part:04d}" / "index.json").is_file():
+                shutil.rmtree(directory, ignore_errors=True)
+                return None  # the collection's snapshot holds no vectors of its own (its shards' functions do)
+            state = json.loads((directory / SNAPSHOT_FACES_FILE).read_text())
             if state["created_at"] != collection.created_at:
                 raise ValueError("the snapshot is of an earlier collection under the same id")
-            index = self._engine.load(directory, collection, shard)
-            entries = CollectionFaces(faces, ((row[0], FaceEntry(*row)) for row in state["faces"]))
+            rows = state["faces"]
+            if part is None:
+                index = self._engine.load(directory, collection, shard, [row[0] for row in rows])
+            else:
+                index = load_index(directory / f"shard-{part:04d}")
+                rows = [row for row in rows if row[0] in index]
+            entries = CollectionFaces(faces, ((row[0], FaceEntry(*row)) for row in rows))
             warm = WarmCollection(collection.created_at, int(state["change_seq"]), index, entries)
             if not self._suits(warm, collection, shard):
                 raise ValueError("the collection outgrew the place its snapshot's index is kept")
         except Exception:
             # A broken, foreign or half-fetched snapshot costs a rebuild from the table, never a wrong answer.
-            logger.exception("snapshot of %s could not be loaded; rebuilding from the table", name)
+            logger.exception("snapshot %s could not be loaded; rebuilding from the table", name)
             shutil.rmtree(directory, ignore_errors=True)
             return None
-        self._unpublished[name] = 0
+        self._unpublished[snapshot_name(collection.collection_id, shard, index)] = 0 if part is None else len(index)
         return warm
 
     def republish(self, name: str, warm: WarmCollection) -> None:
@@ -226,10 +265,10 @@ class IndexSync:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def drop(self, name: str) -> None:
+    def drop(self, name: str, with_children: bool = True) -> None:
         """Deletes the snapshots under `name` (a collection's, with its shards', or one shard's)."""
         if self._snapshots is not None:
-            self._snapshots.delete(name)
+            self._snapshots.delete(name, with_children)
 
     def _should_publish(self, name: str, index: VectorIndex) -> bool:
         return (
@@ -306,7 +345,7 @@ def apply_changes(
 def _persist(warm: WarmCollection, directory: Path) -> None:
     warm.index.persist(directory)
     state = {"created_at": warm.created_at, "change_seq": warm.change_seq, "faces": list(warm.faces.values())}
-    (directory / _FACES_FILE).write_text(json.dumps(state))
+    (directory / SNAPSHOT_FACES_FILE).write_text(json.dumps(state))
 
 
 def _rebuild(

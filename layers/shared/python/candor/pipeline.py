@@ -60,9 +60,7 @@ def detect_photo(
     retention_days: int = DEFAULT_RETENTION_DAYS,
 ) -> PhotoRecord:
     """Find up to MAX_FACES faces, record them, and hand the photo to the embed stage."""
-    photo = PhotoRecord(
-        ref.photo_id, ref.bucket, ref.key, PhotoStatus.DETECTED, detector_version=detector.version
-    )
+    photo = PhotoRecord(ref.photo_id, ref.bucket, ref.key, PhotoStatus.DETECTED, detector_version=detector.version)
     try:
         stored = images.get(ref.bucket, ref.key, ref.version_id, max_bytes=MAX_OBJECT_IMAGE_BYTES)
         photo.source_etag, photo.source_modified = stored.etag, stored.last_modified
@@ -131,9 +129,7 @@ def embed_photo(
         enrolment = None  # never indexed without consent, whatever queued the message
     detected = [DetectedFace.from_dict(face) for face in request["faces"]]
     try:
-        stored = images.get(
-            photo.bucket, photo.key, request.get("version_id"), max_bytes=MAX_OBJECT_IMAGE_BYTES
-        )
+        stored = images.get(photo.bucket, photo.key, request.get("version_id"), max_bytes=MAX_OBJECT_IMAGE_BYTES)
         _require_collection(collections, enrolment)
         image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
     except CandorError as error:

@@ -185,8 +185,9 @@ class UserRepository(Protocol):
 class IndexSnapshotStore(Protocol):
     """Where a collection's persisted vector index is kept between cold starts (S3 on AWS)."""
 
-    def fetch(self, collection_id: str, directory: Path) -> bool:
-        """Writes the latest snapshot's files into `directory`; False when the collection has none."""
+    def fetch(self, collection_id: str, directory: Path, only: Sequence[str] = ()) -> bool:
+        """Writes the latest snapshot's files into `directory` (with `only`, just the files named there and
+        those under the folders named with a trailing "/"); False when there is no snapshot."""
         ...
 
     def publish(self, collection_id: str, directory: Path, keep_previous: bool = True) -> None:
@@ -195,9 +196,9 @@ class IndexSnapshotStore(Protocol):
         still fetching it unless `keep_previous` is False."""
         ...
 
-    def delete(self, collection_id: str) -> None:
-        """Removes every snapshot under the name (a collection's with its shards'): embeddings must not
-        outlive what they were taken from."""
+    def delete(self, collection_id: str, with_children: bool = True) -> None:
+        """Removes every snapshot under the name, and (`with_children`) those of the names below it (a
+        collection's shards' and directory's): embeddings must not outlive what they were taken from."""
         ...
 
 
@@ -215,3 +216,8 @@ class FaceEmbedder(Protocol):
     version: str
 
     def embed_faces(self, image: np.ndarray, faces: Sequence[DetectedFace]) -> np.ndarray: ...
+
+
+def wanted(name: str, only: Sequence[str]) -> bool:
+    """Whether a snapshot file is among `only` (file names, and folders ending in "/"); everything when empty."""
+    return not only or any(name == entry or (entry.endswith("/") and name.startswith(entry)) for entry in only)

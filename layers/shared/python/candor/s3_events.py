@@ -30,9 +30,7 @@ def photo_refs_from_notification(body: str) -> list[PhotoRef]:
     for record in records:
         event_name = str(record.get("eventName", "")) if isinstance(record, dict) else ""
         if not event_name.startswith("ObjectCreated:"):
-            raise MalformedEventError(
-                f"unsupported event {event_name or '(none)'}: only ObjectCreated is processed"
-            )
+            raise MalformedEventError(f"unsupported event {event_name or '(none)'}: only ObjectCreated is processed")
         try:
             s3 = record["s3"]
             bucket, key = s3["bucket"]["name"], unquote_plus(s3["object"]["key"])

@@ -62,8 +62,10 @@ class CollectionIndexes:
         self.get(collection_id)  # applies the erasure's change
         with self._lock:
             warm = self._warm[collection_id]
-            self._sync.republish(collection_id, warm)
+            self._sync.republish(snapshot_name(collection_id, None, warm.index), warm)
         if isinstance(warm.index, RemoteShards):
+            # The snapshot from before the shards moved out holds every shard's vectors: it goes.
+            self._sync.drop(collection_id, with_children=False)
             for shard in warm.index.purge_shards():
                 self._sync.drop(snapshot_name(collection_id, shard))
 

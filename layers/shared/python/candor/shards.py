@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from candor.index_sync import IndexSync, WarmCollection
 
 REMOTE_ENGINE = "remote"
+# Beside the persisted index in a snapshot: the face directory and the change number (candor/index_sync.py).
+SNAPSHOT_FACES_FILE = "collection.json"
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,13 @@ def shard_count(collection: Collection) -> int:
     return max(1, math.ceil(collection.faces_allocated / max(collection.shard_size, 1)))
 
 
-def snapshot_name(collection_id: str, shard: int | None) -> str:
-    """The snapshot store's name for a collection's index, or for one shard of it."""
-    return collection_id if shard is None else f"{collection_id}/shard-{shard:04d}"
+def snapshot_name(collection_id: str, shard: int | None, index: VectorIndex | None = None) -> str:
+    """The snapshot store's name for a collection's index, for one shard of it, or for the face directory of a
+    collection whose shards are in shard functions: that one has a name of its own, so the last snapshot
+    with every shard's vectors stays where shards that have none of their own yet start from."""
+    if shard is not None:
+        return f"{collection_id}/shard-{shard:04d}"
+    return f"{collection_id}/directory" if isinstance(index, RemoteShards) else collection_id
 
 
 class ShardInvoker(Protocol):
@@ -60,9 +66,19 @@ class IndexEngine(Protocol):
 
     def new(self, collection: Collection, shard: int | None) -> VectorIndex: ...
 
-    def load(self, directory: Path, collection: Collection, shard: int | None) -> VectorIndex: ...
+    def snapshot_files(self, collection: Collection, shard: int | None) -> tuple[str, ...]:
+        """The files of a snapshot `load` needs (empty: all of them)."""
+        ...
+
+    def load(self, directory: Path, collection: Collection, shard: int | None, face_ids: list[str]) -> VectorIndex:
+        """The index persisted in `directory`, whose faces are `face_ids`."""
+        ...
 
     def suits(self, index: VectorIndex, collection: Collection, shard: int | None) -> bool: ...
+
+    def adopt(self, index: VectorIndex, collection: Collection, shard: int | None) -> VectorIndex | None:
+        """An index that suits, made from `index` without reading the faces table; None when there is none."""
+        ...
 
 
 class InProcessEngine:
@@ -72,11 +88,17 @@ class InProcessEngine:
     def new(self, collection: Collection, shard: int | None) -> VectorIndex:
         return HnswVectorIndex() if shard is not None else new_index(collection.shard_size)
 
-    def load(self, directory: Path, collection: Collection, shard: int | None) -> VectorIndex:
+    def snapshot_files(self, collection: Collection, shard: int | None) -> tuple[str, ...]:
+        return ()
+
+    def load(self, directory: Path, collection: Collection, shard: int | None, face_ids: list[str]) -> VectorIndex:
         return load_index(directory)
 
     def suits(self, index: VectorIndex, collection: Collection, shard: int | None) -> bool:
         return not isinstance(index, RemoteShards)
+
+    def adopt(self, index: VectorIndex, collection: Collection, shard: int | None) -> VectorIndex | None:
+        return None
 
 
 class ShardFunctionEngine(InProcessEngine):
@@ -92,13 +114,23 @@ class ShardFunctionEngine(InProcessEngine):
             return RemoteShards(collection, self._invoker, self._faces)
         return super().new(collection, shard)
 
-    def load(self, directory: Path, collection: Collection, shard: int | None) -> VectorIndex:
-        if RemoteShards.persisted(directory):
-            return RemoteShards.load(directory, collection, self._invoker, self._faces)
-        return super().load(directory, collection, shard)
+    def snapshot_files(self, collection: Collection, shard: int | None) -> tuple[str, ...]:
+        # Past one shard only the face directory is read, whichever kind of index the snapshot holds.
+        return (SNAPSHOT_FACES_FILE,) if self._remote(collection, shard) else ()
+
+    def load(self, directory: Path, collection: Collection, shard: int | None, face_ids: list[str]) -> VectorIndex:
+        if self._remote(collection, shard):
+            return RemoteShards(collection, self._invoker, self._faces, face_ids)
+        return super().load(directory, collection, shard, face_ids)
 
     def suits(self, index: VectorIndex, collection: Collection, shard: int | None) -> bool:
         return isinstance(index, RemoteShards) == self._remote(collection, shard)
+
+    def adopt(self, index: VectorIndex, collection: Collection, shard: int | None) -> VectorIndex | None:
+        # A collection that opened its second shard: its shard functions take the vectors from here on.
+        if self._remote(collection, shard) and not isinstance(index, RemoteShards):
+            return RemoteShards(collection, self._invoker, self._faces, index.face_ids())
+        return None
 
     @staticmethod
     def _remote(collection: Collection, shard: int | None) -> bool:
@@ -189,18 +221,6 @@ class RemoteShards:
         # Only that the vectors are elsewhere: the face ids are in the snapshot's face directory.
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "index.json").write_text(json.dumps({"engine": REMOTE_ENGINE, "count": len(self)}))
-        (directory / "ids.txt").write_text("\n".join(sorted(self._ids)))
-
-    @staticmethod
-    def persisted(directory: Path) -> bool:
-        return (Path(directory) / "ids.txt").is_file()
-
-    @classmethod
-    def load(
-        cls, directory: Path, collection: Collection, invoker: ShardInvoker, faces: FaceRepository
-    ) -> RemoteShards:
-        ids = (Path(directory) / "ids.txt").read_text().split("\n")
-        return cls(collection, invoker, faces, [face_id for face_id in ids if face_id])
 
 
 def shard_request(collection: Collection, shard: int, queries: np.ndarray, k: int, min_cosine: float) -> dict[str, Any]:

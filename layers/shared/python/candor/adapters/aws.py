@@ -35,7 +35,7 @@ from candor.audit import AuditRecord
 from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
 from candor.policy import CollectionPolicy
-from candor.ports import Collection, IndexChange, Page, StoredImage, User
+from candor.ports import Collection, IndexChange, Page, StoredImage, User, wanted
 from candor.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
 
 BY_COLLECTION_INDEX = "ByCollection"
@@ -422,12 +422,12 @@ class S3IndexSnapshotStore:
         self._s3 = client or _client("s3")
         self._bucket = bucket
 
-    def fetch(self, collection_id: str, directory: Path) -> bool:
+    def fetch(self, collection_id: str, directory: Path, only: Sequence[str] = ()) -> bool:
         manifest = self._manifest(collection_id)
         if manifest is None:
             return False
         prefix = f"snapshots/{collection_id}/{manifest['snapshot_id']}/"
-        for name in manifest["files"]:
+        for name in (name for name in manifest["files"] if wanted(name, only)):
             target = Path(directory) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             self._s3.download_file(self._bucket, prefix + name, str(target))
@@ -456,19 +456,22 @@ class S3IndexSnapshotStore:
         manifest: dict[str, Any] = json.loads(response["Body"].read())
         return manifest
 
-    def delete(self, collection_id: str) -> None:
+    def delete(self, collection_id: str, with_children: bool = True) -> None:
         # The manifests first: a search starting meanwhile finds no snapshot and builds from the table.
         self._s3.delete_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json")
-        self._delete_keys(self._keys(f"latest/{collection_id}/"))  # its shards'
-        self._delete_snapshots(collection_id, keep=set())
+        if with_children:
+            self._delete_keys(self._keys(f"latest/{collection_id}/"))  # its shards' and its directory's
+            self._delete_snapshots(collection_id, keep=set())
+        else:
+            self._delete_snapshots(collection_id, keep={""})  # its own snapshots only
 
     def _delete_snapshots(self, collection_id: str, keep: set[str]) -> None:
         prefix = f"snapshots/{collection_id}/"
 
         def stale(key: str) -> bool:
             snapshot = key[len(prefix) :].split("/", 1)[0]
-            # A collection's clean-up leaves its shards' snapshots (shard-NNNN/) alone; deleting it takes all.
-            return not keep or (snapshot not in keep and not snapshot.startswith("shard-"))
+            # A collection's clean-up leaves its shards' and its directory's snapshots alone; deleting it takes all.
+            return not keep or (snapshot not in keep and not snapshot.startswith(("shard-", "directory")))
 
         self._delete_keys([key for key in self._keys(prefix) if stale(key)])
 

@@ -12,7 +12,7 @@ from candor.audit import AuditRecord
 from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.faces import FaceRecord, PhotoRecord
 from candor.policy import CollectionPolicy
-from candor.ports import Collection, IndexChange, Page, StoredImage, User
+from candor.ports import Collection, IndexChange, Page, StoredImage, User, wanted
 from candor.settings import CHANGE_LOG_ENTRY_FACES
 
 
@@ -66,7 +66,8 @@ class MemoryFaceRepository:
         return [face for face in self.faces.values() if face.collection_id == collection_id]
 
     def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
-        return [face for face in self.list_collection(collection_id) if (face.shard or 0) == shard]
+        faces = self.faces.values()
+        return [face for face in faces if face.collection_id == collection_id and (face.shard or 0) == shard]
 
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         faces = sorted(self.list_collection(collection_id), key=lambda face: face.face_id)
@@ -166,11 +167,13 @@ class MemoryIndexSnapshotStore:
     def __init__(self) -> None:
         self.snapshots: dict[str, dict[str, bytes]] = {}
 
-    def fetch(self, collection_id: str, directory: Path) -> bool:
+    def fetch(self, collection_id: str, directory: Path, only: Sequence[str] = ()) -> bool:
         files = self.snapshots.get(collection_id)
         if files is None:
             return False
         for name, data in files.items():
+            if not wanted(name, only):
+                continue
             (Path(directory) / name).parent.mkdir(parents=True, exist_ok=True)
             (Path(directory) / name).write_bytes(data)
         return True
@@ -181,9 +184,10 @@ class MemoryIndexSnapshotStore:
             path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*") if path.is_file()
         }
 
-    def delete(self, collection_id: str) -> None:
-        for name in [name for name in self.snapshots if name == collection_id or name.startswith(collection_id + "/")]:
-            del self.snapshots[name]
+    def delete(self, collection_id: str, with_children: bool = True) -> None:
+        below = [name for name in self.snapshots if with_children and name.startswith(collection_id + "/")]
+        for name in [collection_id, *below]:
+            self.snapshots.pop(name, None)
 
 
 class MemoryPublisher:
