@@ -3,6 +3,7 @@ collection is read only when the log cannot say what changed, and the warm state
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -281,3 +282,21 @@ def test_faces_are_read_by_id_consistently_with_their_embeddings(dynamodb):  # t
     assert sorted(found) == sorted(wanted[:-1])
     assert np.array_equal(found[records[3].face_id].embedding, records[3].embedding)
     assert found[records[3].face_id].external_image_id == "person1"
+
+
+def test_a_snapshot_a_few_changes_behind_is_published_again_before_the_log_forgets_them(tmp_path: Path):
+    records, probes = enrolled_people(20, 3, seed=11)
+    stack = Stack(tmp_path)
+    stack.indexes = stack.start(snapshot_min_changes=1)
+    stack.enrol(records[:57])
+    stack.indexes.get("staff")
+    stack.enrol(records[57:])  # three changes: far below the count that publishes a snapshot
+    assert stack.who(probes[19], stack.start()) == ["person19"] * 3
+    assert json.loads(stack.snapshots.snapshots["staff"]["collection.json"])["change_seq"] == 1
+
+    files = stack.snapshots.snapshots["staff"]
+    state = json.loads(files["collection.json"])
+    state["published_at"] -= 4 * 86_400  # published four days ago; the log keeps entries seven
+    files["collection.json"] = json.dumps(state).encode()
+    assert stack.who(probes[19], stack.start()) == ["person19"] * 3
+    assert json.loads(stack.snapshots.snapshots["staff"]["collection.json"])["change_seq"] == 2

@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,13 +42,14 @@ import numpy as np
 from candor.faces import FaceRecord
 from candor.index import VectorIndex, load_index
 from candor.ports import ChangeLog, Collection, FaceRepository, IndexChange, IndexSnapshotStore
-from candor.settings import SNAPSHOT_MIN_CHANGES, SNAPSHOT_MIN_FACES
+from candor.settings import CHANGE_LOG_DAYS, SNAPSHOT_MIN_CHANGES, SNAPSHOT_MIN_FACES
 from candor.shards import SNAPSHOT_FACES_FILE, IndexEngine, InProcessEngine, RemoteShards, snapshot_name
 
 logger = logging.getLogger(__name__)
 
 # Entries replayed after a rebuild from the ByCollection index, which may not list the newest faces yet.
 REBUILD_REPLAY_CHANGES = 1_000
+SNAPSHOT_MAX_AGE_S = CHANGE_LOG_DAYS * 86_400 / 2
 _BLOCK = 65_536  # faces per block when a rebuild compares or adds vectors: bounded memory
 
 
@@ -119,6 +121,7 @@ class IndexSync:
         self._snapshot_min_changes = snapshot_min_changes
         self._background = background
         self._unpublished: dict[str, int] = {}  # changes since the snapshot this process loaded or wrote
+        self._published_at: dict[str, float] = {}  # when that snapshot was published (Unix time)
         self._publishing: set[str] = set()
         self._fetches = 0
 
@@ -246,7 +249,10 @@ class IndexSync:
             logger.exception("snapshot %s could not be loaded; rebuilding from the table", name)
             shutil.rmtree(directory, ignore_errors=True)
             return None
-        self._unpublished[snapshot_name(collection.collection_id, shard, index)] = 0 if part is None else len(index)
+        # Counted under the name this process publishes to, which a shard's first snapshot does not come from.
+        own = snapshot_name(collection.collection_id, shard, index)
+        self._unpublished[own] = 0 if part is None else len(index)
+        self._published_at[own] = float(state.get("published_at", 0))
         return warm
 
     def republish(self, name: str, warm: WarmCollection) -> None:
@@ -259,6 +265,7 @@ class IndexSync:
             _persist(warm, directory / "index")
             self._snapshots.publish(name, directory / "index", keep_previous=False)
             self._unpublished[name] = 0
+            self._published_at[name] = time.time()
         except Exception:
             logger.exception("snapshot of %s not republished; deleting its snapshots instead", name)
             self._snapshots.delete(name)
@@ -271,11 +278,15 @@ class IndexSync:
             self._snapshots.delete(name, with_children)
 
     def _should_publish(self, name: str, index: VectorIndex) -> bool:
+        unpublished = self._unpublished.get(name, 0)
+        # A snapshot behind by a few changes is published again once it is half as old as the log's entries
+        # live: a slowly changing collection never needs an expired entry to catch up (a rebuild at scale).
+        stale = unpublished > 0 and time.time() - self._published_at.get(name, time.time()) > SNAPSHOT_MAX_AGE_S
         return (
             self._snapshots is not None
             and name not in self._publishing
             and len(index) >= self._snapshot_min_faces
-            and self._unpublished.get(name, 0) >= max(1, min(self._snapshot_min_changes, len(index)))
+            and (unpublished >= max(1, min(self._snapshot_min_changes, len(index))) or stale)
         )
 
     def _publish(self, name: str, warm: WarmCollection, lock: threading.Lock | None) -> None:
@@ -292,6 +303,7 @@ class IndexSync:
                 changes = self._unpublished.get(name, 0)
             self._snapshots.publish(name, directory / "index")
             self._unpublished[name] = self._unpublished.get(name, 0) - changes
+            self._published_at[name] = time.time()
         except Exception:
             logger.exception("snapshot of %s not published; the next load tries again", name)
         finally:
@@ -344,7 +356,12 @@ def apply_changes(
 
 def _persist(warm: WarmCollection, directory: Path) -> None:
     warm.index.persist(directory)
-    state = {"created_at": warm.created_at, "change_seq": warm.change_seq, "faces": list(warm.faces.values())}
+    state = {
+        "created_at": warm.created_at,
+        "change_seq": warm.change_seq,
+        "published_at": time.time(),
+        "faces": list(warm.faces.values()),
+    }
     (directory / SNAPSHOT_FACES_FILE).write_text(json.dumps(state))
 
 
