@@ -27,6 +27,7 @@ from candor.adapters.memory import (
     MemoryUserRepository,
 )
 from candor.erasure import erase_person
+from candor.errors import InvalidParameterError
 from candor.faces import FaceRecord
 from candor.index import ShardedVectorIndex
 from candor.index_sync import IndexSync
@@ -160,6 +161,9 @@ def test_a_search_over_one_shard_function_invocation_per_shard_answers_as_one_in
     collection_service.associate_faces(store, "staff", "dana", [uid(7, 0), uid(7, 1)])
     users = collection_service.search_users(store, "staff", face_id=uid(7, 2), threshold=80.0, max_users=5)
     assert [match.user_id for match in users] == ["dana"]
+    tables.faces.delete_all([uid(9, 0)])  # as DeleteFaces does before it logs the change
+    with pytest.raises(InvalidParameterError, match="is not in collection"):
+        collection_service.search_by_face_id(store, "staff", uid(9, 0), threshold=80.0, max_faces=5)
     # Shards 0 to 2 started from their parts of the snapshot the in-process search function had published;
     # shard 3, opened after it, was listed from the ByShard index once, and followed the log from then on.
     assert tables.faces.shard_listings == [3]

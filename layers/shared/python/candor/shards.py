@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from candor.errors import InvalidParameterError
 from candor.index import HnswVectorIndex, Neighbour, VectorIndex, load_index, merge_top_k, new_index
 from candor.ports import ChangeLog, Collection, FaceRepository
 from candor.settings import EMBEDDING_SIZE
@@ -176,7 +177,8 @@ class RemoteShards:
         records = self._faces.get_many(list(face_ids))
         missing = [face_id for face_id in face_ids if face_id not in records]
         if missing:
-            raise KeyError(f"faces no longer in the table: {missing[:5]}")
+            # Deleted since the directory was read: what the in-process index's existence check says too.
+            raise InvalidParameterError(f"face {missing[0]!r} is not in collection {self.collection.collection_id!r}")
         return np.stack([np.asarray(records[face_id].embedding, dtype=np.float32) for face_id in face_ids])
 
     def search(self, queries: np.ndarray, k: int, min_cosine: float) -> list[list[Neighbour]]:
