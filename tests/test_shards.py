@@ -186,6 +186,7 @@ def test_a_collection_stays_in_the_search_function_until_it_opens_a_second_shard
     # Handed over without reading the table again: the search function kept its face directory, shard 0
     # started from its part of the search function's snapshot, and only shard 1 (new) was listed.
     assert tables.faces.collection_listings == 1 and tables.faces.shard_listings == [1]
+    assert "staff/directory" in tables.snapshots.snapshots, "the face directory is published once handed over"
 
 
 def test_shards_start_from_the_snapshot_the_search_function_kept_every_shard_in(tmp_path: Path):

@@ -194,7 +194,11 @@ class IndexSync:
         if self._engine.suits(warm.index, collection, shard):
             return warm
         index = self._engine.adopt(warm.index, collection, shard)
-        return WarmCollection(warm.created_at, warm.change_seq, index, warm.faces) if index is not None else None
+        if index is None:
+            return None
+        # Its snapshot goes under another name now (snapshot_name): published with the next load.
+        self._unpublished[snapshot_name(collection.collection_id, shard, index)] = len(index)
+        return WarmCollection(warm.created_at, warm.change_seq, index, warm.faces)
 
     def _from_snapshot(self, collection: Collection, faces: FaceRepository, shard: int | None) -> WarmCollection | None:
         if self._snapshots is None:
