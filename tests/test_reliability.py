@@ -92,8 +92,21 @@ def _collection_faces(env: LocalEnvironment, collection: str) -> list[dict[str, 
 
 
 def _log_entries(env: LocalEnvironment, function: str) -> list[dict[str, Any]]:
-    lines = env.log_path(function).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.startswith("{")]
+    return _json_lines(env.log_path(function).read_text(encoding="utf-8"))
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    entries = []
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        # raw_decode: a SIGKILLed worker's last line has no newline, so the next instance's log may follow it
+        # on the same line; a line cut short mid-object is skipped.
+        try:
+            entries.append(json.JSONDecoder().raw_decode(line)[0])
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def _count(env: LocalEnvironment, queue: str, in_flight: bool = False) -> int:
@@ -175,7 +188,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env: Loc
         ended = {line.split()[2] for line in text.splitlines() if line.startswith("END RequestId:")}
         running = [request for request in started if request not in ended]
         if running:
-            entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            entries = _json_lines(text)
             done = [
                 e["key"]
                 for e in entries
