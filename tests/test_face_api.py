@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from candor_local.runtime import LocalEnvironment
 
@@ -246,6 +246,24 @@ def test_search_faces_by_image_names_the_person(
     )
     found = {match["Face"]["ExternalImageId"] for match in response["FaceMatches"]}
     assert found == ({identity} if identity else set())
+
+
+def test_search_faces_by_image_searches_only_a_face_that_passes_the_quality_filter(
+    rekognition: Any, people: dict, faces_dir: Path
+) -> None:
+    photo = Image.open(faces_dir / "probe/obama1.jpg").convert("RGB")
+    blurred = io.BytesIO()
+    photo.filter(ImageFilter.GaussianBlur(photo.width / 80)).save(blurred, format="JPEG")
+    request = {"CollectionId": people["collection"], "Image": {"Bytes": blurred.getvalue()}}
+    # Without a filter (Rekognition's default, NONE) the blurred face is searched; with AUTO it is too blurred.
+    unfiltered = rekognition.search_faces_by_image(**request)
+    assert unfiltered["SearchedFaceConfidence"] > 80
+    with pytest.raises(rekognition.exceptions.InvalidParameterException, match="passes the quality filter AUTO"):
+        rekognition.search_faces_by_image(**request, QualityFilter="AUTO")
+    sharp = rekognition.search_faces_by_image(
+        CollectionId=people["collection"], Image=_photo(faces_dir, "probe/obama1.jpg"), QualityFilter="AUTO"
+    )
+    assert {match["Face"]["ExternalImageId"] for match in sharp["FaceMatches"]} == {"obama"}
 
 
 def test_compare_faces_matches_the_source_among_the_targets(rekognition: Any, faces_dir: Path) -> None:

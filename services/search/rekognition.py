@@ -645,6 +645,7 @@ def search_all_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str
 
 def _search(api: FaceApi, request: dict[str, Any], operation: str, *, largest_face_only: bool) -> ImageSearchResult:
     max_matches = _integer(request, "MaxFaces", 1 if largest_face_only else 5, 1, 4096)
+    quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
     probe = api.image_bytes(_required(request, "Image"))
     collection_id, threshold = _authorize(api, request, operation, "FaceMatchThreshold", probe)
     return _audited(
@@ -662,6 +663,7 @@ def _search(api: FaceApi, request: dict[str, Any], operation: str, *, largest_fa
             max_matches=max_matches,
             min_confidence=api.min_confidence,
             largest_face_only=largest_face_only,
+            quality_filter=quality_filter,
         ),
         lambda result: [[Returned(m.face_id, m.similarity) for m in face.matches] for face in result.faces],
         probe=probe,

@@ -12,6 +12,7 @@ from candor.images import DecodedImage, decode_image
 from candor.index import VectorIndex
 from candor.index_sync import CollectionFaces, IndexSync, WarmCollection
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
+from candor.quality import QualityFilter, assess_face, quality_reasons
 from candor.settings import MAX_FACES, MAX_REQUEST_IMAGE_BYTES
 from candor.shards import RemoteShards, snapshot_name
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
@@ -87,8 +88,10 @@ def search_image(
     max_matches: int,
     min_confidence: float,
     largest_face_only: bool = False,
+    quality_filter: QualityFilter = QualityFilter.NONE,
 ) -> ImageSearchResult:
-    """Every face in the photo (or only the largest) with its enrolled matches at or above the threshold."""
+    """Every face in the photo (or only the largest) with its enrolled matches at or above the threshold.
+    Faces below `quality_filter`'s bar are not searched (Rekognition's QualityFilter)."""
     if not 0.0 <= face_match_threshold <= 100.0:
         raise InvalidParameterError("FaceMatchThreshold must be between 0 and 100")
     if max_matches < 1:
@@ -98,6 +101,12 @@ def search_image(
     found = detector.detect(image.pixels, max_faces=MAX_FACES, min_confidence=min_confidence)
     if not found:
         raise NoFaceError("no face found in the search photo")
+    if quality_filter is not QualityFilter.NONE:
+        found = [
+            face for face in found if not quality_reasons(assess_face(image.pixels, face, image.scale), quality_filter)
+        ]
+        if not found:
+            raise InvalidParameterError(f"no face in the search photo passes the quality filter {quality_filter}")
     if largest_face_only:
         found = found[:1]
     vectors = embedder.embed_faces(image.pixels, found)
