@@ -257,6 +257,20 @@ def test_report_counts_what_the_log_records() -> None:
     assert [chain["chain"] for chain in report["log"]["chains"]] == [":account", "staff", "visitors"]
 
 
+def test_report_counts_an_enrolment_the_pipeline_processed_twice_once() -> None:
+    store = _hand_made_log()
+    log = AuditLog(store, clock=ticking_clock(START + timedelta(hours=1)))
+    enrolment = {"operation": "EmbedFunction", "outcome": "allowed", "caller": "uploader", "consent_reference": CONSENT}
+    log.append("visitors", AuditEvent.ENROLMENT, face_ids=[OTHER_FACE_ID], **enrolment)
+    log.append("visitors", AuditEvent.ENROLMENT, face_ids=[OTHER_FACE_ID], **enrolment)  # the message redelivered
+    log.append("visitors", AuditEvent.DELETION, operation="DeleteFaces", outcome="allowed", face_ids=[OTHER_FACE_ID])
+    log.append("visitors", AuditEvent.ENROLMENT, face_ids=[OTHER_FACE_ID], **enrolment)  # enrolled again after it
+    totals = _report(store)["totals"]
+    assert (totals["enrolments"], totals["faces_enrolled"], totals["repeated_enrolments"]) == (3, 4, 1)
+    assert totals["entries"] == 15
+    assert "1 enrolment entries repeat faces already enrolled" in render_html(_report(store))
+
+
 def test_report_counts_only_the_period() -> None:
     # The clock ticks a minute per entry from 09:00: the first six entries fall before 09:06.
     report = _report(_hand_made_log(), since=START + timedelta(minutes=6))

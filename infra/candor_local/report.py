@@ -67,6 +67,9 @@ def build_report(
     refusals_by_caller: Counter[str] = Counter()
     collections: dict[str, Counter[str]] = {}
     case_references: set[str] = set()
+    enrolled: dict[str, set[str]] = {}  # chain -> face ids enrolled and not deleted since, as the log says
+    repeated = 0
+    in_period = 0
     unreadable = 0
     for record in records:
         fields = readable_fields(record)
@@ -76,9 +79,18 @@ def build_report(
             continue
         if not since <= when < until:
             continue
+        in_period += 1
         event = str(fields.get("event") or UNKNOWN)
         caller = str(fields.get("caller") or UNKNOWN)
         purpose = str(fields.get("purpose") or NO_PURPOSE)
+        face_ids = fields.get("face_ids")
+        face_ids = {str(face_id) for face_id in face_ids} if isinstance(face_ids, list) else set()
+        chain_enrolled = enrolled.setdefault(record.chain, set())
+        if event == AuditEvent.ENROLMENT and face_ids and face_ids <= chain_enrolled:
+            # The same faces enrolled again with nothing deleted between: a redelivered upload that the
+            # pipeline processed twice. The log keeps both entries; the report counts the enrolment once.
+            repeated += 1
+            continue
         row = collections.setdefault(record.chain, Counter())
         events[event] += 1
         row[event] += 1
@@ -95,8 +107,12 @@ def build_report(
             refusals_by_caller[caller] += 1
         elif event == AuditEvent.ENROLMENT:
             # How many faces, never which: the ids themselves stay in the log.
-            face_ids = fields.get("face_ids")
-            row["faces_enrolled"] += len(face_ids) if isinstance(face_ids, list) else 0
+            row["faces_enrolled"] += len(face_ids - chain_enrolled)
+            chain_enrolled |= face_ids
+        elif event == AuditEvent.DELETION:
+            chain_enrolled -= face_ids
+        elif event == AuditEvent.ERASURE:
+            chain_enrolled.clear()  # an erasure names a person, not faces: whatever comes after is new
 
     searches = events[AuditEvent.SEARCH]
     matched = sum(matched_by_purpose.values())
@@ -104,7 +120,7 @@ def build_report(
         "period": {"since": _iso(since), "until": _iso(until)},
         "log": _log_status(verification),
         "totals": {
-            "entries": sum(events.values()),
+            "entries": in_period,
             "searches": searches,
             "matched_searches": matched,
             "refusals": events[AuditEvent.REFUSAL],
@@ -114,6 +130,7 @@ def build_report(
             "erasures": events[AuditEvent.ERASURE],
             "collection_changes": events[AuditEvent.COLLECTION],
             "distinct_case_references": len(case_references),
+            "repeated_enrolments": repeated,
             "unreadable_entries": unreadable,
         },
         "match_rate": {
@@ -292,6 +309,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h2>Collections</h2>" + _collections_table(report["collections"]),
         "<h2>Audit chains</h2>" + _chains_table(report["log"]["chains"]),
     ]
+    if totals.get("repeated_enrolments"):
+        sections.append(
+            f"<p class='period'>{totals['repeated_enrolments']} enrolment entries repeat faces already enrolled "
+            "(an upload the pipeline processed twice) and are counted once.</p>"
+        )
     if totals["unreadable_entries"]:
         sections.append(
             f"<p class='bad-text'>{totals['unreadable_entries']} entries could not be read (not JSON, or no time) "
