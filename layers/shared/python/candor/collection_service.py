@@ -241,8 +241,12 @@ def associate_faces(
     # A face is checked against the user's faces and those accepted before it in this call: a first call
     # naming two people's faces takes the first and refuses the other.
     members = list(index.vectors(own)) if own else []
+    asked = list(dict.fromkeys(validate_face_id(face_id) for face_id in face_ids))
+    # The vectors of the faces that may join, in one read (from the faces table when shards hold them).
+    candidates = [face_id for face_id in asked if face_id in records and records[face_id].user_id is None]
+    vectors = dict(zip(candidates, index.vectors(candidates), strict=True)) if candidates else {}
     result = Association()
-    for face_id in dict.fromkeys(validate_face_id(face_id) for face_id in face_ids):
+    for face_id in asked:
         face = records.get(face_id)
         if face is None:
             result.refused[face_id] = (None, None, ["FACE_NOT_FOUND"])
@@ -253,7 +257,10 @@ def associate_faces(
         if face.user_id is not None:
             result.refused[face_id] = (face.user_id, None, ["ASSOCIATED_TO_A_DIFFERENT_USER"])
             continue
-        vector = index.vectors([face_id])[0]
+        vector = vectors.get(face_id)
+        if vector is None:  # changed under this call: removed from the collection or given a user meanwhile
+            result.refused[face_id] = (None, None, ["FACE_NOT_FOUND"])
+            continue
         if members:
             cosine = float(np.max(np.stack(members) @ vector))
             similarity = round(float(similarity_from_cosine(cosine)), 4)
