@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -261,9 +261,7 @@ class DynamoCollectionRepository:
         if self._log is None:
             raise RuntimeError("this function was given no change log: it may not change a collection's faces")
         for part in change.parts(CHANGE_LOG_ENTRY_FACES):
-            collection = self.get(collection_id)
-            # The collection's own number is a floor: entries expire, and numbers must never go back.
-            seq = self._log.append(collection_id, part, floor=collection.change_seq if collection else 0)
+            seq = self._log.append(collection_id, part, floor=lambda: self._change_seq(collection_id))
             try:
                 # Raised only after the entry is written, so a reader never sees a number the log lacks.
                 self._table.update_item(
@@ -293,6 +291,10 @@ class DynamoCollectionRepository:
             raise
         return int(response["Attributes"]["faces_allocated"]) - count
 
+    def _change_seq(self, collection_id: str) -> int:
+        collection = self.get(collection_id)
+        return collection.change_seq if collection else 0
+
     def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
         if self._log is None:
             raise RuntimeError("this function was given no change log")
@@ -319,9 +321,10 @@ class DynamoChangeLog:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
         self._table = (resource or _resource("dynamodb")).Table(table_name)
 
-    def append(self, collection_id: str, change: IndexChange, floor: int = 0) -> int:
-        """Writes `change` as the next entry (numbered above `floor` too) and returns its number; concurrent
-        writers race for a number with a new-key condition, and the loser takes the next one."""
+    def append(self, collection_id: str, change: IndexChange, floor: Callable[[], int] = lambda: 0) -> int:
+        """Writes `change` as the next entry and returns its number; concurrent writers race for a number with
+        a new-key condition, and the loser takes the next one. Once the log's entries have expired, numbering
+        goes on above `floor()`, the collection's own number: numbers never go back."""
         expires_at = int(time.time()) + CHANGE_LOG_DAYS * 86400
         for _ in range(50):
             latest = self._table.query(
@@ -331,7 +334,11 @@ class DynamoChangeLog:
                 Limit=1,
                 ConsistentRead=True,
             ).get("Items", [])
-            seq = max([int(item["seq"]) for item in latest] + [floor]) + 1
+            # An entry not yet expired is the newest there is: every later one expires later still. An expired
+            # one may outlive newer ones (TTL deletes in no order), so then the collection's number decides.
+            newest = int(latest[0]["seq"]) if latest else 0
+            fresh = bool(latest) and int(latest[0].get("expires_at", 0)) > time.time()
+            seq = (newest if fresh else max(newest, floor())) + 1
             try:
                 self._table.put_item(
                     Item=to_item(change_to_dict(collection_id, replace(change, seq=seq), expires_at)),
