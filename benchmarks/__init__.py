@@ -32,6 +32,9 @@ def register_all(bench_subparsers: Any) -> None:
     from benchmarks.load import register as register_load  # `load`: 1,000 uploads through the local runtime
 
     register_load(bench_subparsers)
+    from benchmarks.accuracy import register as register_accuracy  # `accuracy`: LFW, the similarity scale
+
+    register_accuracy(bench_subparsers)
 
 
 def _run_all(args: argparse.Namespace) -> int:

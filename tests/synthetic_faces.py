@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from candor.faces import BoundingBox, FaceRecord
+from candor.settings import EMBEDDING_SIZE
 
-DIMENSION = 512
+DIMENSION = EMBEDDING_SIZE
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

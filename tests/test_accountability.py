@@ -29,6 +29,7 @@ from candor.collection_service import CollectionStore
 from candor.erasure import erase_person
 from candor.errors import (
     ConsentRequiredError,
+    FalseMatchRiskTooHighError,
     InvalidParameterError,
     PurposeNotDeclaredError,
     QuotaExceededError,
@@ -41,7 +42,7 @@ from candor.policy import Caller, CollectionPolicy, parse_policy
 from candor.ports import Collection, User
 from candor.retention import DAY_S
 from candor.search import CollectionIndexes, search_image
-from candor.settings import DEFAULT_RETENTION_DAYS, RETENTION_TAG
+from candor.settings import DEFAULT_RETENTION_DAYS, EMBEDDER_VERSION, RETENTION_TAG
 from candor_local.template import load_yaml
 
 BUCKET = "uploads"
@@ -73,7 +74,9 @@ class Stack:
         self.store = CollectionStore(self.collections, self.faces, self.users, self.indexes)
 
     def create(self, collection_id: str, policy: CollectionPolicy | None = None) -> None:
-        self.collections.create(Collection(collection_id, NOW.isoformat(), "test", policy=policy or CollectionPolicy()))
+        self.collections.create(
+            Collection(collection_id, NOW.isoformat(), EMBEDDER_VERSION, policy=policy or CollectionPolicy())
+        )
 
     def upload(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> Any:
         self.images.put(BUCKET, key, data, metadata)
@@ -182,7 +185,7 @@ def test_index_faces_without_consent_is_refused_and_audited(stack: Stack) -> Non
 
 def test_plain_collection_is_searchable_for_general_purpose_only(stack: Stack) -> None:
     policy = CollectionPolicy()
-    assert stack.accountability.authorize_search("people", policy, ALICE, "SearchFacesByImage", None) == 80.0
+    assert stack.accountability.authorize_search("people", policy, ALICE, "SearchFacesByImage", None).threshold == 80.0
 
     marketing = Caller(ALICE.identity, purpose="marketing", case_reference="q4")
     with pytest.raises(PurposeNotDeclaredError, match="general only, not for 'marketing'"):
@@ -203,7 +206,7 @@ def test_a_declared_purpose_other_than_general_needs_a_case_reference(stack: Sta
         stack.accountability.authorize_search("people", policy, ALICE, "SearchFaces", 85)
 
     with_case = Caller(ALICE.identity, purpose="missing-persons", case_reference="MP-2026-114")
-    assert stack.accountability.authorize_search("people", policy, with_case, "SearchFaces", 85) == 85
+    assert stack.accountability.authorize_search("people", policy, with_case, "SearchFaces", 85).threshold == 85
 
 
 @pytest.mark.parametrize(
@@ -214,8 +217,8 @@ def test_thresholds_below_the_floor_are_refused(stack: Stack, policy: dict[str, 
     parsed = parse_policy(policy)
     assert parsed.floor == floor
     # No threshold given: the search runs at the floor, never below it.
-    assert stack.accountability.authorize_search("people", parsed, ALICE, "SearchFaces", None) == floor
-    assert stack.accountability.authorize_search("people", parsed, ALICE, "SearchFaces", floor) == floor
+    assert stack.accountability.authorize_search("people", parsed, ALICE, "SearchFaces", None).threshold == floor
+    assert stack.accountability.authorize_search("people", parsed, ALICE, "SearchFaces", floor).threshold == floor
     with pytest.raises(ThresholdBelowFloorError, match=f"below {floor:g}"):
         stack.accountability.authorize_search("people", parsed, ALICE, "SearchFaces", floor - 0.5)
     assert stack.entries("people")[-1]["reason"] == "ThresholdBelowFloor"
@@ -249,7 +252,9 @@ def test_a_search_is_audited_with_what_it_returned_and_nothing_biometric(stack: 
     _enrol(stack, faces_dir, "obama", "obama/obama.jpg")
     probe = (faces_dir / "probe/obama1.jpg").read_bytes()
     caller = Caller(ALICE.identity, purpose="general", case_reference="ticket-9")
-    threshold = stack.accountability.authorize_search("people", CollectionPolicy(), caller, "SearchFacesByImage", None)
+    threshold = stack.accountability.authorize_search(
+        "people", CollectionPolicy(), caller, "SearchFacesByImage", None
+    ).threshold
     found = stack.search(probe, "people", threshold)
     returned = [[Returned(match.face_id, match.similarity) for match in face] for face in found]
     stack.accountability.record_search(
@@ -407,3 +412,23 @@ def test_erasing_a_user_leaves_a_face_enrolled_under_the_same_name(stack: Stack,
 
     assert result.faces_removed == 1
     assert set(stack.faces.faces) == set(other.face_ids)
+
+
+def test_the_risk_limit_refuses_thresholds_too_low_for_the_collection_size_and_names_the_lowest(stack: Stack) -> None:
+    identification = CollectionPolicy(purposes=("general",), identification=True)
+    # At 99 (one in a million per face) a thousand faces give a risk of 0.1%: within the 1% default.
+    allowed = stack.accountability.authorize_search("people", identification, ALICE, "SearchFaces", 99, faces=1000)
+    assert allowed.false_match_rate == pytest.approx(1e-6) and allowed.false_match_risk == pytest.approx(1e-3, rel=1e-3)
+    # A hundred thousand faces: 9.5%. The floor grows with the collection.
+    with pytest.raises(FalseMatchRiskTooHighError, match=r"lowest threshold that passes is 99\.9[0-9]") as refused:
+        stack.accountability.authorize_search("people", identification, ALICE, "SearchFaces", 99, faces=100_000)
+    lowest = float(refused.value.message.rsplit(" ", 1)[1])
+    passing = stack.accountability.authorize_search(
+        "people", identification, ALICE, "SearchFaces", lowest, faces=100_000
+    )
+    assert passing.false_match_risk <= 0.01
+    # A collection without identification has no limit unless it sets one.
+    plain = stack.accountability.authorize_search("people", CollectionPolicy(), ALICE, "SearchFaces", 80, faces=100_000)
+    assert plain.false_match_risk == pytest.approx(1 - (1 - 1e-4) ** 100_000)
+    refusal = [entry for entry in stack.entries("people") if entry["event"] == "refusal"][-1]
+    assert refusal["reason"] == "FalseMatchRiskTooHigh" and refusal["collection_faces"] == 100_000

@@ -4,6 +4,7 @@ and an audit log that verifies intact and names every one of those events."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
@@ -249,3 +251,118 @@ def test_the_audit_log_verifies_intact_and_detects_an_altered_entry(env: LocalEn
 
     (tampered,) = verify_all(store, [collection])
     assert not tampered.intact and tampered.problems == ["entry 3 altered: its content no longer matches its hash"]
+
+
+def test_a_search_whose_false_match_risk_is_too_high_is_refused_and_audited(
+    env: LocalEnvironment, faces_dir: Path
+) -> None:
+    collection = f"risk-{uuid.uuid4().hex[:8]}"
+    call = _candor(env, consent="form-2")
+    # At most a 1-in-10-million chance that a searched face matches a stranger among the collection's faces.
+    call("CandorService.CreateCollection", {"CollectionId": collection, "Policy": {"MaxFalseMatchRisk": 1e-7}})
+    assert call("CandorService.DescribeCollectionPolicy", {"CollectionId": collection})["Policy"][
+        "MaxFalseMatchRisk"
+    ] == pytest.approx(1e-7)
+    enrolling = _rekognition(env, Consent="form-2")
+    for name in ("enroll/obama/obama.jpg", "enroll/biden/biden.jpg"):
+        enrolling.index_faces(
+            CollectionId=collection, Image=_image(faces_dir, name), ExternalImageId=name.split("/")[1]
+        )
+    probe = _image(faces_dir, "probe/obama1.jpg")
+    plain = _rekognition(env)
+
+    # At 80 (1 in 10,000 per face) two faces give a risk of 2 in 10,000: refused, naming what would pass.
+    with pytest.raises(ClientError) as refused:
+        plain.search_faces_by_image(CollectionId=collection, Image=probe)
+    code, message = _code(refused)
+    assert code == "InvalidParameterException" and "MaxFalseMatchRisk" in message
+    lowest = float(message.rsplit(" ", 1)[1])
+    assert 99.8 < lowest < 100
+
+    found = _candor(env)(
+        "RekognitionService.SearchFacesByImage",
+        {"CollectionId": collection, "Image": {"Bytes": base64.b64encode(probe["Bytes"]).decode()},
+         "FaceMatchThreshold": lowest},
+    )  # fmt: skip
+    assert found["FalseMatchRisk"] <= 1e-7
+    assert [match["Face"]["ExternalImageId"] for match in found["FaceMatches"]] == ["obama"]
+
+    entries = _audit(env, collection)
+    refusal = next(entry for entry in entries if entry["event"] == "refusal")
+    assert refusal["reason"] == "FalseMatchRiskTooHigh" and refusal["collection_faces"] == 2
+    search = next(entry for entry in entries if entry["event"] == "search")
+    assert search["false_match_risk"] == pytest.approx(found["FalseMatchRisk"])
+    assert search["collection_faces"] == 2 and search["threshold"] == lowest
+
+
+def test_a_collection_of_the_previous_model_is_refused_until_reindexed_keeping_its_face_ids(
+    env: LocalEnvironment, faces_dir: Path, model_dir: Path
+) -> None:
+    collection = f"reindex-{uuid.uuid4().hex[:8]}"
+    client = client_for(env)
+    client.rekognition.create_collection(CollectionId=collection)
+    keys = [
+        client.upload_enrolment(collection, "obama", faces_dir / "enroll/obama/obama.jpg", "form-3"),
+        client.upload_enrolment(collection, "biden", faces_dir / "enroll/biden/biden.jpg", "form-3"),
+    ]
+    assert {record["status"] for record in client.wait_for_photos(keys, timeout_s=180).values()} == {"COMPLETE"}
+    enrolling = _rekognition(env, Consent="form-3")
+    # From image bytes: Candor keeps no photo to re-embed this face from.
+    unstored = enrolling.index_faces(
+        CollectionId=collection, Image=_image(faces_dir, "enroll/obama/obama2.jpg"), ExternalImageId="obama"
+    )["FaceRecords"][0]["Face"]["FaceId"]
+    before = {
+        face["FaceId"]: face.get("ExternalImageId") for face in enrolling.list_faces(CollectionId=collection)["Faces"]
+    }
+    _as_if_made_by_facenet(env, collection, model_dir)
+
+    plain = _rekognition(env)
+    probe = _image(faces_dir, "probe/obama1.jpg")
+    with pytest.raises(ClientError) as refused:
+        plain.search_faces_by_image(CollectionId=collection, Image=probe)
+    assert _code(refused)[0] == "InvalidParameterException" and "candor collections reindex" in _code(refused)[1]
+    described = plain.describe_collection(CollectionId=collection)
+    assert described["FaceModelVersion"].startswith("facenet") and described["FaceCount"] == 3
+
+    first = client.call("CandorService.ReindexCollection", {"CollectionId": collection})
+    assert first["Reindexed"] == 2 and not first["Complete"] and first["Remaining"] == 1
+    assert [face["FaceId"] for face in first["UnreindexableFaces"]] == [unstored]
+    with pytest.raises(ClientError):
+        plain.search_faces_by_image(CollectionId=collection, Image=probe)  # never half one model, half another
+
+    done = client.call("CandorService.ReindexCollection", {"CollectionId": collection, "DropUnreindexable": True})
+    assert done["Complete"] and done["DroppedFaceIds"] == [unstored]
+    assert done["FaceModelVersion"] == plain.describe_collection(CollectionId=collection)["FaceModelVersion"]
+    after = {face["FaceId"]: face.get("ExternalImageId") for face in plain.list_faces(CollectionId=collection)["Faces"]}
+    assert after == {face_id: person for face_id, person in before.items() if face_id != unstored}
+    matches = plain.search_faces_by_image(CollectionId=collection, Image=probe)["FaceMatches"]
+    assert [match["Face"]["ExternalImageId"] for match in matches] == ["obama"]
+    assert matches[0]["Face"]["FaceId"] in before
+    reindexed = [entry for entry in _audit(env, collection) if entry.get("operation") == "ReindexCollection"]
+    assert [entry["switched"] for entry in reindexed] == [False, True]
+
+
+def _as_if_made_by_facenet(env: LocalEnvironment, collection: str, model_dir: Path) -> None:
+    """The collection as a stack before SFace left it: FaceNet vectors and FaceModelVersion."""
+    from dataclasses import replace
+
+    from candor.adapters.aws import DynamoFaceRepository
+    from candor.settings import FACENET_VERSION
+
+    dynamodb = env.session.resource("dynamodb", endpoint_url=env.endpoint_url)
+    faces = DynamoFaceRepository(env.resources["FacesTable"], dynamodb)
+    rng = np.random.default_rng(5)
+    stale = [
+        replace(face, model_version=FACENET_VERSION, embedding=_unit(rng.standard_normal(512)))
+        for face in faces.list_collection(collection)
+    ]
+    faces.save_all(stale)
+    dynamodb.Table(env.resources["CollectionsTable"]).update_item(
+        Key={"collection_id": collection},
+        UpdateExpression="SET face_model_version = :v",
+        ExpressionAttributeValues={":v": FACENET_VERSION},
+    )
+
+
+def _unit(vector: Any) -> Any:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)

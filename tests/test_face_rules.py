@@ -17,7 +17,7 @@ from candor.faces import BoundingBox, DetectedFace, FaceRecord
 from candor.ports import Collection
 from candor.quality import QualityFilter, assess_face, face_pose, face_quality, quality_reasons
 from candor.search import CollectionIndexes
-from candor.settings import EMBEDDING_SIZE
+from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 
 
 def _face(landmarks: list[tuple[float, float]], side: float = 200, confidence: float = 0.95) -> DetectedFace:
@@ -86,7 +86,7 @@ def test_quality_bars_name_every_shortfall() -> None:
 
 def _store(face_count: int, collection_id: str = "people") -> tuple[service.CollectionStore, list[str]]:
     collections, faces = MemoryCollectionRepository(), MemoryFaceRepository()
-    collections.create(Collection(collection_id, "2026-01-01T00:00:00+00:00", "test", change_seq=0))
+    collections.create(Collection(collection_id, "2026-01-01T00:00:00+00:00", EMBEDDER_VERSION, change_seq=0))
     rng = np.random.default_rng(7)
     ids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(face_count)]
     base = rng.normal(size=EMBEDDING_SIZE)

@@ -17,6 +17,7 @@ import pytest
 from moto import mock_aws
 
 from candor.enrolment import photo_id_for
+from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 from candor_local.emulator import EMULATOR_CREDENTIALS
 from candor_local.stack import DeployedStack, Endpoint, deploy_stack
 from candor_local.template import load_template
@@ -94,7 +95,11 @@ def _put(key: str, path: Path | None = None, data: bytes | None = None, consent:
 def _create_collection(stack: DeployedStack, collection_id: str) -> None:
     table = boto3.resource("dynamodb").Table(stack.physical_ids["CollectionsTable"])
     table.put_item(
-        Item={"collection_id": collection_id, "created_at": "2026-11-22T04:00:00+00:00", "face_model_version": "x"}
+        Item={
+            "collection_id": collection_id,
+            "created_at": "2026-11-22T04:00:00+00:00",
+            "face_model_version": EMBEDDER_VERSION,
+        }
     )
 
 
@@ -154,7 +159,7 @@ def test_embed_handler_stores_vectors_and_enrols_the_face(stack: DeployedStack, 
     )["Items"]
     assert len(items) == 1 and items[0]["external_image_id"] == "obama"
     assert items[0]["consent_reference"] == CONSENT and "expires_at" not in items[0]  # enrolled: kept
-    assert len(items[0]["embedding"].value) == 512 * 4 and items[0]["model_version"].startswith("facenet")
+    assert len(items[0]["embedding"].value) == EMBEDDING_SIZE * 4 and items[0]["model_version"] == EMBEDDER_VERSION
 
 
 def _invoke_api(search: ModuleType, name: str) -> tuple[int, dict[str, Any]]:

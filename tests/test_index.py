@@ -36,8 +36,9 @@ from candor.index_sync import IndexSync
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes, search_image
+from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 
-DIMENSION = 512
+DIMENSION = EMBEDDING_SIZE
 
 ENGINES: dict[str, Callable[[], VectorIndex]] = {
     "exact": ExactVectorIndex,
@@ -213,7 +214,7 @@ class Stack:
         self.faces = MemoryFaceRepository()
         self.collections = MemoryCollectionRepository()
         self.snapshots = MemoryIndexSnapshotStore()
-        self.collections.create(Collection("staff", "2026-01-01T00:00:00Z", "test", shard_size=64))
+        self.collections.create(Collection("staff", "2026-01-01T00:00:00Z", EMBEDDER_VERSION, shard_size=64))
         self._tmp = tmp_path
         self._starts = 0
         self.indexes = self.start()
@@ -350,9 +351,9 @@ def test_a_process_that_builds_a_graph_first_can_still_load_a_model() -> None:
     script = (
         "import numpy as np\n"
         "from candor.index import HnswVectorIndex\n"
-        "v = np.random.default_rng(0).normal(size=(40, 512)).astype(np.float32)\n"
+        "v = np.random.default_rng(0).normal(size=(40, 128)).astype(np.float32)\n"
         "v /= np.linalg.norm(v, axis=1, keepdims=True)\n"
-        "index = HnswVectorIndex(min_graph_faces=8)\n"
+        "index = HnswVectorIndex(dimension=128, min_graph_faces=8)\n"
         "index.add([str(i) for i in range(40)], v)\n"
         "assert index.search(v[:1], 1, 0.5)[0][0].face_id == '0'\n"
         "import onnxruntime\n"
@@ -408,7 +409,7 @@ class OneFace:
 def test_a_face_deleted_from_the_table_is_never_returned_while_the_warm_index_still_holds_it() -> None:
     _, vectors, probes = people(6, 3, seed=11)
     faces, collections = LaggingFaces(), MemoryCollectionRepository()
-    collections.create(Collection("staff", "2026-01-01T00:00:00Z", "test"))
+    collections.create(Collection("staff", "2026-01-01T00:00:00Z", EMBEDDER_VERSION))
     faces.save_all(
         [face(uid(n // 3, n % 3), vector) for n, vector in enumerate(vectors)]  # person n // 3, photo n % 3
     )

@@ -26,6 +26,7 @@ from candor.index_sync import FaceEntry, IndexSync
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
+from candor.settings import EMBEDDER_VERSION
 
 
 class CountingFaces(MemoryFaceRepository):
@@ -53,7 +54,7 @@ class Stack:
         self.collections = MemoryCollectionRepository()
         self.users = MemoryUserRepository()
         self.snapshots = MemoryIndexSnapshotStore()
-        self.collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", "test", shard_size=64))
+        self.collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", EMBEDDER_VERSION, shard_size=64))
         self._tmp = tmp_path
         self._starts = 0
         self.indexes = self.start()
@@ -195,7 +196,7 @@ def test_a_collection_deleted_and_created_again_never_gets_the_old_ones_faces(tm
     other = stack.start()
     other.get("staff")  # a second warm function
     collection_service.delete_collection(stack.store, "staff")
-    stack.collections.create(Collection("staff", "2026-02-01T00:00:00+00:00", "test", shard_size=64))
+    stack.collections.create(Collection("staff", "2026-02-01T00:00:00+00:00", EMBEDDER_VERSION, shard_size=64))
     assert stack.who(probes[1], other) == []
     assert stack.who(probes[1], stack.start()) == []
 
@@ -233,7 +234,7 @@ def dynamodb(moto):  # type: ignore[no-untyped-def]
 def test_the_change_log_in_dynamodb_numbers_every_change_once_even_when_writers_race(dynamodb):  # type: ignore[no-untyped-def]
     log = DynamoChangeLog("changes", dynamodb)
     collections = DynamoCollectionRepository("collections", log, dynamodb)
-    collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", "test"))
+    collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", EMBEDDER_VERSION))
     for photo in range(5):
         collections.mark_changed("staff", IndexChange(added=(uid(0, photo),)))
     # Another writer took number 6 and has not raised the collection's number yet.

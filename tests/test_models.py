@@ -18,10 +18,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from candor.settings import DETECTOR_FILE, EMBEDDER_FILE, EMBEDDING_SIZE
+from candor.settings import DETECTOR_FILE, FACENET_FILE, SFACE_FILE
 from candor_local import models
 
-PINNED = {"detector": models.YUNET_SHA256, "embedder": models.FACENET_ONNX_SHA256}
+PINNED = {
+    "detector": models.YUNET_SHA256,
+    "embedder": models.SFACE_ONNX_SHA256,
+    "previous_embedder": models.FACENET_ONNX_SHA256,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,8 @@ def test_manifest_lists_the_pinned_models(cached_model_dir: Path) -> None:
     assert manifest == models.manifest(cached_model_dir)
     assert {role: entry["file"] for role, entry in manifest["models"].items()} == {
         "detector": DETECTOR_FILE,
-        "embedder": EMBEDDER_FILE,
+        "embedder": SFACE_FILE,
+        "previous_embedder": FACENET_FILE,
     }
     for role, entry in manifest["models"].items():
         assert entry["sha256"] == PINNED[role]
@@ -62,19 +67,19 @@ def test_detector_has_the_documented_interface(cached_model_dir: Path) -> None:
 
 @pytest.mark.parametrize("batch", [1, 3, 7])
 def test_embedder_accepts_any_batch(cached_model_dir: Path, batch: int) -> None:
-    session = _session(cached_model_dir / EMBEDDER_FILE)
+    session = _session(cached_model_dir / FACENET_FILE)
     (inp,) = session.get_inputs()
     assert isinstance(inp.shape[0], str), "the batch dimension must be symbolic"
     faces = np.random.default_rng(batch).normal(size=(batch, 160, 160, 3)).astype(np.float32)
     together = session.run(None, {inp.name: faces})[0]
     alone = np.concatenate([session.run(None, {inp.name: face[None]})[0] for face in faces])
-    assert together.shape == (batch, EMBEDDING_SIZE)
+    assert together.shape == (batch, models.FACENET_EMBEDDING_SIZE)
     np.testing.assert_allclose(together, alone, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-3)
 
 
 def test_verify_embedder_passes_on_the_cached_model(cached_model_dir: Path) -> None:
-    measured = models.verify_embedder(cached_model_dir / EMBEDDER_FILE)
+    measured = models.verify_embedder(cached_model_dir / FACENET_FILE)
     assert measured["batch_diff"] < models.MAX_BATCH_DIFF
 
 
@@ -104,13 +109,13 @@ def test_verify_sha256_accepts_the_right_file(tmp_path: Path) -> None:
 
 
 def test_check_cached_reports_and_deletes_a_tampered_model(tmp_path: Path) -> None:
-    bad = tmp_path / EMBEDDER_FILE
+    bad = tmp_path / FACENET_FILE
     bad.write_bytes(b"not a model")
     said: list[str] = []
-    assert models.check_cached(bad, models.FACENET_ONNX_SHA256, EMBEDDER_FILE, said.append) is False
+    assert models.check_cached(bad, models.FACENET_ONNX_SHA256, FACENET_FILE, said.append) is False
     assert not bad.exists()
-    assert len(said) == 1 and EMBEDDER_FILE in said[0] and models.FACENET_ONNX_SHA256 in said[0]
-    assert models.check_cached(bad, models.FACENET_ONNX_SHA256, EMBEDDER_FILE, said.append) is False
+    assert len(said) == 1 and FACENET_FILE in said[0] and models.FACENET_ONNX_SHA256 in said[0]
+    assert models.check_cached(bad, models.FACENET_ONNX_SHA256, FACENET_FILE, said.append) is False
     assert len(said) == 1, "a missing file is not a mismatch"
 
 
@@ -217,3 +222,15 @@ def test_a_release_missing_for_this_platform_gets_the_given_explanation(
             unavailable="build it elsewhere",
         )
     assert "cannot reach" not in str(caught.value)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_sface_takes_any_batch_and_gives_what_single_runs_give(cached_model_dir: Path, batch: int) -> None:
+    session = _session(cached_model_dir / SFACE_FILE)
+    (inp,) = session.get_inputs()
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, models.SFACE_SIDE, models.SFACE_SIDE]
+    faces = np.random.default_rng(batch).uniform(0, 255, size=(batch, 3, 112, 112)).astype(np.float32)
+    together = session.run(None, {inp.name: faces})[0]
+    alone = np.concatenate([session.run(None, {inp.name: face[None]})[0] for face in faces])
+    assert together.shape == (batch, models.SFACE_EMBEDDING_SIZE)
+    np.testing.assert_allclose(together, alone, atol=1e-5)

@@ -20,6 +20,7 @@ from candor.faces import PhotoStatus
 from candor.pipeline import PhotoRef, detect_photo, embed_photo
 from candor.ports import Collection
 from candor.search import CollectionIndexes, search_image
+from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 
 BUCKET = "uploads"
 # An enrolment upload names the enrolled person's consent reference; without it nobody is indexed.
@@ -74,7 +75,7 @@ class Stack:
 @pytest.fixture
 def stack(models) -> Stack:  # type: ignore[no-untyped-def]
     stack = Stack(models)
-    stack.collections.create(Collection("people", "2026-11-22T00:00:00+00:00", "test"))
+    stack.collections.create(Collection("people", "2026-11-22T00:00:00+00:00", EMBEDDER_VERSION))
     return stack
 
 
@@ -88,7 +89,7 @@ def test_enrolment_photo_flows_to_a_searchable_face(stack: Stack, faces_dir: Pat
     assert len(photo.faces) == 1 and photo.image_width > 0
     (face,) = stack.faces.list_collection("people")
     assert face.external_image_id == "obama" and face.consent_reference == "consent-form-17"
-    assert face.embedding.shape == (512,) and np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-4)
+    assert face.embedding.shape == (EMBEDDING_SIZE,) and np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-4)
 
     result = stack.search(_read(faces_dir / "probe/obama1.jpg"))
     assert [m.external_image_id for m in result.faces[0].matches] == ["obama"]

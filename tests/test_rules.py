@@ -12,8 +12,8 @@ from candor.errors import InvalidParameterError, MalformedEventError
 from candor.faces import Enrolment
 from candor.index import ExactVectorIndex
 from candor.s3_events import photo_refs_from_notification
-from candor.settings import COSINE_AT_DEFAULT_THRESHOLD
-from candor.similarity import cosine_from_similarity, similarity_from_cosine
+from candor.settings import EMBEDDING_SIZE
+from candor.similarity import cosine_from_similarity, fmr_of_similarity, similarity_from_cosine
 
 
 def test_key_under_enroll_prefix_enrols_the_named_person() -> None:
@@ -77,18 +77,18 @@ def test_malformed_notifications_raise_a_clear_error(body: str) -> None:
         photo_refs_from_notification(body)
 
 
-def test_similarity_scale_is_monotonic_and_pins_the_default_threshold() -> None:
+def test_similarity_scale_is_monotonic_and_the_default_threshold_means_one_in_ten_thousand() -> None:
     cosines = np.linspace(-1, 1, 201)
     similarities = similarity_from_cosine(cosines)
     assert np.all(np.diff(similarities) >= 0)
-    assert similarities[0] == 0 and similarities[-1] == pytest.approx(100)
-    assert float(similarity_from_cosine(COSINE_AT_DEFAULT_THRESHOLD)) == pytest.approx(80)
-    for similarity in (0, 30, 80, 95, 99, 100):
+    assert similarities[0] == 0 and similarities[-1] == pytest.approx(100, abs=1e-3)
+    assert fmr_of_similarity(80) == pytest.approx(1e-4)
+    for similarity in (0.5, 30, 80, 95, 99):
         assert float(similarity_from_cosine(cosine_from_similarity(similarity))) == pytest.approx(similarity)
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, 512)).astype(np.float32)
+    v = rng.standard_normal((n, EMBEDDING_SIZE)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
@@ -98,7 +98,7 @@ def test_index_returns_nearest_first_and_nothing_below_the_cut_off() -> None:
     index = ExactVectorIndex()
     index.add([f"f{i}" for i in range(50)], vectors)
     (hits,) = index.search(vectors[7:8], k=3, min_cosine=0.5)
-    assert [hit.face_id for hit in hits] == ["f7"]  # random 512-d vectors are near-orthogonal
+    assert [hit.face_id for hit in hits] == ["f7"]  # random vectors in this many dimensions are near-orthogonal
     (hits,) = index.search(vectors[7:8], k=3, min_cosine=-1.0)
     assert hits[0].face_id == "f7" and hits[0].cosine == pytest.approx(1.0)
     assert hits[0].cosine >= hits[1].cosine >= hits[2].cosine

@@ -34,6 +34,7 @@ from candor.index_sync import IndexSync
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
+from candor.settings import EMBEDDER_VERSION
 from candor.shards import RemoteShards, ShardFunctionEngine, ShardSearch, shard_count
 
 SHARD_SIZE = 40
@@ -76,7 +77,9 @@ class Tables:
         self.collections = MemoryCollectionRepository()
         self.users = MemoryUserRepository()
         self.snapshots = MemoryIndexSnapshotStore()
-        self.collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", "test", shard_size=SHARD_SIZE))
+        self.collections.create(
+            Collection("staff", "2026-01-01T00:00:00+00:00", EMBEDDER_VERSION, shard_size=SHARD_SIZE)
+        )
         self.tmp = tmp_path
         self.starts = 0
 

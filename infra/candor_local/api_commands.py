@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from candor.policy import (
     DEFAULT_FLOOR,
+    DEFAULT_IDENTIFICATION_MAX_RISK,
     DEFAULT_SEARCHES_PER_CALLER,
     DEFAULT_SEARCHES_PER_COLLECTION,
     GENERAL_PURPOSE,
@@ -87,10 +88,17 @@ def _collections(parser: argparse.ArgumentParser) -> None:
     _command(policy, cmd_collection_policy, stated_purpose=False)
     for name, run, help_text in (
         ("describe", cmd_collection_describe, "face count, model version, ARN, creation time"),
+        ("reindex", cmd_collection_reindex, "re-embed a collection's faces from their photos with this stack's model"),
         ("delete", cmd_collection_delete, "delete a collection with its faces and users"),
     ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("collection")
+        if run is cmd_collection_reindex:
+            action.add_argument(
+                "--drop-unreindexable",
+                action="store_true",
+                help="delete the faces whose photo is not stored or unreadable, so the collection can switch",
+            )
         _command(action, run)
     _command(actions.add_parser("list", help="every collection"), cmd_collection_list)
 
@@ -122,6 +130,25 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"searches a minute all callers together may run (default {DEFAULT_SEARCHES_PER_COLLECTION})",
     )
+    parser.add_argument(
+        "--max-false-match-risk",
+        type=_probability,
+        metavar="RISK",
+        help="the highest chance, e.g. 1%% or 0.01, that a searched face matches a stranger among the "
+        f"collection's faces; searches at thresholds above it are refused "
+        f"(identification default {DEFAULT_IDENTIFICATION_MAX_RISK:.0%})",
+    )
+
+
+def _probability(text: str) -> float:
+    """A probability as a fraction (0.01) or a percentage (1%)."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability (write 0.01 or 1%)") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 and at most 1 (100%)")
+    return value
 
 
 def _faces(parser: argparse.ArgumentParser) -> None:
@@ -299,6 +326,7 @@ def _policy_flags(args: argparse.Namespace) -> dict[str, Any]:
         "MinFaceMatchThreshold": args.min_threshold,
         "SearchesPerCallerPerMinute": args.searches_per_caller,
         "SearchesPerMinute": args.searches_per_minute,
+        "MaxFalseMatchRisk": args.max_false_match_risk,
     }
     return {name: value for name, value in given.items() if value is not None}
 
@@ -309,6 +337,8 @@ def _policy_lines(policy: dict[str, Any]) -> list[str]:
         f"  purposes: {', '.join(policy['Purposes'])}",
         f"  use: {use}; match threshold at least {policy['MinFaceMatchThreshold']:g}",
         f"  searches a minute: {policy['SearchesPerCallerPerMinute']} per caller, {policy['SearchesPerMinute']} in all",
+        "  false-match risk per searched face: "
+        + (f"at most {policy['MaxFalseMatchRisk']:.2%}" if "MaxFalseMatchRisk" in policy else "no limit"),
     ]
 
 
@@ -322,6 +352,36 @@ def cmd_collection_describe(args: argparse.Namespace, client: CandorClient) -> N
             f"  {response['CollectionARN']}, created {response['CreationTimestamp']}",
         ],
     )
+
+
+def cmd_collection_reindex(args: argparse.Namespace, client: CandorClient) -> None:
+    """Pages of CandorService.ReindexCollection until the collection is on this stack's face model."""
+    request: dict[str, Any] = {"CollectionId": args.collection, "DropUnreindexable": args.drop_unreindexable}
+    unreindexable: list[dict[str, Any]] = []
+    reindexed = 0
+    with tqdm(desc=f"re-indexing {args.collection}", unit="face", disable=args.json, file=sys.stderr) as bar:
+        while True:
+            response = client.call("CandorService.ReindexCollection", request)
+            reindexed += response["Reindexed"]
+            unreindexable += response["UnreindexableFaces"]
+            bar.total = reindexed + response["Remaining"]
+            bar.update(response["Reindexed"])
+            if "NextToken" not in response:
+                break
+            request["NextToken"] = response["NextToken"]
+    response = {**response, "Reindexed": reindexed, "UnreindexableFaces": unreindexable}
+    lines = [f"{args.collection}: {reindexed} face(s) re-embedded, model {response['FaceModelVersion']}"]
+    lines += [f"  cannot re-index {u['FaceId']} ({u.get('ExternalImageId') or 'no id'}): {u['Reason']}" for u in unreindexable]
+    if response["DroppedFaceIds"]:
+        lines.append(f"  dropped {len(response['DroppedFaceIds'])} face(s) that could not be re-indexed")
+    if not response["Complete"]:
+        lines.append(
+            f"  not switched: {response['Remaining']} face(s) are still on the old model; enrol them again or "
+            "delete them, or run again with --drop-unreindexable"
+        )
+    _print(args, response, lines)
+    if not response["Complete"]:
+        raise SystemExit(1)
 
 
 def cmd_collection_delete(args: argparse.Namespace, client: CandorClient) -> None:

@@ -253,6 +253,8 @@ def search_photo(
         return {"photo": photo.name, "faces": [], "error": str(error)}
     return {
         "photo": photo.name,
+        # The chance that a searched face matches a stranger among the collection's faces, at this threshold.
+        "false_match_risk": response.get("FalseMatchRisk"),
         "faces": [
             {
                 "bounding_box": face["BoundingBox"],
@@ -271,7 +273,9 @@ def format_result(result: dict[str, Any]) -> str:
     if result.get("error"):
         return f"{result['photo']}: {result['error']}"
     faces = result["faces"]
-    lines = [f"{result['photo']}: {len(faces)} face{'s' if len(faces) != 1 else ''}"]
+    risk = result.get("false_match_risk")
+    stated = f" (chance of a stranger among a face's matches: {_percent(risk)})" if risk is not None else ""
+    lines = [f"{result['photo']}: {len(faces)} face{'s' if len(faces) != 1 else ''}{stated}"]
     for number, face in enumerate(faces, 1):
         box = face["bounding_box"]
         where = f"at left {box['Left']:.2f} top {box['Top']:.2f} size {box['Width']:.2f}x{box['Height']:.2f}"
@@ -279,6 +283,15 @@ def format_result(result: dict[str, Any]) -> str:
         who = f"{best['identity']} (similarity {best['similarity']:.1f})" if best else "no match"
         lines.append(f"  face {number} {where}: {who}")
     return "\n".join(lines)
+
+
+def _percent(probability: float) -> str:
+    """A small probability readably: 0.0012% rather than 1.2e-05."""
+    if probability == 0:
+        return "0%"
+    if probability >= 0.001:
+        return f"{probability:.1%}"
+    return f"{probability * 100:.2g}%"
 
 
 def _enrolment_plan(path: Path, person: str | None) -> list[EnrolmentPhoto]:

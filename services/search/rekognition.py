@@ -14,10 +14,11 @@ import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from candor import collection_service as service
-from candor.accountability import Accountability, Returned
+from candor.accountability import Accountability, Returned, SearchAuthorization
 from candor.audit import ACCOUNT_CHAIN
 from candor.collection_service import CollectionStore, UserMatch
 from candor.enrolment import COLLECTION_ID_PATTERN, validate_collection_id
@@ -32,12 +33,13 @@ from candor.errors import (
     ResourceNotFoundError,
     ThresholdBelowFloorError,
 )
-from candor.faces import LANDMARK_TYPES, DetectedFace, FaceRecord, Match
+from candor.faces import LANDMARK_TYPES, DetectedFace, FaceRecord, Match, PhotoRecord, PhotoStatus
 from candor.images import decode_image
 from candor.indexing import assess_faces, index_faces
 from candor.policy import Caller, CollectionPolicy, parse_policy
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore, PhotoRepository
 from candor.quality import AssessedFace, QualityFilter, parse_quality_filter, quality_reasons
+from candor.reindex import reindex_collection
 from candor.search import CollectionIndexes, ImageSearchResult, search_image
 from candor.settings import (
     DEFAULT_FACE_MATCH_THRESHOLD,
@@ -64,6 +66,8 @@ EXCEPTION_NAMES = {
     "PurposeNotDeclared": "AccessDeniedException",
     "ThresholdBelowFloor": "InvalidParameterException",
     "QuotaExceeded": "LimitExceededException",
+    "FalseMatchRiskTooHigh": "InvalidParameterException",
+    "FaceModelMismatch": "InvalidParameterException",
 }
 T = TypeVar("T")
 # Rekognition's default page sizes when MaxResults is not given.
@@ -202,6 +206,8 @@ def policy_shape(policy: CollectionPolicy) -> dict[str, Any]:
         "MinFaceMatchThreshold": policy.floor,
         "SearchesPerCallerPerMinute": policy.searches_per_caller_per_minute,
         "SearchesPerMinute": policy.searches_per_minute,
+        # The limit in force (the identification default when none was set); absent: no limit.
+        **({"MaxFalseMatchRisk": policy.max_risk} if policy.max_risk is not None else {}),
     }
 
 
@@ -214,9 +220,14 @@ def _collection(api: FaceApi, request: dict[str, Any]) -> Collection:
 
 
 def describe_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    collection, index, _ = api.indexes.get(str(_required(request, "CollectionId")))
+    collection = _collection(api, request)
+    if collection.face_model_version == api.indexes.model_version:
+        _, index, _ = api.indexes.get(collection.collection_id)
+        face_count = len(index)
+    else:  # waiting for a re-index: this stack cannot load its vectors, but can count its faces
+        face_count = sum(1 for _ in api.store.faces.list_collection(collection.collection_id))
     return {
-        "FaceCount": len(index),
+        "FaceCount": face_count,
         "UserCount": service.count_users(api.store, collection.collection_id),
         "FaceModelVersion": collection.face_model_version,
         "CollectionARN": api.collection_arn(collection.collection_id),
@@ -231,9 +242,10 @@ def list_collections(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     if after is not None and not COLLECTION_ID_PATTERN.match(after):
         raise InvalidPaginationTokenError(f"{after!r} is not a NextToken this listing gave")
     ids = [collection_id for collection_id in api.collections.list_ids() if after is None or collection_id > after]
+    page = [api.collections.get(collection_id) for collection_id in ids[:limit]]
     response: dict[str, Any] = {
         "CollectionIds": ids[:limit],
-        "FaceModelVersions": [EMBEDDER_VERSION] * len(ids[:limit]),
+        "FaceModelVersions": [c.face_model_version if c else EMBEDDER_VERSION for c in page],
     }
     if len(ids) > limit:
         response["NextToken"] = ids[limit - 1]
@@ -257,11 +269,14 @@ def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, An
     """Rekognition's IndexFaces, with the one addition Candor requires: the consent reference."""
     max_faces = _integer(request, "MaxFaces", MAX_FACES, 1, 2**31 - 1) if "MaxFaces" in request else None
     # A missing collection is refused first: refusals are audited in chains of collections that exist.
-    collection_id = _collection(api, request).collection_id
+    collection = _collection(api, request)
+    collection_id = collection.collection_id
+    api.indexes.require_model(collection)
     consent = api.accountability.require_consent(collection_id, api.caller, "IndexFaces")
     external_image_id = _optional_str(request, "ExternalImageId")
+    image = _required(request, "Image")
     result = index_faces(
-        api.image_bytes(_required(request, "Image")),
+        api.image_bytes(image),
         collection_id,
         external_image_id=external_image_id,
         consent_reference=consent,
@@ -273,6 +288,22 @@ def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, An
         collections=api.collections,
         min_confidence=api.min_confidence,
     )
+    if result.indexed and isinstance(image.get("S3Object"), dict):
+        # Where the faces came from, so that a re-index with another face model can embed them again.
+        source = image["S3Object"]
+        api.photos.save(
+            PhotoRecord(
+                result.image_id,
+                str(source["Bucket"]),
+                str(source["Name"]),
+                PhotoStatus.COMPLETE,
+                image_width=result.image_width,
+                image_height=result.image_height,
+                faces=[assessed.face for _, assessed in result.indexed],
+                face_ids=[record.face_id for record, _ in result.indexed],
+                embedder_version=api.embedder.version,
+            )
+        )
     if result.indexed:
         api.accountability.record_enrolment(
             collection_id,
@@ -332,7 +363,8 @@ def delete_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 def search_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     face_id = str(_required(request, "FaceId"))
     max_faces = _integer(request, "MaxFaces", 1, 1, 4096)
-    collection_id, threshold = _authorize(api, request, "SearchFaces", "FaceMatchThreshold")
+    collection_id, authorized = _authorize(api, request, "SearchFaces", "FaceMatchThreshold")
+    threshold = authorized.threshold
     matches = _audited(
         api,
         collection_id,
@@ -341,11 +373,13 @@ def search_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
         lambda: service.search_by_face_id(api.store, collection_id, face_id, threshold=threshold, max_faces=max_faces),
         lambda found: [[Returned(m.face_id, m.similarity) for m in found]],
         searched=face_id,
+        authorization=authorized,
     )
     return {
         "SearchedFaceId": face_id,
         "FaceMatches": [face_match(m) for m in matches],
         "FaceModelVersion": EMBEDDER_VERSION,
+        "FalseMatchRisk": authorized.false_match_risk,
     }
 
 
@@ -546,7 +580,8 @@ def disassociate_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 def search_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     user_id, face_id = _optional_str(request, "UserId"), _optional_str(request, "FaceId")
     max_users = _integer(request, "MaxUsers", DEFAULT_USER_PAGE, 1, 500)
-    collection_id, threshold = _authorize(api, request, "SearchUsers", "UserMatchThreshold")
+    collection_id, authorized = _authorize(api, request, "SearchUsers", "UserMatchThreshold")
+    threshold = authorized.threshold
     matches = _audited(
         api,
         collection_id,
@@ -557,8 +592,13 @@ def search_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
         ),
         lambda found: [[Returned(m.user_id, m.similarity) for m in found]],
         searched=user_id or face_id,
+        authorization=authorized,
     )
-    response: dict[str, Any] = {"UserMatches": [user_match(m) for m in matches], "FaceModelVersion": EMBEDDER_VERSION}
+    response: dict[str, Any] = {
+        "UserMatches": [user_match(m) for m in matches],
+        "FaceModelVersion": EMBEDDER_VERSION,
+        "FalseMatchRisk": authorized.false_match_risk,
+    }
     if user_id is not None:
         response["SearchedUser"] = {"UserId": user_id}
     else:
@@ -572,16 +612,18 @@ def search_users_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, An
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
     # image_bytes has applied the limit of the image's source (5 MB of Bytes, 15 MB of an S3 object).
     probe = api.image_bytes(_required(request, "Image"))
-    collection_id, threshold = _authorize(api, request, "SearchUsersByImage", "UserMatchThreshold", probe)
-    return _audited(
+    collection_id, authorized = _authorize(api, request, "SearchUsersByImage", "UserMatchThreshold", probe)
+    response = _audited(
         api,
         collection_id,
         "SearchUsersByImage",
-        threshold,
-        lambda: _search_users_by_image(api, collection_id, probe, threshold, max_users, quality_filter),
+        authorized.threshold,
+        lambda: _search_users_by_image(api, collection_id, probe, authorized.threshold, max_users, quality_filter),
         lambda response: [[Returned(m["User"]["UserId"], m["Similarity"]) for m in response["UserMatches"]]],
         probe=probe,
+        authorization=authorized,
     )
+    return {**response, "FalseMatchRisk": authorized.false_match_risk}
 
 
 def _search_users_by_image(
@@ -615,7 +657,7 @@ def _search_users_by_image(
 
 
 def search_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    result = _search(api, request, "SearchFacesByImage", largest_face_only=True)
+    result, authorized = _search(api, request, "SearchFacesByImage", largest_face_only=True)
     searched = result.faces[0]
     box = searched.face.bounding_box
     return {
@@ -623,12 +665,13 @@ def search_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, An
         "SearchedFaceConfidence": searched.face.confidence * 100,
         "FaceMatches": [face_match(match) for match in searched.matches],
         "FaceModelVersion": EMBEDDER_VERSION,
+        "FalseMatchRisk": authorized.false_match_risk,
     }
 
 
 def search_all_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Candor's own operation: SearchFacesByImage for every face in the photo, not only the largest."""
-    result = _search(api, request, "SearchAllFacesByImage", largest_face_only=False)
+    result, authorized = _search(api, request, "SearchAllFacesByImage", largest_face_only=False)
     return {
         "Faces": [
             {
@@ -640,15 +683,19 @@ def search_all_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str
             for item in result.faces
         ],
         "FaceModelVersion": EMBEDDER_VERSION,
+        "FalseMatchRisk": authorized.false_match_risk,
     }
 
 
-def _search(api: FaceApi, request: dict[str, Any], operation: str, *, largest_face_only: bool) -> ImageSearchResult:
+def _search(
+    api: FaceApi, request: dict[str, Any], operation: str, *, largest_face_only: bool
+) -> tuple[ImageSearchResult, SearchAuthorization]:
     max_matches = _integer(request, "MaxFaces", 1 if largest_face_only else 5, 1, 4096)
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
     probe = api.image_bytes(_required(request, "Image"))
-    collection_id, threshold = _authorize(api, request, operation, "FaceMatchThreshold", probe)
-    return _audited(
+    collection_id, authorized = _authorize(api, request, operation, "FaceMatchThreshold", probe)
+    threshold = authorized.threshold
+    result = _audited(
         api,
         collection_id,
         operation,
@@ -667,19 +714,23 @@ def _search(api: FaceApi, request: dict[str, Any], operation: str, *, largest_fa
         ),
         lambda result: [[Returned(m.face_id, m.similarity) for m in face.matches] for face in result.faces],
         probe=probe,
+        authorization=authorized,
     )
+    return result, authorized
 
 
 def _authorize(
     api: FaceApi, request: dict[str, Any], operation: str, threshold_name: str, probe: bytes | None = None
-) -> tuple[str, float]:
-    """The collection's rules for this caller: the threshold to search at, or a refusal (audited)."""
+) -> tuple[str, SearchAuthorization]:
+    """The collection's rules for this caller: the threshold to search at and its false-match risk against
+    the collection's faces, or a refusal (audited)."""
     collection = _collection(api, request)
     asked = _number(request, threshold_name, 0, 0, 100) if threshold_name in request else None
-    threshold = api.accountability.authorize_search(
-        collection.collection_id, collection.policy, api.caller, operation, asked, probe
+    _, index, _ = api.indexes.get(collection.collection_id)
+    authorized = api.accountability.authorize_search(
+        collection.collection_id, collection.policy, api.caller, operation, asked, probe, faces=len(index)
     )
-    return collection.collection_id, threshold
+    return collection.collection_id, authorized
 
 
 def _audited(
@@ -692,19 +743,78 @@ def _audited(
     *,
     probe: bytes | None = None,
     searched: str | None = None,
+    authorization: SearchAuthorization | None = None,
 ) -> T:
     """Runs an allowed search and audits what it returns before the caller sees it."""
+    record = partial(
+        api.accountability.record_search,
+        chain,
+        api.caller,
+        operation,
+        threshold=threshold,
+        probe=probe,
+        searched=searched,
+        authorization=authorization,
+    )
     try:
         result = run()
     except CandorError as error:
-        api.accountability.record_search(
-            chain, api.caller, operation, threshold=threshold, matches=[], probe=probe, searched=searched, error=error
-        )
+        record(matches=[], error=error)
         raise
-    api.accountability.record_search(
-        chain, api.caller, operation, threshold=threshold, matches=returned(result), probe=probe, searched=searched
-    )
+    record(matches=returned(result))
     return result
+
+
+def reindex_collection_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    """Candor's own: one page of re-embedding a collection with this stack's face model (candor/reindex.py)."""
+    collection = _collection(api, request)
+    drop = request.get("DropUnreindexable", False)
+    if not isinstance(drop, bool):
+        raise InvalidParameterError("DropUnreindexable must be true or false")
+    before = collection.face_model_version
+    progress = reindex_collection(
+        collection.collection_id,
+        collections=api.collections,
+        faces=api.store.faces,
+        photos=api.photos,
+        images=api.images,
+        detector=api.detector,
+        embedder=api.embedder,
+        min_confidence=api.min_confidence,
+        next_token=_optional_str(request, "NextToken"),
+        page_size=_integer(request, "MaxFaces", 100, 1, 1000),
+        drop_unreindexable=drop,
+    )
+    switched = before != progress.face_model_version
+    if progress.reindexed or progress.dropped or switched:
+        api.accountability.record_reindex(
+            collection.collection_id,
+            api.caller,
+            "ReindexCollection",
+            from_model=before,
+            to_model=progress.target_model_version,
+            reindexed=progress.reindexed,
+            dropped_face_ids=progress.dropped or None,
+            switched=switched,
+        )
+    if switched:
+        api.indexes.forget(collection.collection_id)  # the old model's snapshots: never loaded again
+    response: dict[str, Any] = {
+        "CollectionId": collection.collection_id,
+        "FaceModelVersion": progress.face_model_version,
+        "TargetFaceModelVersion": progress.target_model_version,
+        "Reindexed": progress.reindexed,
+        "Remaining": progress.remaining,
+        "Complete": progress.complete,
+        "UnreindexableFaces": [
+            _without_none({"FaceId": u.face_id, "ExternalImageId": u.external_image_id, "Reason": u.reason})
+            for u in progress.unreindexable
+        ],
+        "DroppedFaceIds": progress.dropped,
+    }
+    if progress.next_token:
+        response["NextToken"] = progress.next_token
+    return response
 
 
 def face_detail(assessed: AssessedFace, width: int, height: int) -> dict[str, Any]:
@@ -790,5 +900,6 @@ CANDOR_OPERATIONS: dict[str, Operation] = {
     "PutCollectionPolicy": put_collection_policy,
     "DescribeCollectionPolicy": describe_collection_policy,
     "ErasePerson": erase_person_operation,
+    "ReindexCollection": reindex_collection_operation,
 }
 SERVICES: dict[str, dict[str, Operation]] = {"RekognitionService": OPERATIONS, "CandorService": CANDOR_OPERATIONS}

@@ -1,7 +1,8 @@
 """The rules every enrolment and search passes, and the audit entry each one leaves.
 
 A search is allowed only for a purpose its collection declares (with a case reference unless the purpose
-is `general`), at a threshold no lower than the collection's floor, and within its quotas; a refusal is
+is `general`), at a threshold no lower than the collection's floor, at a threshold whose risk of matching a
+stranger among the collection's faces is within its MaxFalseMatchRisk, and within its quotas; a refusal is
 audited before it is returned. An allowed search is audited with what it returned before the caller sees
 it: if the audit log cannot be written, the search fails.
 """
@@ -17,11 +18,13 @@ from candor.audit import AuditEvent, AuditLog, sha256_hex
 from candor.errors import (
     CandorError,
     ConsentRequiredError,
+    FalseMatchRiskTooHighError,
     PurposeNotDeclaredError,
     QuotaExceededError,
     ThresholdBelowFloorError,
 )
 from candor.policy import GENERAL_PURPOSE, Caller, CollectionPolicy
+from candor.similarity import fmr_of_similarity, lowest_threshold_for_risk, risk_of_false_match
 
 QUOTA_WINDOW_S = 60
 
@@ -30,6 +33,17 @@ class QuotaCounter(Protocol):
     def consume(self, key: str, limit: int, expires_at: int) -> bool:
         """Counts one use of `key`; False (and nothing counted) when `limit` uses were already counted."""
         ...
+
+
+@dataclass(frozen=True)
+class SearchAuthorization:
+    """An allowed search: its threshold, the false-match rate that threshold stands for, and the chance
+    that one searched face matches a stranger among the collection's `faces` faces."""
+
+    threshold: float
+    faces: int
+    false_match_rate: float
+    false_match_risk: float
 
 
 @dataclass(frozen=True)
@@ -63,8 +77,10 @@ class Accountability:
         operation: str,
         threshold: float | None,
         probe: bytes | None = None,
-    ) -> float:
-        """The threshold the search runs at (the floor when none was given); refusals are audited, then raised."""
+        faces: int = 0,
+    ) -> SearchAuthorization:
+        """The threshold the search runs at (the floor when none was given) and its false-match risk against
+        the collection's `faces` faces; refusals are audited, then raised."""
         try:
             if caller.purpose not in policy.purposes:
                 raise PurposeNotDeclaredError(
@@ -82,11 +98,21 @@ class Accountability:
                     f"collection {collection_id!r} is used for {use}: a match threshold below "
                     f"{policy.floor:g} is refused (asked for {effective:g})"
                 )
+            rate = fmr_of_similarity(effective)
+            risk = risk_of_false_match(rate, faces)
+            limit = policy.max_risk
+            if limit is not None and risk > limit:
+                lowest = max(policy.floor, lowest_threshold_for_risk(limit, faces))
+                raise FalseMatchRiskTooHighError(
+                    f"at threshold {effective:g}, a search of {collection_id!r} ({faces:,} faces) matches a stranger "
+                    f"with probability {risk:.2%}; its MaxFalseMatchRisk is {limit:.2%}. The lowest threshold "
+                    f"that passes is {lowest:.2f}"
+                )
             self._consume_quotas(collection_id, policy, caller)
         except CandorError as error:
-            self.refuse(collection_id, caller, operation, error, probe=probe, threshold=threshold)
+            self.refuse(collection_id, caller, operation, error, probe=probe, threshold=threshold, faces=faces)
             raise
-        return effective
+        return SearchAuthorization(effective, faces, rate, risk)
 
     def record_search(
         self,
@@ -99,9 +125,21 @@ class Accountability:
         probe: bytes | None = None,
         searched: str | None = None,
         error: CandorError | None = None,
+        authorization: SearchAuthorization | None = None,
     ) -> None:
         """One entry per search: `matches` holds, per searched face, what was returned; a search that
-        failed after it was allowed (no face in the photo) is recorded with its reason."""
+        failed after it was allowed (no face in the photo) is recorded with its reason. The false-match
+        risk is recorded per searched face and for all the faces the search compared."""
+        risk: dict[str, Any] = {}
+        if authorization is not None:
+            risk = {
+                "collection_faces": authorization.faces,
+                "false_match_rate": authorization.false_match_rate,
+                "false_match_risk": authorization.false_match_risk,
+                "false_match_risk_all_faces": risk_of_false_match(
+                    authorization.false_match_rate, authorization.faces * max(1, len(matches))
+                ),
+            }
         self.audit.append(
             collection_id,
             AuditEvent.SEARCH,
@@ -115,6 +153,7 @@ class Accountability:
             faces_matched=sum(1 for face in matches if face),
             matches=[[{"id": m.id, "similarity": m.similarity} for m in face] for face in matches],
             reason=error.code if error else None,
+            **risk,
         )
 
     def _consume_quotas(self, collection_id: str, policy: CollectionPolicy, caller: Caller) -> None:
@@ -174,6 +213,9 @@ class Accountability:
     def record_collection(self, collection_id: str, caller: Caller, operation: str, policy: CollectionPolicy) -> None:
         self._allowed(collection_id, AuditEvent.COLLECTION, caller, operation, policy=policy.to_dict())
 
+    def record_reindex(self, collection_id: str, caller: Caller, operation: str, **details: Any) -> None:
+        self._allowed(collection_id, AuditEvent.COLLECTION, caller, operation, **details)
+
     def record_erasure(self, collection_id: str, caller: Caller, operation: str, person: str, **details: Any) -> None:
         subject = subject_hash(collection_id, person)
         self._allowed(collection_id, AuditEvent.ERASURE, caller, operation, subject=subject, **details)
@@ -190,6 +232,7 @@ class Accountability:
         *,
         probe: bytes | None = None,
         threshold: float | None = None,
+        faces: int | None = None,
     ) -> None:
         self.audit.append(
             chain,
@@ -198,6 +241,7 @@ class Accountability:
             outcome="refused",
             **_caller_fields(caller),
             threshold=threshold,
+            **({"collection_faces": faces} if faces is not None else {}),
             probe_sha256=sha256_hex(probe) if probe is not None else None,
             reason=error.code,
             message=error.message,

@@ -82,6 +82,19 @@ class ThresholdBelowFloorError(CandorError):
     code = "ThresholdBelowFloor"
 
 
+class FalseMatchRiskTooHighError(CandorError):
+    """The search's threshold gives a higher chance of matching a stranger, at the collection's size, than
+    its policy's MaxFalseMatchRisk allows."""
+
+    code = "FalseMatchRiskTooHigh"
+
+
+class FaceModelMismatchError(CandorError):
+    """The collection holds embeddings of another face model than the one this stack runs."""
+
+    code = "FaceModelMismatch"
+
+
 class QuotaExceededError(CandorError):
     """More searches in the current minute than the collection allows a caller (or all callers)."""
 

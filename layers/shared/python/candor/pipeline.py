@@ -130,7 +130,7 @@ def embed_photo(
     detected = [DetectedFace.from_dict(face) for face in request["faces"]]
     try:
         stored = images.get(photo.bucket, photo.key, request.get("version_id"), max_bytes=MAX_OBJECT_IMAGE_BYTES)
-        _require_collection(collections, enrolment)
+        _require_collection(collections, enrolment, embedder.version)
         image = decode_image(stored.data, MAX_OBJECT_IMAGE_BYTES)
     except CandorError as error:
         return _record_failure(photos, photo, error, retention_days)
@@ -163,11 +163,18 @@ def embed_photo(
     return photo
 
 
-def _require_collection(collections: CollectionRepository, enrolment: Enrolment | None) -> None:
-    if enrolment is not None and collections.get(enrolment.collection_id) is None:
+def _require_collection(
+    collections: CollectionRepository, enrolment: Enrolment | None, model_version: str | None = None
+) -> None:
+    if enrolment is None:
+        return
+    collection = collections.get(enrolment.collection_id)
+    if collection is None:
         raise ResourceNotFoundError(
             f"collection {enrolment.collection_id!r} does not exist: create it before enrolling into it"
         )
+    if model_version is not None:
+        collection.require_face_model(model_version)  # never two models' vectors in one collection
 
 
 def _refuse_without_consent(

@@ -20,6 +20,10 @@ DEFAULT_FLOOR = 80.0
 DEFAULT_SEARCHES_PER_CALLER = 60
 DEFAULT_SEARCHES_PER_COLLECTION = 600
 MAX_QUOTA = 1_000_000
+# The highest probability that one searched face matches a stranger somewhere in an identification
+# collection, at the search's threshold and the collection's size (candor/similarity.py,
+# risk_of_false_match): the threshold a search needs rises with the collection.
+DEFAULT_IDENTIFICATION_MAX_RISK = 0.01
 PURPOSE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 # A case reference or consent reference: printable, short, no line breaks (it is written to the audit log).
 REFERENCE_PATTERN = re.compile(r"^[\x20-\x7e]{1,256}$")
@@ -34,10 +38,19 @@ class CollectionPolicy:
     min_match_threshold: float = DEFAULT_FLOOR
     searches_per_caller_per_minute: int = DEFAULT_SEARCHES_PER_CALLER
     searches_per_minute: int = DEFAULT_SEARCHES_PER_COLLECTION
+    # MaxFalseMatchRisk; None: DEFAULT_IDENTIFICATION_MAX_RISK for identification, no limit otherwise.
+    max_false_match_risk: float | None = None
 
     @property
     def floor(self) -> float:
         return max(self.min_match_threshold, IDENTIFICATION_FLOOR if self.identification else DEFAULT_FLOOR)
+
+    @property
+    def max_risk(self) -> float | None:
+        """The risk limit in force: the one set, else the identification default, else none."""
+        if self.max_false_match_risk is not None:
+            return self.max_false_match_risk
+        return DEFAULT_IDENTIFICATION_MAX_RISK if self.identification else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -51,11 +64,18 @@ class CollectionPolicy:
 
 def parse_policy(data: Any, *, api_names: bool = True) -> CollectionPolicy:
     """A policy from the API's shape (Purposes, Identification, MinFaceMatchThreshold, SearchesPerCallerPerMinute,
-    SearchesPerMinute) or the stored one (snake_case). Missing fields take the safe defaults."""
+    SearchesPerMinute, MaxFalseMatchRisk) or the stored one (snake_case). Missing fields take the safe defaults."""
     if not isinstance(data, dict):
         raise InvalidParameterError("Policy must be an object")
     names = (
-        ("Purposes", "Identification", "MinFaceMatchThreshold", "SearchesPerCallerPerMinute", "SearchesPerMinute")
+        (
+            "Purposes",
+            "Identification",
+            "MinFaceMatchThreshold",
+            "SearchesPerCallerPerMinute",
+            "SearchesPerMinute",
+            "MaxFalseMatchRisk",
+        )
         if api_names
         else (
             "purposes",
@@ -63,12 +83,13 @@ def parse_policy(data: Any, *, api_names: bool = True) -> CollectionPolicy:
             "min_match_threshold",
             "searches_per_caller_per_minute",
             "searches_per_minute",
+            "max_false_match_risk",
         )
     )
     unknown = set(data) - set(names)
     if unknown:
         raise InvalidParameterError(f"Policy has unknown fields {sorted(unknown)}; it takes {list(names)}")
-    purposes_field, identification_field, floor_field, caller_field, collection_field = names
+    purposes_field, identification_field, floor_field, caller_field, collection_field, risk_field = names
     purposes = data.get(purposes_field, [GENERAL_PURPOSE])
     if not isinstance(purposes, list) or not 1 <= len(purposes) <= 20:
         raise InvalidParameterError(f"{purposes_field} must list 1 to 20 purposes")
@@ -86,7 +107,16 @@ def parse_policy(data: Any, *, api_names: bool = True) -> CollectionPolicy:
         min_match_threshold=float(floor),
         searches_per_caller_per_minute=_quota(data, caller_field, DEFAULT_SEARCHES_PER_CALLER),
         searches_per_minute=_quota(data, collection_field, DEFAULT_SEARCHES_PER_COLLECTION),
+        max_false_match_risk=_risk(data.get(risk_field), risk_field),
     )
+
+
+def _risk(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise InvalidParameterError(f"{name} must be a probability above 0 and at most 1 (0.01 is 1%)")
+    return float(value)
 
 
 def _quota(data: dict[str, Any], name: str, default: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from candor.errors import FaceModelMismatchError
 from candor.faces import DetectedFace, FaceRecord, PhotoRecord
 from candor.policy import CollectionPolicy
 from candor.settings import INDEX_SHARD_SIZE
@@ -42,6 +43,15 @@ class Collection:
     face_count: int = 0
     # What the collection may be searched for, and how (candor/policy.py); the safe default otherwise.
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
+
+    def require_face_model(self, version: str) -> None:
+        """Refuses to mix or compare two models' vectors: the collection must hold faces of `version`."""
+        if self.face_model_version != version:
+            raise FaceModelMismatchError(
+                f"collection {self.collection_id!r} holds faces embedded by face model "
+                f"{self.face_model_version!r}; this stack embeds with {version!r} and never compares the two. "
+                f"Re-index it first: candor collections reindex {self.collection_id}"
+            )
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,11 @@ class CollectionRepository(Protocol):
 
     def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
         """Raises ResourceNotFoundError for a missing collection."""
+        ...
+
+    def set_model_version(self, collection_id: str, version: str) -> None:
+        """The face model the collection's faces are embedded with (after a re-index); ResourceNotFoundError
+        for a missing collection."""
         ...
 
 

@@ -13,7 +13,7 @@ from candor.index import VectorIndex
 from candor.index_sync import CollectionFaces, IndexSync, WarmCollection
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
 from candor.quality import QualityFilter, assess_face, quality_reasons
-from candor.settings import MAX_FACES, MAX_REQUEST_IMAGE_BYTES
+from candor.settings import EMBEDDER_VERSION, MAX_FACES, MAX_REQUEST_IMAGE_BYTES
 from candor.shards import RemoteShards, snapshot_name
 from candor.similarity import cosine_from_similarity, similarity_from_cosine
 
@@ -33,11 +33,21 @@ class ImageSearchResult:
 
 class CollectionIndexes:
     """Warm indexes, one per collection, brought up to date only when the collection's change number moved
-    (from its snapshot on a cold start, then by its change log: candor/index_sync.py)."""
+    (from its snapshot on a cold start, then by its change log: candor/index_sync.py).
 
-    def __init__(self, faces: FaceRepository, collections: CollectionRepository, sync: IndexSync | None = None) -> None:
+    Only collections of the face model this function embeds with (`model_version`) are searched: the vectors
+    of two models are never compared. Another model's collection is refused until it is re-indexed."""
+
+    def __init__(
+        self,
+        faces: FaceRepository,
+        collections: CollectionRepository,
+        sync: IndexSync | None = None,
+        model_version: str = EMBEDDER_VERSION,
+    ) -> None:
         self._faces = faces
         self._collections = collections
+        self.model_version = model_version
         self._warm: dict[str, WarmCollection] = {}
         self._lock = threading.Lock()
         self._sync = sync or IndexSync()  # without a snapshot store: built from the table on a cold start
@@ -46,6 +56,7 @@ class CollectionIndexes:
         collection = self._collections.get(validate_collection_id(collection_id))
         if collection is None:
             raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+        self.require_model(collection)
         with self._lock:
             warm = self._warm.get(collection_id)
             if warm is None or warm.change_seq != collection.change_seq or warm.created_at != collection.created_at:
@@ -56,10 +67,18 @@ class CollectionIndexes:
                 warm.index.collection = collection  # the shards are asked to reach this change number
         return collection, warm.index, warm.faces
 
+    def require_model(self, collection: Collection) -> None:
+        collection.require_face_model(self.model_version)
+
     def purge(self, collection_id: str) -> None:
         """After an erasure (logged): the collection's snapshots, and its shards', which hold the erased
         vectors, replaced by snapshots of the index without them, so no cold start has to rebuild from the
-        table. A snapshot that cannot be replaced is deleted."""
+        table. A snapshot that cannot be replaced is deleted, and so are all of a collection of another
+        face model (this function cannot load them; a re-index rebuilds them)."""
+        collection = self._collections.get(collection_id)
+        if collection is not None and collection.face_model_version != self.model_version:
+            self.forget(collection_id)
+            return
         self.get(collection_id)  # applies the erasure's change
         with self._lock:
             warm = self._warm[collection_id]

@@ -11,14 +11,21 @@ DEFAULT_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"
 
 DETECTOR_FILE = "yunet_2023mar.onnx"
 DETECTOR_VERSION = "yunet-2023mar"
-EMBEDDER_FILE = "facenet_20180408.onnx"
-# The pinned digests of the two model files: what the setup step builds and verifies, what a function
+# The pinned digests of the model files: what the setup step builds and verifies, what a function
 # fetching a model from the model bucket checks (layers/models/MODEL_CARD.md says where they come from).
 DETECTOR_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-EMBEDDER_SHA256 = "f0571d526e703ed8f5f06e5421c4f2ddcaee4ed0ae6dfa5b483bac93336905a9"
-# Names the crop too: embeddings made with another crop are not comparable.
-EMBEDDER_VERSION = "facenet-20180408-102900+box-stretch-0.10-0.05"
-EMBEDDING_SIZE = 512
+# The embedding models (candor/vision/embedder.py). A version names the model and its crop together:
+# embeddings of two versions are not comparable, so a collection keeps the version it was created with.
+FACENET_VERSION = "facenet-20180408-102900+box-stretch-0.10-0.05"
+FACENET_FILE = "facenet_20180408.onnx"
+FACENET_SHA256 = "f0571d526e703ed8f5f06e5421c4f2ddcaee4ed0ae6dfa5b483bac93336905a9"
+SFACE_VERSION = "sface-2021dec+five-point-112"
+SFACE_FILE = "sface_2021dec.onnx"
+SFACE_SHA256 = "c760c6ba3cf125434c91db5266f84b8bc9cf79de32f1ba68607e287ef09a6118"
+_EMBEDDER_FILES = {FACENET_VERSION: (FACENET_FILE, FACENET_SHA256, 512), SFACE_VERSION: (SFACE_FILE, SFACE_SHA256, 128)}
+# The model new collections get: chosen on LFW (docs/benchmarks.md, "Accuracy on LFW").
+EMBEDDER_VERSION = SFACE_VERSION
+EMBEDDER_FILE, EMBEDDER_SHA256, EMBEDDING_SIZE = _EMBEDDER_FILES[EMBEDDER_VERSION]
 
 # Rekognition's limits: 5 MB for image bytes in a request, 15 MB for an S3 object, 100 faces per image.
 MAX_REQUEST_IMAGE_BYTES = 5 * 1024 * 1024
@@ -129,7 +136,3 @@ class Settings:
             model_threads=int(env.get("MODEL_THREADS", "0")),
             retention_days=int(env.get("RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))),
         )
-
-
-# The cosine similarity that maps to the default FaceMatchThreshold (80); calibrated on ../shared/data/faces.
-COSINE_AT_DEFAULT_THRESHOLD = 0.47

@@ -314,6 +314,19 @@ class DynamoCollectionRepository:
                 raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
             raise
 
+    def set_model_version(self, collection_id: str, version: str) -> None:
+        try:
+            self._table.update_item(
+                Key={"collection_id": collection_id},
+                UpdateExpression="SET face_model_version = :v",
+                ConditionExpression="attribute_exists(collection_id)",
+                ExpressionAttributeValues={":v": version},
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
+            raise
+
 
 class DynamoChangeLog:
     """Each collection's numbered changes: (collection_id, seq) items that DynamoDB's TTL expires."""

@@ -136,6 +136,11 @@ class MemoryCollectionRepository:
             raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
         self.collections[collection_id].policy = policy
 
+    def set_model_version(self, collection_id: str, version: str) -> None:
+        if collection_id not in self.collections:
+            raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+        self.collections[collection_id].face_model_version = version
+
 
 class MemoryUserRepository:
     def __init__(self) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from candor import settings
 from candor.vision.detector import FaceDetector
-from candor.vision.embedder import FaceEmbedder
+from candor.vision.embedder import EMBEDDER_MODELS, FaceEmbedder
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -60,7 +60,17 @@ def _load_detector(model_dir: Path, intra_op_threads: int) -> FaceDetector:
     return FaceDetector(path, intra_op_threads)
 
 
+def load_embedder_version(model_dir: Path | str, version: str, intra_op_threads: int = 0) -> FaceEmbedder:
+    """The embedder of one model version (a collection's FaceModelVersion), whatever the default is."""
+    if version not in EMBEDDER_MODELS:
+        raise ValueError(f"unknown face model version {version!r}; known: {sorted(EMBEDDER_MODELS)}")
+    return _load_embedder(Path(model_dir).expanduser().resolve(), intra_op_threads, version)
+
+
 @lru_cache(maxsize=4)
-def _load_embedder(model_dir: Path, intra_op_threads: int) -> FaceEmbedder:
-    (path,) = _require(model_dir, settings.EMBEDDER_FILE)
-    return FaceEmbedder(path, intra_op_threads)
+def _load_embedder(
+    model_dir: Path, intra_op_threads: int, version: str = settings.EMBEDDER_VERSION
+) -> FaceEmbedder:
+    model = EMBEDDER_MODELS[version]
+    (path,) = _require(model_dir, model.file)
+    return FaceEmbedder(path, intra_op_threads, model=model)
