@@ -3,7 +3,12 @@
     candor bench accuracy --lfw ../shared/data/lfw [--json] [--peer] [--models VERSION,...] [--calibrate]
 
 Every photo goes through what the functions run: decode_image, YuNet at the service's detection threshold,
-the largest face (what an enrolment takes), the model's alignment, the embedder. Then:
+the face LFW labels (the one nearest the photo's centre: LFW's photos are centred on their subject, and
+some show a larger face of someone else), the model's alignment, the embedder. Known errors of LFW's
+labels are corrected before pairs are counted: one person under two names counts as one
+(benchmarks/lfw_aliases.txt), and a photograph filed under two names, or showing someone else, is left out
+of the all-pairs figures (benchmarks/lfw_excluded.txt; pairs.txt is scored as published).
+Then:
 
 - all pairs of photos: same person (genuine) and different people (impostor), FMR and FNMR at similarity
   80, 90 and 99, and the true-match rate (TAR) at a false-match rate of 1e-3, 1e-4 and 1e-5. A photo where
@@ -35,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.report import replace_section, table
 from candor import settings, similarity
 from candor.errors import CandorError
-from candor.faces import DetectedFace
+from candor.faces import BoundingBox, DetectedFace
 from candor.images import decode_image
 from candor.vision import EMBEDDER_MODELS, FaceDetector, FaceEmbedder, load_detector, load_embedder_version
 
@@ -57,12 +63,35 @@ PEER_DEFAULT_PHOTOS = 1200
 PEER_SEED = 14
 
 
+LFW_ALIASES = Path(__file__).with_name("lfw_aliases.txt")
+# Photos left out of the all-pairs counts: one photograph filed under two names, or a photo of someone else.
+LFW_EXCLUDED = Path(__file__).with_name("lfw_excluded.txt")
+
+
+def read_excluded(path: Path) -> set[str]:
+    """Photo names (Name_NNNN), one a line; '#' starts a comment."""
+    return {line.split("#", 1)[0].strip() for line in path.read_text().splitlines()} - {""}
+
+
+def read_aliases(path: Path) -> list[tuple[str, str]]:
+    """(name, alias) pairs: lines of two LFW names of one person; '#' starts a comment."""
+    pairs = []
+    for line in path.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            if len(fields) != 2:
+                raise SystemExit(f"bench accuracy: {path}: expected two names per line, got {line!r}")
+            pairs.append((fields[0], fields[1]))
+    return pairs
+
+
 @dataclass
 class Lfw:
     photos: list[Path]
     identities: np.ndarray  # one integer per photo
     names: list[str]  # one per identity
     pairs: list[tuple[int, int, bool, int]]  # photo index, photo index, same person, fold
+    counted: np.ndarray  # per photo: whether its pairs count in the all-pairs figures (LFW_EXCLUDED)
 
 
 def load_lfw(root: Path) -> Lfw:
@@ -71,12 +100,15 @@ def load_lfw(root: Path) -> Lfw:
     if not images.is_dir() or not (root / "pairs.txt").is_file():
         raise SystemExit(f"bench accuracy: {root} is not an LFW folder (it needs images/<Name>/*.jpg and pairs.txt)")
     names = sorted(p.name for p in images.iterdir() if p.is_dir())
+    # One person under two names counts as one identity (an alias takes its first name's number).
+    same_as = {alias: name for name, alias in read_aliases(LFW_ALIASES) if name in names and alias in names}
+    numbers = {name: number for number, name in enumerate(names)}
     photos: list[Path] = []
     identities: list[int] = []
-    for number, name in enumerate(names):
+    for name in names:
         for photo in sorted((images / name).glob("*.jpg")):
             photos.append(photo)
-            identities.append(number)
+            identities.append(numbers[same_as.get(name, name)])
     index = {photo.relative_to(images).as_posix(): i for i, photo in enumerate(photos)}
 
     def photo(name: str, number: str) -> int:
@@ -99,7 +131,9 @@ def load_lfw(root: Path) -> Lfw:
             raise SystemExit(f"bench accuracy: pairs.txt line {number + 2} is not a pair: {line!r}")
     if len(pairs) != folds * 2 * per_fold:
         raise SystemExit(f"bench accuracy: pairs.txt has {len(pairs)} pairs, its header says {folds * 2 * per_fold}")
-    return Lfw(photos, np.asarray(identities, dtype=np.int64), names, pairs)
+    excluded = read_excluded(LFW_EXCLUDED)
+    counted = np.array([photo.stem not in excluded for photo in photos])
+    return Lfw(photos, np.asarray(identities, dtype=np.int64), names, pairs, counted)
 
 
 # --------------------------------------------------------------------------------------- the functions' code
@@ -157,7 +191,7 @@ def cached_embeddings(
     photos: Sequence[Path], detections: Detections, embedder: FaceEmbedder, min_confidence: float, cache: Path | None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """embed_all, or an earlier run's from `cache` (--cache)."""
-    key = _fingerprint(photos, embedder.version, min_confidence, settings.DETECTOR_VERSION)
+    key = _fingerprint(photos, embedder.version, min_confidence, settings.DETECTOR_VERSION, "centre-face")
     path = cache / f"embeddings-{key}.npz" if cache else None
     if path is not None and path.is_file():
         data = np.load(path)
@@ -170,10 +204,17 @@ def cached_embeddings(
     return vectors, has_face, seconds
 
 
-def chosen_face(faces: Sequence[DetectedFace], min_confidence: float) -> DetectedFace | None:
-    """What an enrolment takes: the largest face at or above the service's detection threshold."""
+def chosen_face(
+    faces: Sequence[DetectedFace], min_confidence: float, width: float, height: float
+) -> DetectedFace | None:
+    """The face LFW labels: of those at or above the service's detection threshold, the nearest to the
+    photo's centre."""
     kept = [face for face in faces if face.confidence >= min_confidence]
-    return max(kept, key=lambda face: face.bounding_box.area) if kept else None
+    return min(kept, key=lambda face: _off_centre(face.bounding_box, width, height)) if kept else None
+
+
+def _off_centre(box: Any, width: float, height: float) -> float:
+    return float(np.hypot(box.left + box.width / 2 - width / 2, box.top + box.height / 2 - height / 2))
 
 
 def embed_all(
@@ -186,10 +227,12 @@ def embed_all(
     for i, path in enumerate(
         tqdm(photos, desc=f"embed {embedder.version}", unit="photo", file=sys.stderr, mininterval=2.0)
     ):
-        face = chosen_face(detections.faces[i], min_confidence)
-        if face is None:
+        if not detections.faces[i]:
             continue
         image = decode_image(path.read_bytes(), settings.MAX_OBJECT_IMAGE_BYTES)
+        face = chosen_face(detections.faces[i], min_confidence, image.width, image.height)
+        if face is None:
+            continue
         vectors[i] = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale)])[0]
         has_face[i] = True
     return vectors, has_face, time.perf_counter() - started
@@ -241,7 +284,7 @@ def rate_at_or_above(sorted_scores: np.ndarray, threshold: float) -> float:
 
 def tar_at_fmr(scores: Scores, fmr: float) -> float:
     """The share of genuine pairs above the lowest threshold that lets through at most `fmr` of impostors."""
-    allowed = int(math.floor(fmr * len(scores.impostor)))
+    allowed = math.floor(fmr * len(scores.impostor))
     threshold = scores.impostor[-allowed - 1] if allowed < len(scores.impostor) else -np.inf
     # Strictly above: a genuine pair tied with the impostor that sets the threshold is not counted.
     return float(len(scores.genuine) - np.searchsorted(scores.genuine, threshold, side="right")) / len(scores.genuine)
@@ -298,13 +341,15 @@ def verification_figures(
 
 
 def calibration_check(
-    vectors: np.ndarray, has_face: np.ndarray, identities: np.ndarray, model_version: str
+    vectors: np.ndarray, has_face: np.ndarray, identities: np.ndarray, model_version: str, counted: np.ndarray
 ) -> dict[str, Any]:
     """Fit the scale on half of the people and measure it on the other half (and the other way round):
     what the promised false-match rates are worth on people the fit never saw."""
     halves = np.array([int(hashlib.sha256(str(i).encode()).hexdigest(), 16) % 2 for i in identities])
     scores_of = cosine_scores(vectors, has_face)
-    impostors = [all_pair_scores(scores_of, identities, np.flatnonzero(halves == h)).impostor for h in (0, 1)]
+    impostors = [
+        all_pair_scores(scores_of, identities, np.flatnonzero((halves == h) & counted)).impostor for h in (0, 1)
+    ]
     measured: dict[str, list[float]] = {f"{s:g}": [] for s in SIMILARITIES}
     for fit, test in ((0, 1), (1, 0)):
         scale = similarity.fit_calibration(impostors[fit], model_version)
@@ -334,7 +379,8 @@ def peer_subset(lfw: Lfw, photos: int, seed: int = PEER_SEED) -> list[int]:
 
 
 def run_peer(lfw: Lfw, subset: list[int]) -> tuple[np.ndarray, np.ndarray, float]:
-    """face_recognition's encodings of the subset's photos (its largest face), and its seconds per photo."""
+    """face_recognition's encodings of the subset's photos (the face nearest the centre, as for Candor), and
+    its seconds per photo."""
     from benchmarks.peer import run_peer as run_face_recognition
 
     run = run_face_recognition([lfw.photos[i] for i in subset], timeout_s=7200.0)
@@ -345,8 +391,11 @@ def run_peer(lfw: Lfw, subset: list[int]) -> tuple[np.ndarray, np.ndarray, float
         peer_photo = run.photos[lfw.photos[i]]
         seconds.append(peer_photo.seconds)
         if peer_photo.boxes:
-            largest = max(range(len(peer_photo.boxes)), key=lambda k: peer_photo.boxes[k][2] * peer_photo.boxes[k][3])
-            encodings[i] = peer_photo.encodings[largest]
+            with Image.open(lfw.photos[i]) as picture:
+                width, height = picture.size
+            boxes = [BoundingBox(*box) for box in peer_photo.boxes]
+            nearest = min(range(len(boxes)), key=lambda k: _off_centre(boxes[k], width, height))
+            encodings[i] = peer_photo.encodings[nearest]
             has_face[i] = True
     return encodings, has_face, float(np.mean(seconds))
 
@@ -387,7 +436,7 @@ def measure_model(
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     embedder = load_embedder_version(model_dir, version, threads)
     vectors, has_face, seconds = cached_embeddings(lfw.photos, detections, embedder, min_confidence, cache)
-    scores = all_pair_scores(cosine_scores(vectors, has_face), lfw.identities)
+    scores = all_pair_scores(cosine_scores(vectors, has_face), lfw.identities, np.flatnonzero(lfw.counted))
     if calibrate:
         fitted = similarity.fit_calibration(scores.impostor, version)
         path = similarity.write_calibration(fitted, source=f"LFW development half, {len(lfw.photos)} photos")
@@ -401,14 +450,54 @@ def measure_model(
     result["detect_rate"] = round(float(has_face.mean()), 4)
     result["seconds"] = round(detections.seconds + seconds, 1)
     result["embed_ms_per_photo"] = round(1000 * seconds / len(lfw.photos), 2)
-    result["calibration_check"] = calibration_check(vectors, has_face, lfw.identities, version)
+    result["calibration_check"] = calibration_check(vectors, has_face, lfw.identities, version, lfw.counted)
     if peer_rows is not None:
         keep = set(peer_rows)
-        sub_scores = all_pair_scores(cosine_scores(vectors, has_face), lfw.identities, np.asarray(peer_rows))
+        rows = np.asarray([i for i in peer_rows if lfw.counted[i]])
+        sub_scores = all_pair_scores(cosine_scores(vectors, has_face), lfw.identities, rows)
         a, b, same, folds = pairs_arrays(lfw, keep)
         sub_pairs = np.where(has_face[a] & has_face[b], np.sum(vectors[a] * vectors[b], axis=1), -np.inf)
         result["on_peer_subset"] = verification_figures(sub_scores, sub_pairs, same, folds, thresholds)
     return result, vectors, has_face
+
+
+# Crops tried for the default model with --variants: the template's scale about the crop's centre, and the
+# crop's embedding averaged with its mirror image's (twice the embedding time).
+VARIANTS = (("five-point 1.0 (the default)", 1.0, False), ("five-point 0.9", 0.9, False),
+            ("five-point 1.1", 1.1, False), ("five-point 1.0 + mirror", 1.0, True))  # fmt: skip
+
+
+def variant_figures(lfw: Lfw, detections: Detections, embedder: FaceEmbedder, min_confidence: float) -> dict[str, Any]:
+    """The default model's figures with other crops, each on its own impostors' scale (fitted here)."""
+    from candor.vision.align import FivePointAlignment, align_faces
+
+    figures: dict[str, Any] = {}
+    a, b, same, folds = pairs_arrays(lfw)
+    for name, scale, mirror in VARIANTS:
+        vectors = np.zeros((len(lfw.photos), embedder.embedding_size), dtype=np.float32)
+        has_face = np.zeros(len(lfw.photos), dtype=bool)
+        for i, path in enumerate(
+            tqdm(lfw.photos, desc=f"variant {name}", unit="photo", file=sys.stderr, mininterval=5)
+        ):
+            if not detections.faces[i]:
+                continue
+            image = decode_image(path.read_bytes(), settings.MAX_OBJECT_IMAGE_BYTES)
+            face = chosen_face(detections.faces[i], min_confidence, image.width, image.height)
+            if face is None:
+                continue
+            crop = align_faces(image.pixels, [face.scaled(1.0 / image.scale)], FivePointAlignment(scale), 112)
+            embedded = embedder.embed(np.concatenate([crop, crop[:, :, ::-1]]) if mirror else crop)
+            vector = embedded.sum(axis=0)
+            vectors[i], has_face[i] = vector / np.linalg.norm(vector), True
+        scores = all_pair_scores(cosine_scores(vectors, has_face), lfw.identities, np.flatnonzero(lfw.counted))
+        fitted = similarity.fit_calibration(scores.impostor, "variant")
+        pair_scores = np.where(has_face[a] & has_face[b], np.sum(vectors[a] * vectors[b], axis=1), -np.inf)
+        thresholds = {s: fitted.cosine_from_similarity(s) for s in SIMILARITIES}
+        result = verification_figures(scores, pair_scores, same, folds, thresholds)
+        keep = ("pairs_accuracy_at_80", "best_pairs_accuracy", "cv_pairs_accuracy", "fnmr_at_80", "fnmr_at_99",
+                "tar_at_fmr_1e-3", "tar_at_fmr_1e-4", "tar_at_fmr_1e-5")  # fmt: skip
+        figures[name] = {key: result[key] for key in keep}
+    return figures
 
 
 def detection_figures(detections: Detections, detect_dir: Path | None) -> dict[str, Any]:
@@ -475,10 +564,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["data"] = f"{args.lfw} ({len(lfw.photos)} photos, {len(lfw.names)} people, {len(lfw.pairs)} pairs)"
     result["models"] = models
     result["detection"] = detection_figures(detections, args.detect_photos)
+    if args.variants:
+        embedder = load_embedder_version(model_dir, settings.EMBEDDER_VERSION, args.threads)
+        result["crop_variants"] = variant_figures(lfw, detections, embedder, settings.MIN_DETECTION_CONFIDENCE)
     result["scale"] = {f"{s:g}": similarity.fmr_of_similarity(s) for s in (50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0)}
     if peer_rows is not None:
         encodings, has_face, seconds_per_photo = run_peer(lfw, peer_rows)
-        scores = all_pair_scores(peer_scores(encodings, has_face), lfw.identities, np.asarray(peer_rows))
+        rows = np.asarray([i for i in peer_rows if lfw.counted[i]])
+        scores = all_pair_scores(peer_scores(encodings, has_face), lfw.identities, rows)
         a, b, same, folds = pairs_arrays(lfw, set(peer_rows))
         pair_scores = np.where(
             has_face[a] & has_face[b], -np.linalg.norm(encodings[a] - encodings[b], axis=1), -np.inf
@@ -507,7 +600,7 @@ def _restricted(lfw: Lfw, keep: list[int]) -> Lfw:
     pairs = [
         (renumber[a], renumber[b], same, fold) for a, b, same, fold in lfw.pairs if a in renumber and b in renumber
     ]
-    return Lfw([lfw.photos[i] for i in keep], lfw.identities[keep], lfw.names, pairs)
+    return Lfw([lfw.photos[i] for i in keep], lfw.identities[keep], lfw.names, pairs, lfw.counted[keep])
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -545,9 +638,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
             row.append(_rate(value) if key.startswith(("fmr", "fnmr")) else value)
         rows.append(row)
     lines += [table(header, rows), ""]
-    lines += ["The scale (candor/similarity.py): similarity -> the false-match rate it stands for, and what it", ""]
-    lines += ["measured here for the default model:", ""]
-    main = result["models"][settings.EMBEDDER_VERSION] if settings.EMBEDDER_VERSION in result["models"] else result
+    lines += [
+        "The scale (candor/similarity.py): each similarity and the false-match rate it stands for, and what",
+        "the default model measured here (by construction on the photos its scale was fitted on):",
+        "",
+    ]
+    main = result["models"].get(settings.EMBEDDER_VERSION, result)
     scale_rows = [
         [s, _rate(similarity.fmr_of_similarity(float(s))), _rate(main.get(f"fmr_at_{s}", float("nan"))),
          _rate(main.get(f"fnmr_at_{s}", float("nan")))]
@@ -581,6 +677,18 @@ def markdown(result: dict[str, Any], command: str) -> str:
         table(["YuNet score threshold", "LFW photos with a face", "false positives on detect/ photos"], det_rows),
         "",
     ]
+    if "crop_variants" in result:
+        names = list(result["crop_variants"])
+        variant_keys = list(result["crop_variants"][names[0]])
+        lines += [
+            "Crops for the default model (each on a scale fitted to its own impostors; a mirror image's embedding",
+            "averaged in costs a second embedding per face):",
+            "",
+            table(
+                ["measure", *names], [[k, *(_fmt(result["crop_variants"][n][k]) for n in names)] for k in variant_keys]
+            ),
+            "",
+        ]
     if "peer" in result:
         peer = result["peer"]
         ours = main["on_peer_subset"]
@@ -622,6 +730,7 @@ def register(bench_subparsers: Any) -> None:
         "--models", default="", help=f"model versions, comma-separated (default: {settings.EMBEDDER_VERSION})"
     )
     parser.add_argument("--calibrate", action="store_true", help="fit each model's similarity scale here and save it")
+    parser.add_argument("--variants", action="store_true", help="also measure other crops for the default model")
     parser.add_argument("--limit", type=int, default=0, help="only about this many photos (a quick run)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: every core)")
     parser.add_argument(
@@ -639,6 +748,8 @@ def register(bench_subparsers: Any) -> None:
 def cmd_accuracy(args: argparse.Namespace) -> int:
     result = run(args)
     command = "candor bench accuracy --lfw ../shared/data/lfw" + (" --peer" if args.peer else "")
+    command += " --calibrate" if args.calibrate else ""
+    command += " --variants" if args.variants else ""
     if args.models:
         command += f" --models {args.models}"
     if not args.no_write and not args.limit:

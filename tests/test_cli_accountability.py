@@ -71,6 +71,7 @@ def test_a_collection_is_created_with_a_policy_that_policy_shows_and_changes(
         "  purposes: investigation, general",
         "  use: search only, no identification; match threshold at least 80",
         "  searches a minute: 30 per caller, 600 in all",
+        "  false-match risk per searched face: no limit",
     ]
 
     assert cli(["collections", "policy", collection]) == 0
@@ -82,6 +83,7 @@ def test_a_collection_is_created_with_a_policy_that_policy_shows_and_changes(
         "  purposes: investigation, general",
         "  use: identification; match threshold at least 99",
         "  searches a minute: 30 per caller, 100 in all",
+        "  false-match risk per searched face: at most 1.00% (the identification default)",
     ]
     assert cli(["collections", "policy", collection, "--json"]) == 0
     assert json.loads(_out(capsys)) == {
@@ -95,6 +97,8 @@ def test_a_collection_is_created_with_a_policy_that_policy_shows_and_changes(
     }
     assert cli(["collections", "policy", collection, "--no-identification", "--min-threshold", "90"]) == 0
     assert "  use: search only, no identification; match threshold at least 90" in _out(capsys).splitlines()
+    assert cli(["collections", "policy", collection, "--max-false-match-risk", "0.5%"]) == 0
+    assert "  false-match risk per searched face: at most 0.50%" in _out(capsys).splitlines()
 
     # A plain create is Rekognition's, and declares the purpose general only.
     plain = _name("plain")
@@ -138,7 +142,10 @@ def test_searches_state_a_declared_purpose_and_a_case(
     assert cli([*probe, "--json"]) == 0
     assert "FaceMatches" in json.loads(_out(capsys))
     assert cli(["search", str(faces_dir / "probe/obama1.jpg"), "--collection", collection]) == 0
-    assert _out(capsys).startswith("obama1.jpg: 1 face")
+    # One face at the floor 99 (one in a million): the chance of a stranger among its matches is printed.
+    assert _out(capsys).startswith("obama1.jpg: 1 face (chance of a stranger among a face's matches: 0.0001%)")
+    assert cli(["search", str(faces_dir / "probe/obama1.jpg"), "--collection", collection, "--json"]) == 0
+    assert json.loads(_out(capsys))["false_match_risk"] == pytest.approx(1e-6)
 
 
 def test_the_search_quota_per_caller_is_enforced(cli: Any, faces_dir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from candor.settings import EMBEDDER_VERSION
 from candor_local.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,7 @@ def test_index_faces_returns_the_face_and_its_details(
         ExternalImageId="rose",
     )
     (record,) = response["FaceRecords"]
-    assert response["UnindexedFaces"] == [] and response["FaceModelVersion"].startswith("facenet")
+    assert response["UnindexedFaces"] == [] and response["FaceModelVersion"] == EMBEDDER_VERSION
     assert record["Face"]["ExternalImageId"] == "rose" and record["Face"]["Confidence"] > 80
     detail = record["FaceDetail"]
     assert {landmark["Type"] for landmark in detail["Landmarks"]} == {

@@ -3,6 +3,7 @@ calibration maps cosines onto it both ways, and the risk of a search grows with 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_published_points_of_the_scale(similarity_value: float, fmr: float) -> N
 def test_the_scale_round_trips_and_is_monotonic() -> None:
     values = np.concatenate([np.linspace(0, 99, 397), 99 + np.logspace(-6, 0, 40, endpoint=False)])
     rates = [fmr_of_similarity(v) for v in values]
-    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(rates))
     for value, rate in zip(values, rates, strict=True):
         assert similarity_from_fmr(rate) == pytest.approx(value, abs=1e-6)
 

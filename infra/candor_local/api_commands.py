@@ -140,6 +140,14 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _risk_limit(policy: dict[str, Any]) -> str:
+    if "MaxFalseMatchRisk" in policy:
+        return f"at most {policy['MaxFalseMatchRisk']:.2%}"
+    if policy["Identification"]:
+        return f"at most {DEFAULT_IDENTIFICATION_MAX_RISK:.2%} (the identification default)"
+    return "no limit"
+
+
 def _probability(text: str) -> float:
     """A probability as a fraction (0.01) or a percentage (1%)."""
     try:
@@ -337,8 +345,7 @@ def _policy_lines(policy: dict[str, Any]) -> list[str]:
         f"  purposes: {', '.join(policy['Purposes'])}",
         f"  use: {use}; match threshold at least {policy['MinFaceMatchThreshold']:g}",
         f"  searches a minute: {policy['SearchesPerCallerPerMinute']} per caller, {policy['SearchesPerMinute']} in all",
-        "  false-match risk per searched face: "
-        + (f"at most {policy['MaxFalseMatchRisk']:.2%}" if "MaxFalseMatchRisk" in policy else "no limit"),
+        f"  false-match risk per searched face: {_risk_limit(policy)}",
     ]
 
 
@@ -371,7 +378,9 @@ def cmd_collection_reindex(args: argparse.Namespace, client: CandorClient) -> No
             request["NextToken"] = response["NextToken"]
     response = {**response, "Reindexed": reindexed, "UnreindexableFaces": unreindexable}
     lines = [f"{args.collection}: {reindexed} face(s) re-embedded, model {response['FaceModelVersion']}"]
-    lines += [f"  cannot re-index {u['FaceId']} ({u.get('ExternalImageId') or 'no id'}): {u['Reason']}" for u in unreindexable]
+    lines += [
+        f"  cannot re-index {u['FaceId']} ({u.get('ExternalImageId') or 'no id'}): {u['Reason']}" for u in unreindexable
+    ]
     if response["DroppedFaceIds"]:
         lines.append(f"  dropped {len(response['DroppedFaceIds'])} face(s) that could not be re-indexed")
     if not response["Complete"]:

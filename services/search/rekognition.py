@@ -206,8 +206,8 @@ def policy_shape(policy: CollectionPolicy) -> dict[str, Any]:
         "MinFaceMatchThreshold": policy.floor,
         "SearchesPerCallerPerMinute": policy.searches_per_caller_per_minute,
         "SearchesPerMinute": policy.searches_per_minute,
-        # The limit in force (the identification default when none was set); absent: no limit.
-        **({"MaxFalseMatchRisk": policy.max_risk} if policy.max_risk is not None else {}),
+        # Only when set: an identification collection without it has DEFAULT_IDENTIFICATION_MAX_RISK.
+        **({"MaxFalseMatchRisk": policy.max_false_match_risk} if policy.max_false_match_risk is not None else {}),
     }
 
 

@@ -14,9 +14,10 @@ from candor.settings import INDEX_SHARD_SIZE
 
 
 def to_item(value: Any) -> Any:
-    """Floats become Decimal (DynamoDB's number type), recursively."""
+    """Floats become Decimal (DynamoDB's number type), recursively: six decimals, or six significant digits
+    for values under 0.001 (a risk limit of 1e-7 must not become 0)."""
     if isinstance(value, float):
-        return Decimal(str(round(value, 6)))
+        return Decimal(f"{value:.6g}" if 0 < abs(value) < 1e-3 else str(round(value, 6)))
     if isinstance(value, dict):
         return {k: to_item(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
