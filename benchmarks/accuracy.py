@@ -667,6 +667,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
         ),
         "",
     ]
+    unseen = [v for v in check["measured_fmr_on_other_half"]["80"]]
+    within = all(0.5 <= v / 1e-4 <= 2.0 for v in unseen)
+    target_rows = [
+        [
+            "accuracy at 80 on pairs.txt",
+            ">= 0.99",
+            main["pairs_accuracy_at_80"],
+            _met(main["pairs_accuracy_at_80"] >= 0.99),
+        ],
+        ["TAR at FMR 1e-4", ">= 0.95", main["tar_at_fmr_1e-4"], _met(main["tar_at_fmr_1e-4"] >= 0.95)],
+        ["FMR at 80 on unseen people", "1e-4, within a factor 2", " / ".join(_rate(v) for v in unseen), _met(within)],
+        ["FNMR at 99", "stated", _rate(main["fnmr_at_99"]), "stated"],
+    ]
+    lines += ["Against the targets:", "", table(["target", "wanted", "measured", ""], target_rows), ""]
     detection = result["detection"]
     lines += [f"Detection (the service uses {detection['service_threshold']}):", ""]
     det_rows = [
@@ -708,9 +722,15 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float) and value < 0.01:
         return _rate(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return "-" if value is None else str(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -280,9 +281,17 @@ def format_result(result: dict[str, Any]) -> str:
         box = face["bounding_box"]
         where = f"at left {box['Left']:.2f} top {box['Top']:.2f} size {box['Width']:.2f}x{box['Height']:.2f}"
         best = face["matches"][0] if face["matches"] else None
-        who = f"{best['identity']} (similarity {best['similarity']:.1f})" if best else "no match"
+        who = f"{best['identity']} (similarity {_similarity(best['similarity'])})" if best else "no match"
         lines.append(f"  face {number} {where}: {who}")
     return "\n".join(lines)
+
+
+def _similarity(value: float) -> str:
+    """One decimal below 99; above, the decimals that tell one in a million from one in a billion (rounded
+    down: 99.9996 is not shown as 100)."""
+    if value < 99:
+        return f"{value:.1f}"
+    return f"{math.floor(value * 1000) / 1000:.3f}"
 
 
 def _percent(probability: float) -> str:
