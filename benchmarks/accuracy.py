@@ -106,10 +106,10 @@ def load_lfw(root: Path) -> Lfw:
     photos: list[Path] = []
     identities: list[int] = []
     for name in names:
-        for photo in sorted((images / name).glob("*.jpg")):
-            photos.append(photo)
+        for path in sorted((images / name).glob("*.jpg")):
+            photos.append(path)
             identities.append(numbers[same_as.get(name, name)])
-    index = {photo.relative_to(images).as_posix(): i for i, photo in enumerate(photos)}
+    index = {path.relative_to(images).as_posix(): i for i, path in enumerate(photos)}
 
     def photo(name: str, number: str) -> int:
         key = f"{name}/{name}_{int(number):04d}.jpg"
