@@ -445,3 +445,23 @@ def test_report_command_writes_the_page_and_its_json(
     assert cli.main(["report", "--since", "2026-11-01", "--until", "2026-11-30", "--out", str(out)]) == 1
     assert "The audit log FAILED verification: 2 problems in staff" in capsys.readouterr().out
     assert "FAILED verification" in out.read_text()
+
+
+def test_report_shows_how_risky_the_searches_were() -> None:
+    store = _hand_made_log()  # its searches predate the risk field: "not recorded"
+    log = AuditLog(store, clock=ticking_clock())
+    for risk in (2e-5, 3e-3, 0.2):
+        fields = {"caller": "alice", "purpose": "general", "faces_searched": 1, "faces_matched": 0, "matches": [[]]}
+        log.append("staff", AuditEvent.SEARCH, operation="SearchFaces", outcome="allowed", false_match_risk=risk, **fields)
+    report = _report(store)
+
+    assert report["false_match_risk"]["searches"] == {
+        "under 0.01%": 1,
+        "0.1% to 1%": 1,
+        "10% or more": 1,
+        "not recorded": 4,
+    }
+    assert report["false_match_risk"]["median"] == pytest.approx(3e-3)
+    assert report["false_match_risk"]["highest"] == pytest.approx(0.2)
+    page = render_html(report)
+    assert "False-match risk of searches" in page and "10% or more" in page
