@@ -452,7 +452,9 @@ def test_report_shows_how_risky_the_searches_were() -> None:
     log = AuditLog(store, clock=ticking_clock())
     for risk in (2e-5, 3e-3, 0.2):
         fields = {"caller": "alice", "purpose": "general", "faces_searched": 1, "faces_matched": 0, "matches": [[]]}
-        log.append("staff", AuditEvent.SEARCH, operation="SearchFaces", outcome="allowed", false_match_risk=risk, **fields)
+        log.append(
+            "staff", AuditEvent.SEARCH, operation="SearchFaces", outcome="allowed", false_match_risk=risk, **fields
+        )
     report = _report(store)
 
     assert report["false_match_risk"]["searches"] == {
