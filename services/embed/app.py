@@ -34,7 +34,7 @@ settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
 processor = LoggedSqsBatchProcessor(logger)
-# FaceNet is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
+# The embedder is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
 embedder = load_embedder(
     model_dir_with([EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)),
     settings.model_threads,

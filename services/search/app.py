@@ -47,7 +47,7 @@ settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
 app = LambdaFunctionUrlResolver()
-# FaceNet is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
+# The embedder is not in the model layer on AWS (250 MB limit): fetched from the model bucket once per cold start.
 model_dir = model_dir_with(
     [DETECTOR_FILE, EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)
 )

@@ -1,5 +1,5 @@
 """Where a function finds its model files. The model layer carries what fits in Lambda's 250 MB zip limit
-(the runtime and YuNet, /opt/models); FaceNet (94 MB) would push Embed and Search past it, so on AWS it
+(the runtime and YuNet, /opt/models); the embedder (SFace, 39 MB) would push Embed and Search past it, so on AWS it
 comes from the model bucket: fetched once per cold start into /tmp and checked against its pinned sha256.
 Locally MODEL_DIR holds every file and nothing is fetched."""
 

@@ -1,4 +1,4 @@
-"""A detected face to the 160x160 RGB crop FaceNet embeds.
+"""A detected face to the square RGB crop an embedder takes (160x160 for FaceNet, 112x112 for SFace).
 
 Three ways are offered and measured in benchmarks/preprocessing.py: the detector's box plus a margin
 resized to a square regardless of its aspect ratio (what FaceNet's own MTCNN pipeline fed it, and the
