@@ -458,7 +458,7 @@ def markdown(results: dict[str, Any], chart_dir: Path, relative_to: Path) -> str
         "### 1. Compute limit: the models alone",
         "",
         "In this process, photo by photo, with the pipeline's settings (decode with EXIF orientation and the "
-        "large-JPEG draft, YuNet on one 640x640 letterbox at confidence ≥ 0.8, stretched-box crop, FaceNet); "
+        "large-JPEG draft, YuNet on one 640x640 letterbox at confidence ≥ 0.8, five-point crop, SFace); "
         "median of 3 runs per step.",
         "",
         table(
@@ -628,11 +628,11 @@ def _speed_reading(s: dict[str, Any], speed: dict[str, Any]) -> str:
         f"The 5x target is **not met** in this run. Where Candor's time goes: align + embed is {share:.0%} of it "
         f"({speed['embed_ms']:.0f} ms per photo; {speed['faces']} faces in all), detection and decoding the rest. "
         "The peer runs one thread and Candor two, so the wall-clock ratio shrinks as other work takes the "
-        "second core; CPU time is the steadier comparison. Plan: (1) FaceNet is the cost: an int8 copy "
+        "second core; CPU time is the steadier comparison. Plan: (1) the embedder is the cost: an int8 copy "
         "(onnxruntime's dynamic quantisation, made at setup like the ONNX conversion) is the usual way to cut "
-        "its CPU time; adopt it only if it measures faster here and benchmarks/preprocessing.py shows the "
-        "same pair margins; (2) decode large JPEGs at the reduced size the detector needs when every face "
-        "is large enough for a 160-pixel crop; (3) re-run on an idle machine, where both cores are Candor's."
+        "its CPU time; adopt it only if it measures faster here and `candor bench accuracy` shows the same "
+        "figures; (2) decode large JPEGs at the reduced size the detector needs when every face is large "
+        "enough for the embedder's crop; (3) re-run on an idle machine, where both cores are Candor's."
     )
 
 
@@ -644,7 +644,8 @@ def _peer_section(s: dict[str, Any], speed: dict[str, Any], acc: dict[str, Any],
         f"face_recognition {speed['peer_version']} (dlib, installed from PyPI into its own virtualenv, run in a "
         "subprocess) with its defaults: HOG detector upsampled once, 128-d encodings, same person at distance "
         f"≤ {PEER_DEFAULT_TOLERANCE}. Candor at its defaults: detection confidence ≥ 0.8, same person at "
-        f"similarity ≥ {DEFAULT_FACE_MATCH_THRESHOLD:.0f} (cosine ≥ 0.47, `candor.similarity`). Same photos, same run; "
+        f"similarity ≥ {DEFAULT_FACE_MATCH_THRESHOLD:.0f} (a false-match rate of 1 in 10,000, `candor.similarity`). "
+        "Same photos, same run; "
         f"the peer timed once per photo after a warm-up photo (its import, loading dlib's models, took "
         f"{speed['peer_import_s']:.1f} s).",
         "",
@@ -672,9 +673,9 @@ def _peer_section(s: dict[str, Any], speed: dict[str, Any], acc: dict[str, Any],
         f"{'; '.join(acc['identification_failures']) or 'none'}. The peer's: "
         f"{'; '.join(acc['peer_identification_failures']) or 'none'}.",
         "",
-        "These are Candor's shipped choices at work (detection confidence 0.8, the stretched box crop with "
-        "margins 0.10/0.05, same person at cosine 0.47), chosen on the same photos in "
-        "[benchmarks-preprocessing.md](benchmarks-preprocessing.md); "
+        "These are Candor's shipped choices at work (detection confidence 0.8, SFace with the five-point crop, "
+        "same person at similarity 80), chosen on LFW's development half (\"Accuracy on LFW\" below), not on "
+        "these photos; "
         + (
             "here they match or beat the peer on every accuracy measure."
             if all(
@@ -683,9 +684,8 @@ def _peer_section(s: dict[str, Any], speed: dict[str, Any], acc: dict[str, Any],
             )
             else "here they fall behind the peer on at least one accuracy measure: revisit them there."
         )
-        + " Caveat: Candor's threshold was calibrated on these same photos, so its figures are in-sample, while "
-        "the peer's defaults were not tuned on them; with 37 same-person pairs and 15 probes, a held-out set is "
-        "needed before claiming more than parity.",
+        + " With 37 same-person pairs and 15 probes these figures show parity at most; the LFW section measures "
+        "the difference.",
         "",
         f"![accuracy]({charts_at}/peer-accuracy.png)",
         "",
@@ -716,7 +716,7 @@ def _cold_start_section(results: dict[str, Any]) -> list[str]:
         "",
         "Deployable size, unzipped, as `sam build` makes it (`candor_local.artifacts`, the estimate "
         "tests/test_artifacts.py holds to the limit): function code plus each layer. The model layer carries "
-        "YuNet and the runtime dependencies; FaceNet (94 MB) comes from the model bucket at cold start "
+        "YuNet and the runtime dependencies; the embedder, SFace (39 MB), comes from the model bucket at cold start "
         f"(README, Packaging). Lambda's limit for a function with its layers: {limit_mb} MiB.",
         "",
         table(
