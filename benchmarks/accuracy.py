@@ -33,7 +33,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -47,7 +47,7 @@ from benchmarks.report import replace_section, table
 from candor import settings, similarity
 from candor.errors import CandorError
 from candor.faces import BoundingBox, DetectedFace
-from candor.images import decode_image
+from candor.images import DecodedImage, decode_image
 from candor.vision import EMBEDDER_MODELS, FaceDetector, FaceEmbedder, load_detector, load_embedder_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +204,19 @@ def cached_embeddings(
     return vectors, has_face, seconds
 
 
+def labelled_faces(
+    photos: Sequence[Path], detections: Detections, min_confidence: float, desc: str
+) -> Iterator[tuple[int, DecodedImage, DetectedFace]]:
+    """(photo index, decoded photo, its labelled face) for every photo with one, with a progress bar."""
+    for i, path in enumerate(tqdm(photos, desc=desc, unit="photo", file=sys.stderr, mininterval=2.0)):
+        if not detections.faces[i]:
+            continue
+        image = decode_image(path.read_bytes(), settings.MAX_OBJECT_IMAGE_BYTES)
+        face = chosen_face(detections.faces[i], min_confidence, image.width, image.height)
+        if face is not None:
+            yield i, image, face
+
+
 def chosen_face(
     faces: Sequence[DetectedFace], min_confidence: float, width: float, height: float
 ) -> DetectedFace | None:
@@ -224,15 +237,7 @@ def embed_all(
     started = time.perf_counter()
     vectors = np.zeros((len(photos), embedder.embedding_size), dtype=np.float32)
     has_face = np.zeros(len(photos), dtype=bool)
-    for i, path in enumerate(
-        tqdm(photos, desc=f"embed {embedder.version}", unit="photo", file=sys.stderr, mininterval=2.0)
-    ):
-        if not detections.faces[i]:
-            continue
-        image = decode_image(path.read_bytes(), settings.MAX_OBJECT_IMAGE_BYTES)
-        face = chosen_face(detections.faces[i], min_confidence, image.width, image.height)
-        if face is None:
-            continue
+    for i, image, face in labelled_faces(photos, detections, min_confidence, f"embed {embedder.version}"):
         vectors[i] = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale)])[0]
         has_face[i] = True
     return vectors, has_face, time.perf_counter() - started
@@ -476,15 +481,7 @@ def variant_figures(lfw: Lfw, detections: Detections, embedder: FaceEmbedder, mi
     for name, scale, mirror in VARIANTS:
         vectors = np.zeros((len(lfw.photos), embedder.embedding_size), dtype=np.float32)
         has_face = np.zeros(len(lfw.photos), dtype=bool)
-        for i, path in enumerate(
-            tqdm(lfw.photos, desc=f"variant {name}", unit="photo", file=sys.stderr, mininterval=5)
-        ):
-            if not detections.faces[i]:
-                continue
-            image = decode_image(path.read_bytes(), settings.MAX_OBJECT_IMAGE_BYTES)
-            face = chosen_face(detections.faces[i], min_confidence, image.width, image.height)
-            if face is None:
-                continue
+        for i, image, face in labelled_faces(lfw.photos, detections, min_confidence, f"variant {name}"):
             crop = align_faces(image.pixels, [face.scaled(1.0 / image.scale)], FivePointAlignment(scale), 112)
             embedded = embedder.embed(np.concatenate([crop, crop[:, :, ::-1]]) if mirror else crop)
             vector = embedded.sum(axis=0)
