@@ -724,9 +724,9 @@ def _authorize(
 ) -> tuple[str, SearchAuthorization]:
     """The collection's rules for this caller: the threshold to search at and its false-match risk against
     the collection's faces, or a refusal (audited)."""
-    collection = _collection(api, request)
+    # The warm index gives the collection (one read, as the search itself makes) and its size.
+    collection, index, _ = api.indexes.get(str(_required(request, "CollectionId")))
     asked = _number(request, threshold_name, 0, 0, 100) if threshold_name in request else None
-    _, index, _ = api.indexes.get(collection.collection_id)
     authorized = api.accountability.authorize_search(
         collection.collection_id, collection.policy, api.caller, operation, asked, probe, faces=len(index)
     )

@@ -301,26 +301,20 @@ class DynamoCollectionRepository:
         return self._log.changes(collection_id, after, upto)
 
     def set_policy(self, collection_id: str, policy: CollectionPolicy) -> None:
-        try:
-            self._table.update_item(
-                Key={"collection_id": collection_id},
-                UpdateExpression="SET #p = :p",
-                ConditionExpression="attribute_exists(collection_id)",
-                ExpressionAttributeNames={"#p": "policy"},
-                ExpressionAttributeValues={":p": to_item(policy.to_dict())},
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
-            raise
+        self._set(collection_id, "policy", to_item(policy.to_dict()))
 
     def set_model_version(self, collection_id: str, version: str) -> None:
+        self._set(collection_id, "face_model_version", version)
+
+    def _set(self, collection_id: str, attribute: str, value: Any) -> None:
+        """One attribute of an existing collection; ResourceNotFoundError when there is none."""
         try:
             self._table.update_item(
                 Key={"collection_id": collection_id},
-                UpdateExpression="SET face_model_version = :v",
+                UpdateExpression="SET #a = :v",
                 ConditionExpression="attribute_exists(collection_id)",
-                ExpressionAttributeValues={":v": version},
+                ExpressionAttributeNames={"#a": attribute},
+                ExpressionAttributeValues={":v": value},
             )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
