@@ -16,7 +16,7 @@ Then:
   rejected;
 - the 3,000 pairs of pairs.txt: accuracy at 80, the best accuracy over all thresholds, and the accuracy of
   a threshold chosen on four folds and applied to the fifth (cross-validated);
-- `--calibrate`: the similarity scale of the model (candor/similarity.py) fitted to these impostor pairs
+- `--calibrate`: the similarity scale of the model (candor/core/similarity.py) fitted to these impostor pairs
   and written to the package; a check fits it on half of the people and measures it on the other half;
 - `--peer`: face_recognition on a stated random subset of the pairs' photos, with the same keys, and
   Candor's figures on the same subset.
@@ -44,11 +44,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.report import replace_section, table
-from candor import settings, similarity
-from candor.errors import CandorError
-from candor.faces import BoundingBox, DetectedFace
-from candor.images import DecodedImage, decode_image
-from candor.vision import EMBEDDER_MODELS, FaceDetector, FaceEmbedder, load_detector, load_embedder_version
+from candor.core import settings, similarity
+from candor.core.errors import CandorError
+from candor.core.faces import BoundingBox, DetectedFace
+from candor.vision.detector import FaceDetector
+from candor.vision.embedder import EMBEDDER_MODELS, FaceEmbedder
+from candor.vision.images import DecodedImage, decode_image
+from candor.vision.models import load_detector, load_embedder_version
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LFW = REPO.parent / "shared" / "data" / "lfw"
@@ -636,7 +638,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         rows.append(row)
     lines += [table(header, rows), ""]
     lines += [
-        "The scale (candor/similarity.py): each similarity and the false-match rate it stands for, and what",
+        "The scale (candor/core/similarity.py): each similarity and the false-match rate it stands for, and what",
         "the default model measured here (by construction on the photos its scale was fitted on):",
         "",
     ]

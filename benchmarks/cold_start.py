@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from candor.enrolment import face_id_for, photo_id_for
-from candor.faces import DetectedFace
-from candor_local.artifacts import Artefact, estimate, installed_bytes, requirement_names
-from candor_local.runtime import LocalEnvironment
+from candor.core.enrolment import face_id_for, photo_id_for
+from candor.core.faces import DetectedFace
+from candor_local.emulator.runtime import LocalEnvironment
+from candor_local.packaging.artifacts import Artefact, estimate, installed_bytes, requirement_names
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"
 PROBE = Path(__file__).with_name("cold_start_probe.py")
+
+
 @dataclass
 class ColdStart:
     function: str

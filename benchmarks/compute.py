@@ -12,10 +12,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from candor import settings
-from candor.faces import DetectedFace
-from candor.images import decode_image
-from candor.vision import load_models
+from candor.core import settings
+from candor.core.faces import DetectedFace
+from candor.vision.images import decode_image
+from candor.vision.models import load_models
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from candor.enrolment import photo_id_for
+from candor.core.enrolment import photo_id_for
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
@@ -51,8 +51,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from candor_local.models import ensure_models
-    from candor_local.runtime import LocalEnvironment
+    from candor_local.emulator.runtime import LocalEnvironment
+    from candor_local.packaging.models import ensure_models
 
     sources = sorted(
         path
@@ -188,27 +188,29 @@ def _final_records(resource: Any, table_name: str, pending: set[str]) -> dict[st
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    verdict = "every photo processed, face counts exact" if result["face_counts_exact"] else "FAILED: " + "; ".join(
-        result["wrong"][:5]
+    verdict = (
+        "every photo processed, face counts exact"
+        if result["face_counts_exact"]
+        else "FAILED: " + "; ".join(result["wrong"][:5])
     )
     return f"""\
-`candor bench load` (or `python -m benchmarks.load`): {result['photos']:,} photos (copies of the
-{result['distinct_photos']} labelled photos under distinct keys, {result['faces']:,} faces) uploaded by
-{result['concurrency']} threads at once into the local runtime (moto server, one worker process per function, as
+`candor bench load` (or `python -m benchmarks.load`): {result["photos"]:,} photos (copies of the
+{result["distinct_photos"]} labelled photos under distinct keys, {result["faces"]:,} faces) uploaded by
+{result["concurrency"]} threads at once into the local runtime (moto server, one worker process per function, as
 one Lambda instance each), then every photo record polled until final. Face counts are checked against each
-photo processed alone. {result['date']}, {result['machine']}.
+photo processed alone. {result["date"]}, {result["machine"]}.
 
 | figure | value |
 | --- | --- |
 | outcome | {verdict} |
-| photos COMPLETE | {result['completed']:,} of {result['photos']:,} |
-| dead letters | {sum(result['dead_letters'].values())} |
-| all uploads acknowledged after | {result['upload_s']} s |
-| last photo complete after | {result['elapsed_s']} s |
-| throughput | {result['throughput_photos_per_s']} photos/s |
-| end-to-end latency p50 | {result['latency_p50_s']} s |
-| end-to-end latency p99 | {result['latency_p99_s']} s |
-| end-to-end latency, fastest | {result['latency_min_s']} s |
+| photos COMPLETE | {result["completed"]:,} of {result["photos"]:,} |
+| dead letters | {sum(result["dead_letters"].values())} |
+| all uploads acknowledged after | {result["upload_s"]} s |
+| last photo complete after | {result["elapsed_s"]} s |
+| throughput | {result["throughput_photos_per_s"]} photos/s |
+| end-to-end latency p50 | {result["latency_p50_s"]} s |
+| end-to-end latency p99 | {result["latency_p99_s"]} s |
+| end-to-end latency, fastest | {result["latency_min_s"]} s |
 
 Latency runs from the upload's acknowledgement to its photo record reading COMPLETE (polled every
 {POLL_S} s), so it is mostly time spent queued behind the photos uploaded before it: locally each function

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.scoring import report_durations_ms
-from candor.enrolment import META_CONSENT, face_id_for, photo_id_for
-from candor.policy import MAX_QUOTA
-from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD, ENROLL_PREFIX
-from candor_local.client import FINAL_STATUSES, CandorClient
-from candor_local.runtime import LocalEnvironment
+from candor.accountability.policy import MAX_QUOTA
+from candor.core.enrolment import META_CONSENT, face_id_for, photo_id_for
+from candor.core.settings import DEFAULT_FACE_MATCH_THRESHOLD, ENROLL_PREFIX
+from candor_local.cli.client import FINAL_STATUSES, CandorClient
+from candor_local.emulator.runtime import LocalEnvironment
 
 # How often the tracker looks at the photos table: the resolution of every latency below.
 POLL_S = 0.05

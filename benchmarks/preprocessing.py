@@ -33,9 +33,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from candor import settings
-from candor.faces import BoundingBox, DetectedFace
-from candor.images import DecodedImage, decode_image
+from candor.core import settings
+from candor.core.faces import BoundingBox, DetectedFace
 from candor.vision.align import (
     DEFAULT_ALIGNMENT,
     Alignment,
@@ -46,6 +45,7 @@ from candor.vision.align import (
 )
 from candor.vision.detector import FaceDetector, box_iou
 from candor.vision.embedder import FaceEmbedder
+from candor.vision.images import DecodedImage, decode_image
 from candor.vision.models import load_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -63,7 +63,7 @@ def register(bench_subparsers: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from candor.settings import INDEX_SHARD_SIZE
+    from candor.core.settings import INDEX_SHARD_SIZE
 
     sizes = [int(size) for size in str(args.sizes).split(",") if size.strip()]
     shard_size = args.shard_size or INDEX_SHARD_SIZE
@@ -179,7 +179,7 @@ def bench_size(
     seed: int,
     log: Any,
 ) -> dict[str, Any]:
-    from candor.index import ExactVectorIndex, HnswVectorIndex, ShardedVectorIndex
+    from candor.index.vectors import ExactVectorIndex, HnswVectorIndex, ShardedVectorIndex
 
     ids, vectors, probes = synthetic_faces(size, queries, seed)
     result: dict[str, Any] = {"size": size, "queries": len(probes), "k": k, "shard_size": shard_size}
@@ -201,7 +201,7 @@ def bench_size(
         log(f"{size}: float16 / int8 exact: {result['f16_p50_ms']} / {result['i8_p50_ms']} ms")
 
     with tempfile.TemporaryDirectory(prefix="candor-bench-") as tmp:
-        # The index as a collection gets it (candor.index.new_index), with the graph forced at every size.
+        # The index as a collection gets it (candor.index.vectors.new_index), with the graph forced at every size.
         started = time.perf_counter()
         built = ShardedVectorIndex(shard_size, lambda: HnswVectorIndex(min_graph_faces=0))
         for start in range(0, size, 100_000):
@@ -288,9 +288,9 @@ def bench_size(
 def _shard_requests(index: Any, k: int) -> Any:
     from concurrent.futures import ThreadPoolExecutor
 
-    from candor.index import merge_top_k
+    from candor.index.shards import parse_shard_request, shard_answer, shard_neighbours, shard_request
+    from candor.index.vectors import merge_top_k
     from candor.ports import Collection
-    from candor.shards import parse_shard_request, shard_answer, shard_neighbours, shard_request
 
     collection = Collection("bench", "2026-01-01T00:00:00+00:00", "bench", shard_size=index.shard_size)
     pool = ThreadPoolExecutor(max_workers=len(index.shards))
@@ -308,12 +308,12 @@ def _shard_requests(index: Any, k: int) -> Any:
 
 
 def _directory_mb(size: int) -> float:
-    """What a warm collection's face directory (candor/index_sync.py: id, name, photo, user per face) adds to
+    """What a warm collection's face directory (candor/index/sync.py: id, name, photo, user per face) adds to
     a fresh process's resident set, built from records as the faces table returns them (8 photos a person)."""
     script = (
         "import sys\n"
-        "from candor.index_sync import CollectionFaces, FaceEntry\n"
-        "from candor.faces import BoundingBox, FaceRecord\n"
+        "from candor.index.sync import CollectionFaces, FaceEntry\n"
+        "from candor.core.faces import BoundingBox, FaceRecord\n"
         "import numpy as np\n"
         "def rss():\n"
         "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon')) * 1024\n"
@@ -342,7 +342,7 @@ def _resident_mb(snapshot: Path, probes: np.ndarray, probes_file: Path) -> tuple
     script = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from candor.index import _load_onnxruntime_first, load_index\n"
+        "from candor.index.vectors import _load_onnxruntime_first, load_index\n"
         "_load_onnxruntime_first()\n"
         "import usearch.index\n"
         "def rss(field):\n"
@@ -364,7 +364,7 @@ def _exact_variants(
 ) -> dict[str, Any]:
     """float16 with numpy (no BLAS for half precision), and int8 with SIMD kernels (usearch's exact search)
     whose top candidates are rescored in float32."""
-    from candor.index import _load_onnxruntime_first
+    from candor.index.vectors import _load_onnxruntime_first
 
     _load_onnxruntime_first()  # usearch first would make the graphs' later onnxruntime import crash the process
     from usearch.index import search as exact_search
@@ -569,12 +569,12 @@ function agrees where a face is. A search asks every shard for its top-k and mer
 it on exact shards). Each HNSW shard is approximate, so the merged recall is the table's; `--one-graph` adds
 one unsharded graph of the same faces for comparison. Locally, and in a collection of one shard, the shards
 are searched by a thread pool in the search function. On AWS, past one shard, each shard is searched by its
-own invocation of ShardFunction (candor/shards.py), in parallel; *via shard requests* is that search with
+own invocation of ShardFunction (candor/index/shards.py), in parallel; *via shard requests* is that search with
 every request and answer crossing JSON as the Invoke API carries them, in threads of this process (so without
 the network's round trip), and the share of queries whose top-10 equals the in-process search's.
 
 *face directory MB* is what the search function keeps of a collection besides its index: each face's id,
-name, photo id and user (candor/index_sync.py, `FaceEntry`), measured in a fresh process. Embeddings are
+name, photo id and user (candor/index/sync.py, `FaceEntry`), measured in a fresh process. Embeddings are
 not kept there: the index holds the vectors, and the faces table when the search function asks a shard
 function. A reload reads only the collection's change log since the last one, never the whole collection.
 """

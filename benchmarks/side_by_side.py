@@ -34,9 +34,9 @@ from benchmarks.scoring import (
     read_expected,
     score_identification,
 )
-from candor.faces import BoundingBox, DetectedFace
-from candor.settings import DEFAULT_FACE_MATCH_THRESHOLD
-from candor.similarity import similarity_from_cosine
+from candor.core.faces import BoundingBox, DetectedFace
+from candor.core.settings import DEFAULT_FACE_MATCH_THRESHOLD
+from candor.core.similarity import similarity_from_cosine
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -204,9 +204,9 @@ def accuracy(
 
 def run_all(data: Path, rounds: int = 2) -> dict[str, Any]:
     from benchmarks import cold_start, pipeline
-    from candor_local.client import client_for
-    from candor_local.models import ensure_models
-    from candor_local.runtime import LocalEnvironment
+    from candor_local.cli.client import client_for
+    from candor_local.emulator.runtime import LocalEnvironment
+    from candor_local.packaging.models import ensure_models
 
     def say(message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
@@ -644,7 +644,8 @@ def _peer_section(s: dict[str, Any], speed: dict[str, Any], acc: dict[str, Any],
         f"face_recognition {speed['peer_version']} (dlib, installed from PyPI into its own virtualenv, run in a "
         "subprocess) with its defaults: HOG detector upsampled once, 128-d encodings, same person at distance "
         f"≤ {PEER_DEFAULT_TOLERANCE}. Candor at its defaults: detection confidence ≥ 0.8, same person at "
-        f"similarity ≥ {DEFAULT_FACE_MATCH_THRESHOLD:.0f} (a false-match rate of 1 in 10,000, `candor.similarity`). "
+        f"similarity ≥ {DEFAULT_FACE_MATCH_THRESHOLD:.0f} (a false-match rate of 1 in 10,000, "
+        "`candor.core.similarity`). "
         "Same photos, same run; "
         f"the peer timed once per photo after a warm-up photo (its import, loading dlib's models, took "
         f"{speed['peer_import_s']:.1f} s).",
@@ -674,7 +675,7 @@ def _peer_section(s: dict[str, Any], speed: dict[str, Any], acc: dict[str, Any],
         f"{'; '.join(acc['peer_identification_failures']) or 'none'}.",
         "",
         "These are Candor's shipped choices at work (detection confidence 0.8, SFace with the five-point crop, "
-        "same person at similarity 80), chosen on LFW's development half (\"Accuracy on LFW\" below), not on "
+        'same person at similarity 80), chosen on LFW\'s development half ("Accuracy on LFW" below), not on '
         "these photos; "
         + (
             "here they match or beat the peer on every accuracy measure."
@@ -714,7 +715,7 @@ def _cold_start_section(results: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
-        "Deployable size, unzipped, as `sam build` makes it (`candor_local.artifacts`, the estimate "
+        "Deployable size, unzipped, as `sam build` makes it (`candor_local.packaging.artifacts`, the estimate "
         "tests/test_artifacts.py holds to the limit): function code plus each layer. The model layer carries "
         "YuNet and the runtime dependencies; the embedder, SFace (39 MB), comes from the model bucket at cold start "
         f"(README, Packaging). Lambda's limit for a function with its layers: {limit_mb} MiB.",

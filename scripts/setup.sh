@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a fresh machine: the virtualenv, the pinned dependencies, then the models and sample
-# photos (python -m candor_local.models). Safe to re-run: each step skips what is already done.
+# photos (python -m candor_local.packaging.models). Safe to re-run: each step skips what is already done.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,4 +47,4 @@ else
 fi
 
 say "models and sample photos"
-"$PY" -m candor_local.models
+"$PY" -m candor_local.packaging.models

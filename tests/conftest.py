@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from candor.settings import DEFAULT_MODEL_DIR
+from candor.core.settings import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -27,7 +27,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def models(model_dir: Path):  # type: ignore[no-untyped-def]
-    from candor.vision import load_models
+    from candor.vision.models import load_models
 
     return load_models(model_dir)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from candor.faces import BoundingBox, FaceRecord
-from candor.settings import EMBEDDING_SIZE
+from candor.core.faces import BoundingBox, FaceRecord
+from candor.core.settings import EMBEDDING_SIZE
 
 DIMENSION = EMBEDDING_SIZE
 

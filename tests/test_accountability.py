@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from candor.accountability import Accountability, Returned, subject_hash
+from candor.accountability.audit import AuditLog, verify_all
+from candor.accountability.policy import Caller, CollectionPolicy, parse_policy
+from candor.accountability.rules import Accountability, Returned, subject_hash
 from candor.adapters.memory import (
     MemoryAuditStore,
     MemoryCollectionRepository,
@@ -24,10 +26,8 @@ from candor.adapters.memory import (
     MemoryQuotaCounter,
     MemoryUserRepository,
 )
-from candor.audit import AuditLog, verify_all
 from candor.collection_service import CollectionStore
-from candor.erasure import erase_person
-from candor.errors import (
+from candor.core.errors import (
     ConsentRequiredError,
     FalseMatchRiskTooHighError,
     InvalidParameterError,
@@ -35,15 +35,15 @@ from candor.errors import (
     QuotaExceededError,
     ThresholdBelowFloorError,
 )
-from candor.faces import PhotoStatus
-from candor.index_sync import IndexSync
+from candor.core.faces import PhotoStatus
+from candor.core.settings import DEFAULT_RETENTION_DAYS, EMBEDDER_VERSION, RETENTION_TAG
+from candor.erasure import erase_person
+from candor.index.sync import IndexSync
 from candor.pipeline import PhotoRef, detect_photo, embed_photo
-from candor.policy import Caller, CollectionPolicy, parse_policy
 from candor.ports import Collection, User
 from candor.retention import DAY_S
 from candor.search import CollectionIndexes, search_image
-from candor.settings import DEFAULT_RETENTION_DAYS, EMBEDDER_VERSION, RETENTION_TAG
-from candor_local.template import load_yaml
+from candor_local.emulator.template import load_yaml
 
 BUCKET = "uploads"
 NOW = datetime(2026, 11, 22, 12, 0, 30, tzinfo=UTC)

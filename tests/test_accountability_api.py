@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
+from candor.accountability.audit import verify_all
 from candor.adapters.aws import DynamoAuditStore
-from candor.audit import verify_all
-from candor_local.client import client_for
-from candor_local.runtime import LocalEnvironment
+from candor_local.cli.client import client_for
+from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 
@@ -347,7 +347,7 @@ def _as_if_made_by_facenet(env: LocalEnvironment, collection: str, model_dir: Pa
     from dataclasses import replace
 
     from candor.adapters.aws import DynamoFaceRepository
-    from candor.settings import FACENET_VERSION
+    from candor.core.settings import FACENET_VERSION
 
     dynamodb = env.session.resource("dynamodb", endpoint_url=env.endpoint_url)
     faces = DynamoFaceRepository(env.resources["FacesTable"], dynamodb)

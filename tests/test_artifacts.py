@@ -1,6 +1,6 @@
 """Packaging: every function with its layers stays within Lambda's 250 MB unzipped limit, and the model that
 does not fit there (FaceNet) comes from the model bucket, checked against its pinned sha256. The sizes are
-computed without the SAM CLI (candor_local.artifacts); when `sam build` has run (scripts/sam-checks.sh, as
+computed without the SAM CLI (candor_local.packaging.artifacts); when `sam build` has run (scripts/sam-checks.sh, as
 CI does before pytest), the built folders are checked too."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from candor import model_files, settings
 from candor.adapters.aws import S3ModelSource, model_source
-from candor.model_files import ModelChecksumError, model_dir_with
-from candor_local import artifacts
-from candor_local.template import Template, load_template
+from candor.core import settings
+from candor.vision import model_files
+from candor.vision.model_files import ModelChecksumError, model_dir_with
+from candor_local.emulator.template import Template, load_template
+from candor_local.packaging import artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lambda's default /tmp when a function sets no EphemeralStorage (MB as Lambda counts them).

@@ -16,12 +16,21 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from candor.accountability.audit import (
+    GENESIS_HASH,
+    AuditEvent,
+    AuditLog,
+    AuditRecord,
+    chain_hash,
+    verify_all,
+    verify_chain,
+)
 from candor.adapters.aws import DynamoAuditStore
 from candor.adapters.memory import MemoryAuditStore
-from candor.audit import GENESIS_HASH, AuditEvent, AuditLog, AuditRecord, chain_hash, verify_all, verify_chain
-from candor_local import cli
-from candor_local.report import build_report, render_html
-from candor_local.template import load_yaml
+from candor_local.cli import connection
+from candor_local.cli import main as cli
+from candor_local.cli.report import build_report, render_html
+from candor_local.emulator.template import load_yaml
 
 START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 FACE_ID = "4f8c2a6e-0d1b-4c55-9e0e-7d3b2f1a9c01"
@@ -145,7 +154,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
         monkeypatch.setenv(name, "testing")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.setattr(cli, "STATE_FILE", tmp_path / "no-stack-running.json")  # AWS (moto), not `candor up`
+    monkeypatch.setattr(connection, "STATE_FILE", tmp_path / "no-stack-running.json")  # AWS (moto), not `candor up`
     with mock_aws():
         yield
 

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from candor.enrolment import photo_id_for
-from candor.errors import ImageTooLargeError
-from candor.images import decode_image
-from candor.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
-from candor_local.runtime import LocalEnvironment
+from candor.core.enrolment import photo_id_for
+from candor.core.errors import ImageTooLargeError
+from candor.core.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
+from candor.vision.images import decode_image
+from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

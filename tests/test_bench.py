@@ -24,7 +24,7 @@ from benchmarks.scoring import (
     report_durations_ms,
     score_identification,
 )
-from candor.faces import BoundingBox, DetectedFace
+from candor.core.faces import BoundingBox, DetectedFace
 
 
 def face(left: float, top: float, size: float, confidence: float = 0.9) -> DetectedFace:

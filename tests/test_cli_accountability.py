@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from candor_local.runtime import LocalEnvironment
+from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,8 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 @pytest.fixture
 def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`candor` connected to this environment through the state file `candor up` writes."""
-    from candor_local import cli as candor_cli
+    from candor_local.cli import connection
+    from candor_local.cli import main as candor_cli
 
     state = tmp_path / "up.json"
     state.write_text(
@@ -46,7 +47,7 @@ def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             }
         )
     )
-    monkeypatch.setattr(candor_cli, "STATE_FILE", state)
+    monkeypatch.setattr(connection, "STATE_FILE", state)
     for name in ("CANDOR_API", "AWS_ENDPOINT_URL", *STATEMENT_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     return candor_cli.main

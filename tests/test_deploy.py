@@ -12,7 +12,7 @@ import botocore.auth
 import pytest
 from moto import mock_aws
 
-from candor_local.client import CandorClient, StackEndpoints, deployed_stack
+from candor_local.cli.client import CandorClient, StackEndpoints, deployed_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from candor.settings import EMBEDDER_VERSION
-from candor_local.runtime import LocalEnvironment
+from candor.core.settings import EMBEDDER_VERSION
+from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 
@@ -438,7 +438,8 @@ def _faces_by_id(rekognition: Any, collection: str) -> dict[str, dict[str, Any]]
 @pytest.fixture
 def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`candor` connected to this environment through the state file `candor up` writes."""
-    from candor_local import cli as candor_cli
+    from candor_local.cli import connection
+    from candor_local.cli import main as candor_cli
 
     state = tmp_path / "up.json"
     state.write_text(
@@ -452,7 +453,7 @@ def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             }
         )
     )
-    monkeypatch.setattr(candor_cli, "STATE_FILE", state)
+    monkeypatch.setattr(connection, "STATE_FILE", state)
     monkeypatch.delenv("CANDOR_API", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     return candor_cli.main

@@ -12,12 +12,12 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from candor import collection_service as service
 from candor.adapters.memory import MemoryCollectionRepository, MemoryFaceRepository, MemoryUserRepository
-from candor.errors import ConflictError, InvalidPaginationTokenError, InvalidParameterError, ResourceNotFoundError
-from candor.faces import BoundingBox, DetectedFace, FaceRecord
+from candor.core.errors import ConflictError, InvalidPaginationTokenError, InvalidParameterError, ResourceNotFoundError
+from candor.core.faces import BoundingBox, DetectedFace, FaceRecord
+from candor.core.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 from candor.ports import Collection
-from candor.quality import QualityFilter, assess_face, face_pose, face_quality, quality_reasons
 from candor.search import CollectionIndexes
-from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
+from candor.vision.quality import QualityFilter, assess_face, face_pose, face_quality, quality_reasons
 
 
 def _face(landmarks: list[tuple[float, float]], side: float = 200, confidence: float = 0.95) -> DetectedFace:

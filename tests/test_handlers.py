@@ -16,11 +16,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from candor.enrolment import photo_id_for
-from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
-from candor_local.emulator import EMULATOR_CREDENTIALS
-from candor_local.stack import DeployedStack, Endpoint, deploy_stack
-from candor_local.template import load_template
+from candor.core.enrolment import photo_id_for
+from candor.core.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
+from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS
+from candor_local.emulator.stack import DeployedStack, Endpoint, deploy_stack
+from candor_local.emulator.template import load_template
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"

@@ -22,9 +22,11 @@ from candor.adapters.memory import (
     MemoryIndexSnapshotStore,
     MemoryUserRepository,
 )
-from candor.errors import InvalidParameterError
-from candor.faces import BoundingBox, DetectedFace, FaceRecord
-from candor.index import (
+from candor.core.errors import InvalidParameterError
+from candor.core.faces import BoundingBox, DetectedFace, FaceRecord
+from candor.core.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
+from candor.index.sync import IndexSync
+from candor.index.vectors import (
     ExactVectorIndex,
     HnswVectorIndex,
     Neighbour,
@@ -32,11 +34,9 @@ from candor.index import (
     VectorIndex,
     load_index,
 )
-from candor.index_sync import IndexSync
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes, search_image
-from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 
 DIMENSION = EMBEDDING_SIZE
 
@@ -350,7 +350,7 @@ def test_a_process_that_builds_a_graph_first_can_still_load_a_model() -> None:
 
     script = (
         "import numpy as np\n"
-        "from candor.index import HnswVectorIndex\n"
+        "from candor.index.vectors import HnswVectorIndex\n"
         "v = np.random.default_rng(0).normal(size=(40, 128)).astype(np.float32)\n"
         "v /= np.linalg.norm(v, axis=1, keepdims=True)\n"
         "index = HnswVectorIndex(dimension=128, min_graph_faces=8)\n"

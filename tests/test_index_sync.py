@@ -21,12 +21,12 @@ from candor.adapters.memory import (
     MemoryIndexSnapshotStore,
     MemoryUserRepository,
 )
-from candor.faces import FaceRecord
-from candor.index_sync import FaceEntry, IndexSync
+from candor.core.faces import FaceRecord
+from candor.core.settings import EMBEDDER_VERSION
+from candor.index.sync import FaceEntry, IndexSync
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
-from candor.settings import EMBEDDER_VERSION
 
 
 class CountingFaces(MemoryFaceRepository):

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from candor.enrolment import photo_id_for
-from candor.settings import EMBEDDER_VERSION
-from candor_local.client import client_for
-from candor_local.runtime import LocalEnvironment
+from candor.core.enrolment import photo_id_for
+from candor.core.settings import EMBEDDER_VERSION
+from candor_local.cli.client import client_for
+from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from candor.adapters.aws import DynamoFaceRepository
-from candor.faces import BoundingBox, FaceRecord
-from candor_local.runtime import LocalEnvironment
+from candor.core.faces import BoundingBox, FaceRecord
+from candor_local.emulator.runtime import LocalEnvironment
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 

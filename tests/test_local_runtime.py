@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from boto3.dynamodb.conditions import Key
 
-from candor_local.function_url import invoke_function_url
-from candor_local.runtime import LocalEnvironment
-from candor_local.stack import complete_resources, deploy_stack
+from candor_local.emulator.function_url import invoke_function_url
+from candor_local.emulator.runtime import LocalEnvironment
+from candor_local.emulator.stack import complete_resources, deploy_stack
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 0.5

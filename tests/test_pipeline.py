@@ -16,11 +16,11 @@ from candor.adapters.memory import (
     MemoryPhotoRepository,
     MemoryPublisher,
 )
-from candor.faces import PhotoStatus
+from candor.core.faces import PhotoStatus
+from candor.core.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 from candor.pipeline import PhotoRef, detect_photo, embed_photo
 from candor.ports import Collection
 from candor.search import CollectionIndexes, search_image
-from candor.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
 
 BUCKET = "uploads"
 # An enrolment upload names the enrolled person's consent reference; without it nobody is indexed.

@@ -24,9 +24,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from candor.adapters.aws import DynamoPhotoRepository
-from candor.enrolment import photo_id_for
-from candor_local.dlq_commands import DeadLetters
-from candor_local.runtime import LocalEnvironment
+from candor.core.enrolment import photo_id_for
+from candor_local.cli.dlq import DeadLetters
+from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,13 @@ DETECT_VISIBILITY_S = 10
 EMBED_VISIBILITY_S = 10
 # Enrolment uploads carry the enrolled person's consent reference; without it nobody is indexed.
 CONSENTED = {"candor-consent": "consent-form-reliability"}
-POISON = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "Not A Bucket"}, "object": {"key": "x.jpg"}}}]})  # noqa: E501
+POISON = json.dumps(
+    {
+        "Records": [
+            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "Not A Bucket"}, "object": {"key": "x.jpg"}}}
+        ]
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +154,14 @@ def test_the_same_event_twice_and_the_same_upload_twice_keep_one_set_of_faces(
             s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), Metadata=metadata)
     for _ in range(2):  # and its S3 event delivered twice more
         for key in uploads:
-            body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key)}}}]}  # noqa: E501
+            body = {
+                "Records": [
+                    {
+                        "eventName": "ObjectCreated:Put",
+                        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key)}},
+                    }
+                ]
+            }
             sqs.send_message(QueueUrl=env.resources["DetectQueue"], MessageBody=json.dumps(body))
     # Four deliveries of each photo, all processed (the faces really were written again and again).
     _wait_for(lambda: all(_embedded(env)[key] >= 4 for key in uploads), 90, "four deliveries of each photo")
@@ -243,7 +256,17 @@ def test_dead_letters_are_explained_and_redriven(env: LocalEnvironment, faces_di
     assert letters[f"s3://{bucket}/{key}"].last_error is None
 
     cli = subprocess.run(
-        [sys.executable, "-m", "candor_local.cli", "dlq", "explain", "--stack-name", "candor-rel", "--logs", str(env.log_dir)],  # noqa: E501
+        [
+            sys.executable,
+            "-m",
+            "candor_local.cli.main",
+            "dlq",
+            "explain",
+            "--stack-name",
+            "candor-rel",
+            "--logs",
+            str(env.log_dir),
+        ],
         env={**os.environ, **env.environment()},
         capture_output=True,
         text=True,

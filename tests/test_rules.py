@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from candor.enrolment import enrolment_for, face_id_for, photo_id_for
-from candor.errors import InvalidParameterError, MalformedEventError
-from candor.faces import Enrolment
-from candor.index import ExactVectorIndex
-from candor.s3_events import photo_refs_from_notification
-from candor.settings import EMBEDDING_SIZE
-from candor.similarity import cosine_from_similarity, fmr_of_similarity, similarity_from_cosine
+from candor.adapters.s3_events import photo_refs_from_notification
+from candor.core.enrolment import enrolment_for, face_id_for, photo_id_for
+from candor.core.errors import InvalidParameterError, MalformedEventError
+from candor.core.faces import Enrolment
+from candor.core.settings import EMBEDDING_SIZE
+from candor.core.similarity import cosine_from_similarity, fmr_of_similarity, similarity_from_cosine
+from candor.index.vectors import ExactVectorIndex
 
 
 def test_key_under_enroll_prefix_enrols_the_named_person() -> None:

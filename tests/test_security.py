@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from candor_local.template import load_yaml
+from candor_local.emulator.template import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / "layers" / "shared" / "python"
@@ -111,9 +111,10 @@ def _reachable_modules(service: Path) -> list[Path]:
             continue
         seen.add(path)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if isinstance(node, ast.ImportFrom) and node.module == "candor":
-                names = [f"candor.{alias.name}" for alias in node.names]
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # `from candor.core import settings` imports the module candor.core.settings
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             for name in names:

@@ -26,16 +26,17 @@ from candor.adapters.memory import (
     MemoryPhotoRepository,
     MemoryUserRepository,
 )
+from candor.core.errors import InvalidParameterError
+from candor.core.faces import FaceRecord
+from candor.core.settings import EMBEDDER_VERSION
 from candor.erasure import erase_person
-from candor.errors import InvalidParameterError
-from candor.faces import FaceRecord
-from candor.index import ShardedVectorIndex
-from candor.index_sync import IndexSync
+from candor.index.shard_search import ShardSearch
+from candor.index.shards import RemoteShards, ShardFunctionEngine, shard_count
+from candor.index.sync import IndexSync
+from candor.index.vectors import ShardedVectorIndex
 from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
-from candor.settings import EMBEDDER_VERSION
-from candor.shards import RemoteShards, ShardFunctionEngine, ShardSearch, shard_count
 
 SHARD_SIZE = 40
 

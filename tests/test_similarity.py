@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from candor import similarity
-from candor.settings import EMBEDDER_VERSION, FACENET_VERSION, SFACE_VERSION
-from candor.similarity import (
+from candor.core import similarity
+from candor.core.settings import EMBEDDER_VERSION, FACENET_VERSION, SFACE_VERSION
+from candor.core.similarity import (
     Calibration,
     cosine_from_similarity,
     fit_calibration,

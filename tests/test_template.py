@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from candor_local.template import (
+from candor_local.emulator.template import (
     DEFAULT_TEMPLATE_PATH,
     Template,
     load_template,

@@ -12,20 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from candor import settings
-from candor.errors import ImageTooLargeError, ImageTooSmallError, InvalidImageError
-from candor.faces import DetectedFace
-from candor.images import DecodedImage, decode_image
-from candor.vision import (
-    DEFAULT_ALIGNMENT,
-    FaceDetector,
-    FaceEmbedder,
-    FivePointAlignment,
-    ModelNotFoundError,
-    align_faces,
-    load_models,
-)
-from candor.vision.align import similarity_transform
+from candor.core import settings
+from candor.core.errors import ImageTooLargeError, ImageTooSmallError, InvalidImageError
+from candor.core.faces import DetectedFace
+from candor.vision.align import DEFAULT_ALIGNMENT, FivePointAlignment, align_faces, similarity_transform
+from candor.vision.detector import FaceDetector
+from candor.vision.embedder import FaceEmbedder
+from candor.vision.images import DecodedImage, decode_image
+from candor.vision.models import ModelNotFoundError, load_models
 
 MAX_BYTES = settings.MAX_OBJECT_IMAGE_BYTES
 

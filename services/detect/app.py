@@ -12,7 +12,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from candor.accountability import Accountability
+from candor.accountability.audit import AuditLog, log_anchor
+from candor.accountability.rules import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
     DynamoCollectionRepository,
@@ -21,15 +22,14 @@ from candor.adapters.aws import (
     SqsPublisher,
     model_source,
 )
-from candor.audit import AuditLog, log_anchor
-from candor.batch import LoggedSqsBatchProcessor
-from candor.errors import MalformedEventError
-from candor.faces import PhotoStatus
-from candor.model_files import model_dir_with
+from candor.adapters.batch import LoggedSqsBatchProcessor
+from candor.adapters.s3_events import photo_refs_from_notification
+from candor.core.errors import MalformedEventError
+from candor.core.faces import PhotoStatus
+from candor.core.settings import DETECTOR_FILE, Settings
 from candor.pipeline import detect_photo
-from candor.s3_events import photo_refs_from_notification
-from candor.settings import DETECTOR_FILE, Settings
-from candor.vision import load_detector
+from candor.vision.model_files import model_dir_with
+from candor.vision.models import load_detector
 
 settings = Settings.from_env()
 logger = Logger()

@@ -12,7 +12,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from candor.accountability import Accountability
+from candor.accountability.audit import AuditLog, log_anchor
+from candor.accountability.rules import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
     DynamoChangeLog,
@@ -22,13 +23,12 @@ from candor.adapters.aws import (
     S3ImageStore,
     model_source,
 )
-from candor.audit import AuditLog, log_anchor
-from candor.batch import LoggedSqsBatchProcessor
-from candor.faces import PhotoStatus
-from candor.model_files import model_dir_with
+from candor.adapters.batch import LoggedSqsBatchProcessor
+from candor.core.faces import PhotoStatus
+from candor.core.settings import EMBEDDER_FILE, Settings
 from candor.pipeline import embed_photo
-from candor.settings import EMBEDDER_FILE, Settings
-from candor.vision import load_embedder
+from candor.vision.model_files import model_dir_with
+from candor.vision.models import load_embedder
 
 settings = Settings.from_env()
 logger = Logger()

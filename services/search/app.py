@@ -16,7 +16,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from rekognition import FaceApi, UnknownOperationError, error_body
 
-from candor.accountability import Accountability
+from candor.accountability.audit import AuditLog, log_anchor
+from candor.accountability.policy import GENERAL_PURPOSE, Caller, validate_purpose, validate_reference
+from candor.accountability.rules import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
     DynamoChangeLog,
@@ -30,16 +32,14 @@ from candor.adapters.aws import (
     S3IndexSnapshotStore,
     model_source,
 )
-from candor.audit import AuditLog, log_anchor
 from candor.collection_service import CollectionStore
-from candor.errors import CandorError
-from candor.index_sync import IndexSync
-from candor.model_files import model_dir_with
-from candor.policy import GENERAL_PURPOSE, Caller, validate_purpose, validate_reference
+from candor.core.errors import CandorError
+from candor.core.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
+from candor.index.shards import ShardFunctionEngine
+from candor.index.sync import IndexSync
 from candor.search import CollectionIndexes
-from candor.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
-from candor.shards import ShardFunctionEngine
-from candor.vision import load_models
+from candor.vision.model_files import model_dir_with
+from candor.vision.models import load_models
 
 AMZ_JSON = "application/x-amz-json-1.1"
 

@@ -3,7 +3,7 @@
 Requests arrive as `POST /` with `X-Amz-Target: RekognitionService.<Operation>`; errors use Rekognition's
 exception names so boto3 raises the same exceptions it would against AWS.
 
-Every search passes the collection's rules and is audited (candor/accountability.py); the caller states
+Every search passes the collection's rules and is audited (candor/accountability/rules.py); the caller states
 purpose, case and consent in the X-Candor-* headers, which the handler turns into `FaceApi.caller`.
 """
 
@@ -18,12 +18,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from candor import collection_service as service
-from candor.accountability import Accountability, Returned, SearchAuthorization
-from candor.audit import ACCOUNT_CHAIN
+from candor.accountability.audit import ACCOUNT_CHAIN
+from candor.accountability.policy import Caller, CollectionPolicy, parse_policy
+from candor.accountability.rules import Accountability, Returned, SearchAuthorization
 from candor.collection_service import CollectionStore, UserMatch
-from candor.enrolment import COLLECTION_ID_PATTERN, validate_collection_id
-from candor.erasure import ErasureResult, erase_person
-from candor.errors import (
+from candor.core.enrolment import COLLECTION_ID_PATTERN, validate_collection_id
+from candor.core.errors import (
     CandorError,
     ImageTooLargeError,
     InvalidPaginationTokenError,
@@ -33,15 +33,8 @@ from candor.errors import (
     ResourceNotFoundError,
     ThresholdBelowFloorError,
 )
-from candor.faces import LANDMARK_TYPES, DetectedFace, FaceRecord, Match, PhotoRecord, PhotoStatus
-from candor.images import decode_image
-from candor.indexing import assess_faces, index_faces
-from candor.policy import Caller, CollectionPolicy, parse_policy
-from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore, PhotoRepository
-from candor.quality import AssessedFace, QualityFilter, parse_quality_filter, quality_reasons
-from candor.reindex import reindex_collection
-from candor.search import CollectionIndexes, ImageSearchResult, search_image
-from candor.settings import (
+from candor.core.faces import LANDMARK_TYPES, DetectedFace, FaceRecord, Match, PhotoRecord, PhotoStatus
+from candor.core.settings import (
     DEFAULT_FACE_MATCH_THRESHOLD,
     EMBEDDER_VERSION,
     INDEX_SHARD_SIZE,
@@ -49,7 +42,14 @@ from candor.settings import (
     MAX_OBJECT_IMAGE_BYTES,
     MAX_REQUEST_IMAGE_BYTES,
 )
-from candor.similarity import similarity_from_cosine
+from candor.core.similarity import similarity_from_cosine
+from candor.erasure import ErasureResult, erase_person
+from candor.indexing import assess_faces, index_faces
+from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore, PhotoRepository
+from candor.reindex import reindex_collection
+from candor.search import CollectionIndexes, ImageSearchResult, search_image
+from candor.vision.images import decode_image
+from candor.vision.quality import AssessedFace, QualityFilter, parse_quality_filter, quality_reasons
 
 EXCEPTION_NAMES = {
     "InvalidImageFormat": "InvalidImageFormatException",

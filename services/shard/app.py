@@ -1,7 +1,7 @@
 """ShardFunction: one shard of a large collection, kept warm, searched for the search function.
 
 Invoked by SearchFunction (never by an event) once a collection has more than one index shard: one
-invocation per shard, in parallel (candor/shards.py). The request carries the collection's change number, so
+invocation per shard, in parallel (candor/index/shards.py). The request carries the collection's change number, so
 the shard applies the same changes the caller has seen before it answers.
 """
 
@@ -13,9 +13,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from candor.adapters.aws import DynamoChangeLog, DynamoFaceRepository, S3IndexSnapshotStore
-from candor.index_sync import IndexSync
-from candor.settings import Settings
-from candor.shards import ShardSearch
+from candor.core.settings import Settings
+from candor.index.shard_search import ShardSearch
+from candor.index.sync import IndexSync
 
 settings = Settings.from_env()
 logger = Logger()

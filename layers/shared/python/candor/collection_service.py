@@ -15,18 +15,18 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from candor.enrolment import validate_collection_id
-from candor.errors import (
+from candor.core.enrolment import validate_collection_id
+from candor.core.errors import (
     InvalidPaginationTokenError,
     InvalidParameterError,
     ResourceNotFoundError,
 )
-from candor.faces import FaceRecord, Match
-from candor.index import VectorIndex
-from candor.index_sync import CollectionFaces, FaceEntry
+from candor.core.faces import FaceRecord, Match
+from candor.core.similarity import cosine_from_similarity, similarity_from_cosine
+from candor.index.sync import CollectionFaces, FaceEntry
+from candor.index.vectors import VectorIndex
 from candor.ports import CollectionRepository, FaceRepository, IndexChange, Page, User, UserRepository
 from candor.search import CollectionIndexes
-from candor.similarity import cosine_from_similarity, similarity_from_cosine
 
 # Rekognition's patterns for FaceId and UserId.
 FACE_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from candor.collection_service import CollectionStore
-from candor.errors import CandorError, ResourceNotFoundError
-from candor.faces import Match
+from candor.core.errors import CandorError, ResourceNotFoundError
+from candor.core.faces import Match
 from candor.ports import ImageStore, IndexChange, PhotoRepository
 
 

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from candor.enrolment import face_id_for, validate_collection_id, validate_external_image_id
-from candor.errors import InvalidParameterError, ResourceNotFoundError
-from candor.faces import DetectedFace, Enrolment, FaceRecord
-from candor.images import DecodedImage, decode_image
+from candor.core.enrolment import face_id_for, validate_collection_id, validate_external_image_id
+from candor.core.errors import InvalidParameterError, ResourceNotFoundError
+from candor.core.faces import DetectedFace, Enrolment, FaceRecord
+from candor.core.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
 from candor.ports import CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository, IndexChange
-from candor.quality import AssessedFace, QualityFilter, assess_face, quality_reasons
-from candor.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
+from candor.vision.images import DecodedImage, decode_image
+from candor.vision.quality import AssessedFace, QualityFilter, assess_face, quality_reasons
 
 
 def embed_and_store(

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from candor.accountability import Accountability
-from candor.enrolment import META_CONSENT, enrolment_for, face_id_for, photo_id_for
-from candor.errors import CandorError, ConsentRequiredError, NoFaceError, ResourceNotFoundError
-from candor.faces import DetectedFace, Enrolment, PhotoRecord, PhotoStatus
-from candor.images import decode_image
+from candor.accountability.policy import Caller
+from candor.accountability.rules import Accountability
+from candor.core.enrolment import META_CONSENT, enrolment_for, face_id_for, photo_id_for
+from candor.core.errors import CandorError, ConsentRequiredError, NoFaceError, ResourceNotFoundError
+from candor.core.faces import DetectedFace, Enrolment, PhotoRecord, PhotoStatus
+from candor.core.settings import DEFAULT_RETENTION_DAYS, MAX_FACES, MAX_OBJECT_IMAGE_BYTES
 from candor.indexing import embed_and_store
-from candor.policy import Caller
 from candor.ports import (
     CollectionRepository,
     FaceDetector,
@@ -30,7 +30,7 @@ from candor.ports import (
     PhotoRepository,
 )
 from candor.retention import expire_photo, expiry
-from candor.settings import DEFAULT_RETENTION_DAYS, MAX_FACES, MAX_OBJECT_IMAGE_BYTES
+from candor.vision.images import decode_image
 
 # Who the audit log names for what the pipeline does: the upload (the uploader's identity is in S3's logs).
 PIPELINE_CALLER = Caller("upload-pipeline")

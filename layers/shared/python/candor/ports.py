@@ -10,10 +10,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from candor.errors import FaceModelMismatchError
-from candor.faces import DetectedFace, FaceRecord, PhotoRecord
-from candor.policy import CollectionPolicy
-from candor.settings import INDEX_SHARD_SIZE
+from candor.accountability.policy import CollectionPolicy
+from candor.core.errors import FaceModelMismatchError
+from candor.core.faces import DetectedFace, FaceRecord, PhotoRecord
+from candor.core.settings import INDEX_SHARD_SIZE
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ class Collection:
     shard_size: int = INDEX_SHARD_SIZE
     faces_allocated: int = 0
     face_count: int = 0
-    # What the collection may be searched for, and how (candor/policy.py); the safe default otherwise.
+    # What the collection may be searched for, and how (candor/accountability/policy.py); the safe default otherwise.
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
 
     def require_face_model(self, version: str) -> None:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from candor.enrolment import validate_collection_id
-from candor.errors import CandorError, InvalidParameterError, ResourceNotFoundError
-from candor.faces import BoundingBox, DetectedFace, FaceRecord
-from candor.images import decode_image
+from candor.core.enrolment import validate_collection_id
+from candor.core.errors import CandorError, InvalidParameterError, ResourceNotFoundError
+from candor.core.faces import BoundingBox, DetectedFace, FaceRecord
+from candor.core.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
 from candor.ports import CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository, ImageStore, PhotoRepository
-from candor.settings import MAX_FACES, MAX_OBJECT_IMAGE_BYTES
 from candor.vision.detector import box_iou
+from candor.vision.images import decode_image
 
 # Faces re-embedded per call: about 100 photos' decode, detect and embed, a few seconds on one vCPU.
 REINDEX_PAGE = 100

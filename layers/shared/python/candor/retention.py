@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-from candor.faces import PhotoRecord
+from candor.core.faces import PhotoRecord
+from candor.core.settings import RETENTION_TAG
 from candor.ports import ImageStore
-from candor.settings import RETENTION_TAG
 
 DAY_S = 86_400
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from candor.enrolment import validate_collection_id
-from candor.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
-from candor.faces import DetectedFace, Match
-from candor.images import DecodedImage, decode_image
-from candor.index import VectorIndex
-from candor.index_sync import CollectionFaces, IndexSync, WarmCollection
+from candor.core.enrolment import validate_collection_id
+from candor.core.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
+from candor.core.faces import DetectedFace, Match
+from candor.core.settings import EMBEDDER_VERSION, MAX_FACES, MAX_REQUEST_IMAGE_BYTES
+from candor.core.similarity import cosine_from_similarity, similarity_from_cosine
+from candor.index.shards import RemoteShards, snapshot_name
+from candor.index.sync import CollectionFaces, IndexSync, WarmCollection
+from candor.index.vectors import VectorIndex
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
-from candor.quality import QualityFilter, assess_face, quality_reasons
-from candor.settings import EMBEDDER_VERSION, MAX_FACES, MAX_REQUEST_IMAGE_BYTES
-from candor.shards import RemoteShards, snapshot_name
-from candor.similarity import cosine_from_similarity, similarity_from_cosine
+from candor.vision.images import DecodedImage, decode_image
+from candor.vision.quality import QualityFilter, assess_face, quality_reasons
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ImageSearchResult:
 
 class CollectionIndexes:
     """Warm indexes, one per collection, brought up to date only when the collection's change number moved
-    (from its snapshot on a cold start, then by its change log: candor/index_sync.py).
+    (from its snapshot on a cold start, then by its change log: candor/index/sync.py).
 
     Only collections of the face model this function embeds with (`model_version`) are searched: the vectors
     of two models are never compared. Another model's collection is refused until it is re-indexed."""

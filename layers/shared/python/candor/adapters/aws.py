@@ -17,6 +17,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from candor.accountability.audit import AuditRecord
+from candor.accountability.policy import CollectionPolicy
 from candor.adapters.records import (
     change_from_dict,
     change_to_dict,
@@ -31,12 +33,10 @@ from candor.adapters.records import (
     user_from_dict,
     user_to_dict,
 )
-from candor.audit import AuditRecord
-from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
-from candor.faces import FaceRecord, PhotoRecord
-from candor.policy import CollectionPolicy
+from candor.core.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
+from candor.core.faces import FaceRecord, PhotoRecord
+from candor.core.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
 from candor.ports import Collection, IndexChange, Page, StoredImage, User, wanted
-from candor.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
 
 BY_COLLECTION_INDEX = "ByCollection"
 BY_SHARD_INDEX = "ByShard"
@@ -429,7 +429,7 @@ def _page(items: list[Any], limit: int, key_of: Any) -> Page[Any]:
 class S3IndexSnapshotStore:
     """Snapshots of a collection's vector index: the files under snapshots/<name>/<snapshot>/, and
     latest/<name>.json naming the current one, where a name is a collection id or <collection id>/shard-NNNN
-    (one shard's, candor/shards.py). The manifest is written last, so a reader sees either the old snapshot or
+    (one shard's, candor/index/shards.py). The manifest is written last, so a reader sees either the old snapshot or
     the whole new one; the previous snapshot is kept for readers still fetching it."""
 
     def __init__(self, bucket: str, client: Any | None = None) -> None:
@@ -500,7 +500,7 @@ class S3IndexSnapshotStore:
 
 
 class LambdaShardInvoker:
-    """One shard's search, run by the shard function (candor/shards.py): a synchronous invocation."""
+    """One shard's search, run by the shard function (candor/index/shards.py): a synchronous invocation."""
 
     def __init__(self, function_name: str, client: Any | None = None) -> None:
         self._lambda = client or _client("lambda")

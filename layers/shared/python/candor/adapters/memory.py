@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from candor.audit import AuditRecord
-from candor.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
-from candor.faces import FaceRecord, PhotoRecord
-from candor.policy import CollectionPolicy
+from candor.accountability.audit import AuditRecord
+from candor.accountability.policy import CollectionPolicy
+from candor.core.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
+from candor.core.faces import FaceRecord, PhotoRecord
+from candor.core.settings import CHANGE_LOG_ENTRY_FACES
 from candor.ports import Collection, IndexChange, Page, StoredImage, User, wanted
-from candor.settings import CHANGE_LOG_ENTRY_FACES
 
 
 class MemoryImageStore:

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from candor.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
-from candor.policy import CollectionPolicy
+from candor.accountability.policy import CollectionPolicy
+from candor.core.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
+from candor.core.settings import INDEX_SHARD_SIZE
 from candor.ports import Collection, IndexChange, User
-from candor.settings import INDEX_SHARD_SIZE
 
 
 def to_item(value: Any) -> Any:

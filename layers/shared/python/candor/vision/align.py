@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from candor.faces import DetectedFace
+from candor.core.faces import DetectedFace
 
 FACE_SIZE = 160
 

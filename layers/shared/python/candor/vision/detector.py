@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from candor import settings
-from candor.faces import BoundingBox, DetectedFace
+from candor.core import settings
+from candor.core.faces import BoundingBox, DetectedFace
 
 
 def create_session(model_path: Path, intra_op_threads: int = 0) -> ort.InferenceSession:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from candor import settings
-from candor.faces import DetectedFace
+from candor.core import settings
+from candor.core.faces import DetectedFace
 from candor.vision.align import Alignment, FivePointAlignment, StretchedBoxCrop, align_faces
 from candor.vision.detector import create_session
 

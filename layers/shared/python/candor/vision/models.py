@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from candor import settings
+from candor.core import settings
 from candor.vision.detector import FaceDetector
 from candor.vision.embedder import EMBEDDER_MODELS, FaceEmbedder
 
@@ -68,9 +68,7 @@ def load_embedder_version(model_dir: Path | str, version: str, intra_op_threads:
 
 
 @lru_cache(maxsize=4)
-def _load_embedder(
-    model_dir: Path, intra_op_threads: int, version: str = settings.EMBEDDER_VERSION
-) -> FaceEmbedder:
+def _load_embedder(model_dir: Path, intra_op_threads: int, version: str = settings.EMBEDDER_VERSION) -> FaceEmbedder:
     model = EMBEDDER_MODELS[version]
     (path,) = _require(model_dir, model.file)
     return FaceEmbedder(path, intra_op_threads, model=model)

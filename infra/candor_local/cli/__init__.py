@@ -1,0 +1,1 @@
+"""`candor`: the commands a user runs, and the reports they print."""

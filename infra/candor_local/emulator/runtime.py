@@ -1,0 +1,543 @@
+"""The whole service on one machine: an AWS endpoint (embedded moto unless told otherwise), the template's
+stack deployed on it, and one worker process per function playing Lambda.
+
+    with LocalEnvironment.start() as env:
+        env.client("s3").put_object(Bucket=env.resources["UploadBucket"], Key="photo.jpg", Body=data)
+        env.wait_idle()
+
+Endpoint choice: `endpoint_url=None` uses AWS_ENDPOINT_URL when it is set (LocalStack, a moto server of
+your own) and starts an embedded moto server otherwise; a URL uses that endpoint; `"aws"` uses boto3's
+default resolution, i.e. AWS itself with your credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import boto3
+
+from candor.core.settings import DEFAULT_MODEL_DIR
+from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS, EMULATOR_REGION, MotoEmulator
+from candor_local.emulator.stack import DeployedStack, Endpoint, deploy_stack
+from candor_local.emulator.template import DEFAULT_REGION, DEFAULT_TEMPLATE_PATH, FunctionSpec, Template, load_template
+from candor_local.emulator.worker_config import QueueSource, UrlConfig, WorkerConfig
+
+logger = logging.getLogger(__name__)
+
+USE_AWS = "aws"
+# Variables the worker gets from the template or from the runtime, never from the caller's shell.
+_OWN_PREFIXES = ("AWS_", "POWERTOOLS_", "LAMBDA_", "_HANDLER", "_X_AMZN")
+_KEPT_AWS = ("AWS_CA_BUNDLE",)
+_SUPERVISE_EVERY_S = 0.5
+_STOP_GRACE_S = 8.0
+
+
+@dataclass
+class _Worker:
+    """One function instance: its process, its log, and how often it had to be restarted."""
+
+    spec: FunctionSpec
+    config: WorkerConfig
+    config_path: Path
+    env: dict[str, str]
+    log_path: Path
+    echo: bool
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    _pump: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        ready = Path(self.config.ready_file)
+        ready.unlink(missing_ok=True)
+        self.config.dump(self.config_path)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "candor_local.emulator.worker", str(self.config_path)],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Ctrl-C in a terminal reaches the runtime only; it stops the workers in order.
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+        self._pump = threading.Thread(
+            target=_pump_output,
+            args=(self.process.stdout, self.log_path, self.spec.logical_id, self.echo),
+            name=f"log-{self.spec.logical_id}",
+            daemon=True,
+        )
+        self._pump.start()
+
+    def ready_details(self) -> dict[str, Any] | None:
+        ready = Path(self.config.ready_file)
+        if not ready.exists():
+            return None
+        details: dict[str, Any] = json.loads(ready.read_text(encoding="utf-8"))
+        return details if self.process is not None and details.get("pid") == self.process.pid else None
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %.0f s; killing it", self.spec.logical_id, timeout_s)
+            self.process.kill()
+            self.process.wait()
+        if self._pump is not None:
+            self._pump.join(timeout=2.0)
+
+
+def _pump_output(stream: IO[bytes] | None, log_path: Path, name: str, echo: bool) -> None:
+    """Copy a worker's stdout/stderr to its log file (and the console when asked), line by line."""
+    if stream is None:
+        return
+    with log_path.open("ab") as log:
+        for line in iter(stream.readline, b""):
+            log.write(line)
+            log.flush()
+            if echo:
+                sys.stderr.write(f"[{name}] {line.decode('utf-8', 'replace')}")
+                sys.stderr.flush()
+
+
+class LocalEnvironment:
+    """The running local service; build it with `LocalEnvironment.start(...)`, end it with `stop()` (or use
+    it as a context manager)."""
+
+    def __init__(
+        self,
+        template: Template,
+        stack: DeployedStack,
+        emulator: MotoEmulator | None,
+        log_dir: Path,
+        run_dir: Path,
+    ) -> None:
+        self.template = template
+        self.stack = stack
+        self._emulator = emulator
+        self.log_dir = log_dir
+        self._run_dir = run_dir
+        self._workers: dict[str, _Worker] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------------ start
+
+    @classmethod
+    def start(
+        cls,
+        stack_name: str = "candor",
+        endpoint_url: str | None = None,
+        model_dir: Path | str | None = None,
+        template_path: Path | str = DEFAULT_TEMPLATE_PATH,
+        api_port: int = 0,
+        log_dir: Path | str | None = None,
+        *,
+        parameter_overrides: Mapping[str, str] | None = None,
+        echo_logs: bool = False,
+        ready_timeout_s: float = 120.0,
+    ) -> LocalEnvironment:
+        """Start an endpoint if needed, deploy the stack, start one worker per function and return once
+        every worker has initialised (imported its handler) and polls; the Function URL then answers."""
+        emulator: MotoEmulator | None = None
+        run_dir = Path(tempfile.mkdtemp(prefix="candor-local-"))
+        try:
+            endpoint, emulator = _connect(endpoint_url)
+            template = load_template(template_path, parameter_overrides, endpoint.region)
+            stack = deploy_stack(template, stack_name, endpoint, parameter_overrides)
+            # Logs outlive the environment (the run folder does not): they are what explains a failure.
+            logs = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="candor-logs-"))
+            logs.mkdir(parents=True, exist_ok=True)
+            environment = cls(template, stack, emulator, logs, run_dir)
+        except BaseException:
+            if emulator is not None:
+                emulator.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        try:
+            environment._start_workers(
+                Path(model_dir) if model_dir else DEFAULT_MODEL_DIR, api_port, echo_logs, ready_timeout_s
+            )
+        except BaseException:
+            environment.stop()
+            raise
+        return environment
+
+    def _start_workers(self, model_dir: Path, api_port: int, echo: bool, ready_timeout_s: float) -> None:
+        base_env = _worker_base_env(self.stack.endpoint)
+        url_functions = sorted(f.logical_id for f in self.template.functions.values() if f.has_function_url)
+        for spec in self.template.functions.values():
+            if not spec.sqs_sources and not spec.has_function_url:
+                # ShardFunction: invoked only by SearchFunction, which locally searches shards itself.
+                logger.info("%s is invoked only by other functions: not started locally", spec.logical_id)
+                continue
+            port = api_port if url_functions and spec.logical_id == url_functions[0] else 0
+            config = self._worker_config(spec, port)
+            env = {**base_env, **self._function_env(spec, config, model_dir)}
+            worker = _Worker(
+                spec,
+                config,
+                self._run_dir / f"{spec.logical_id}.json",
+                env,
+                self.log_dir / f"{spec.logical_id}.log",
+                echo,
+            )
+            self._workers[spec.logical_id] = worker
+        local = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        runtimes = {w.spec.runtime for w in self._workers.values()} - {local}
+        if runtimes:
+            logger.info("the template's runtime is %s; handlers run here under %s", ", ".join(sorted(runtimes)), local)
+        for worker in self._workers.values():
+            worker.start()
+        self._await_ready(ready_timeout_s)
+        self._supervisor = threading.Thread(target=self._supervise, name="candor-local-supervisor", daemon=True)
+        self._supervisor.start()
+        logger.info("local environment ready: %d worker(s), logs in %s", len(self._workers), self.log_dir)
+
+    @classmethod
+    def attach(
+        cls,
+        stack_name: str = "candor",
+        endpoint_url: str | None = None,
+        template_path: Path | str = DEFAULT_TEMPLATE_PATH,
+    ) -> LocalEnvironment:
+        """The stack on an endpoint, created from the template if missing, without starting any worker
+        (for one-off invocations next to a running `candor up`, or against LocalStack or AWS)."""
+        endpoint, emulator = _connect(endpoint_url)
+        template = load_template(template_path, None, endpoint.region)
+        stack = deploy_stack(template, stack_name, endpoint)
+        run_dir = Path(tempfile.mkdtemp(prefix="candor-local-"))
+        return cls(template, stack, emulator, Path(tempfile.mkdtemp(prefix="candor-logs-")), run_dir)
+
+    def invoke(self, logical_id: str, event: Any, model_dir: Path | str | None = None) -> Any:
+        """Invoke one function once with `event`, as `sam local invoke` does: a fresh process with the
+        function's environment and import path, its logs on stderr; returns the handler's result."""
+        spec = self.template.functions.get(logical_id)
+        if spec is None:
+            known = ", ".join(sorted(self.template.functions))
+            raise KeyError(f"{logical_id} is not a function of the template: {known}")
+        config = self._worker_config(spec, 0)
+        env = {
+            **_worker_base_env(self.stack.endpoint),
+            **self._function_env(spec, config, Path(model_dir) if model_dir else DEFAULT_MODEL_DIR),
+        }
+        scratch = Path(tempfile.mkdtemp(prefix="candor-invoke-", dir=self._run_dir))
+        config_path, event_path, result_path = scratch / "config.json", scratch / "event.json", scratch / "result.json"
+        config.dump(config_path)
+        event_path.write_text(json.dumps(event), encoding="utf-8")
+        command = [sys.executable, "-m", "candor_local.emulator.worker", "--invoke", str(config_path), str(event_path)]
+        # Logs go to stderr so that stdout carries only the result, as with `sam local invoke`.
+        completed = subprocess.run([*command, str(result_path)], env=env, stdout=sys.stderr, check=False)
+        if completed.returncode != 0 or not result_path.is_file():
+            raise RuntimeError(f"{logical_id} failed (exit code {completed.returncode}); its log is above")
+        return json.loads(result_path.read_text(encoding="utf-8"))
+
+    def _worker_config(self, spec: FunctionSpec, port: int) -> WorkerConfig:
+        stack = self.stack
+        queues = [
+            QueueSource(
+                queue_url=stack.queue_url(source.queue_logical_id),
+                queue_arn=stack.queue_arn(source.queue_logical_id),
+                batch_size=source.batch_size,
+                maximum_batching_window_s=source.maximum_batching_window_s,
+                report_batch_item_failures=source.report_batch_item_failures,
+            )
+            for source in spec.sqs_sources
+        ]
+        url = (
+            UrlConfig(
+                host="127.0.0.1",
+                port=port,
+                auth_type=str(spec.function_url_auth),
+                account_id=stack.account_id,
+            )
+            if spec.has_function_url
+            else None
+        )
+        return WorkerConfig(
+            logical_id=spec.logical_id,
+            function_name=stack.function_name(spec.logical_id),
+            function_arn=stack.function_arn(spec.logical_id),
+            handler=spec.handler,
+            python_path=[str(path) for path in spec.python_path],
+            timeout_s=spec.timeout_s,
+            memory_mb=spec.memory_mb,
+            region=stack.region,
+            ready_file=str(self._run_dir / f"{spec.logical_id}.ready"),
+            queues=queues,
+            function_url=url,
+        )
+
+    def _function_env(self, spec: FunctionSpec, config: WorkerConfig, model_dir: Path) -> dict[str, str]:
+        """The template's variables, resolved, plus the ones Lambda itself sets."""
+        env = self.stack.function_environment(spec)
+        if "MODEL_DIR" in env:
+            env["MODEL_DIR"] = str(model_dir)  # /opt/models is the model layer on Lambda
+        if "SHARD_FUNCTION" in env:
+            # Locally the search function searches every shard itself, in parallel threads: the emulator
+            # cannot run a function synchronously for another (candor/index/shards.py).
+            env["SHARD_FUNCTION"] = ""
+        env.update(
+            {
+                "AWS_LAMBDA_FUNCTION_NAME": config.function_name,
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout_s),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.function_name}",
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
+                "AWS_REGION": self.stack.region,
+                "AWS_DEFAULT_REGION": self.stack.region,
+                "LAMBDA_TASK_ROOT": str(spec.code_dir),
+                "_HANDLER": spec.handler,
+                # As `sam local` does: Powertools then leaves X-Ray tracing off.
+                "AWS_SAM_LOCAL": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def _await_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = dict(self._workers)
+        while pending:
+            for logical_id, worker in list(pending.items()):
+                details = worker.ready_details()
+                if details is not None:
+                    if "port" in details and worker.config.function_url is not None:
+                        # Restarts keep the port, so the URL stays valid for the whole session.
+                        worker.config = replace(
+                            worker.config,
+                            function_url=replace(worker.config.function_url, port=details["port"]),
+                        )
+                    del pending[logical_id]
+                elif worker.exited() is not None:
+                    worker.wait(1.0)
+                    log = _tail(worker.log_path)
+                    raise RuntimeError(f"{logical_id} exited with code {worker.exited()} while starting:\n{log}")
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready after {timeout_s:.0f} s: {sorted(pending)}")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------------------------------- supervise
+
+    def _supervise(self) -> None:
+        """A worker that dies is replaced, as Lambda starts a new instance; a crash loop backs off."""
+        while not self._stopping.wait(_SUPERVISE_EVERY_S):
+            with self._lock:
+                for worker in self._workers.values():
+                    code = worker.exited()
+                    if code is None or self._stopping.is_set():
+                        continue
+                    now = time.monotonic()
+                    if worker.next_start == 0.0:
+                        quick = now - worker.started_at < 10.0
+                        worker.restarts = worker.restarts + 1 if quick else 1
+                        delay = min(30.0, 0.5 * 2 ** (worker.restarts - 1))
+                        worker.next_start = now + delay
+                        logger.warning(
+                            "%s exited with code %s; starting a new instance in %.1f s (log: %s)",
+                            worker.spec.logical_id,
+                            code,
+                            delay,
+                            worker.log_path,
+                        )
+                    elif now >= worker.next_start:
+                        worker.wait(1.0)
+                        worker.next_start = 0.0
+                        worker.start()
+                        logger.info(
+                            "%s: new instance started (pid %s)",
+                            worker.spec.logical_id,
+                            worker.process.pid if worker.process else "?",
+                        )
+
+    # --------------------------------------------------------------------------------------------- public
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The AWS endpoint in use; None when it is AWS itself."""
+        return self.stack.endpoint.url
+
+    @property
+    def region(self) -> str:
+        return self.stack.region
+
+    @property
+    def resources(self) -> dict[str, str]:
+        """Logical id → physical id of every deployed resource (bucket name, table names, queue URLs)."""
+        return dict(self.stack.physical_ids)
+
+    @property
+    def function_urls(self) -> dict[str, str]:
+        return {
+            logical_id: f"http://{w.config.function_url.host}:{w.config.function_url.port}/"
+            for logical_id, w in self._workers.items()
+            if w.config.function_url is not None
+        }
+
+    @property
+    def api_url(self) -> str:
+        """The Function URL (of the first function that has one, by logical id)."""
+        urls = self.function_urls
+        if not urls:
+            raise LookupError("no function of the template has a Function URL")
+        return urls[sorted(urls)[0]]
+
+    @property
+    def session(self) -> boto3.session.Session:
+        return self.stack.endpoint.session
+
+    def client(self, service_name: str) -> Any:
+        """A boto3 client for the environment's endpoint, region and credentials."""
+        return self.stack.endpoint.client(service_name)
+
+    def environment(self) -> dict[str, str]:
+        """Variables that point a boto3 client in another process at this environment."""
+        env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
+        if self.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        env.update(_credential_env(self.session))
+        return env
+
+    def log_path(self, logical_id: str) -> Path:
+        return self.log_dir / f"{logical_id}.log"
+
+    def worker_pid(self, logical_id: str) -> int | None:
+        """The process id of the function's current instance (None while it is being replaced)."""
+        worker = self._workers[logical_id]
+        return worker.process.pid if worker.process is not None and worker.process.poll() is None else None
+
+    def wait_idle(self, timeout: float = 60.0, settle_s: float = 1.0) -> None:
+        """Return once every queue a function consumes has been empty, nothing in flight or delayed, for
+        `settle_s` without a break; raise TimeoutError otherwise."""
+        sqs = self.client("sqs")
+        urls = sorted({q.queue_url for w in self._workers.values() for q in w.config.queues})
+        names = (
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        )
+        deadline = time.monotonic() + timeout
+        idle_since: float | None = None
+        counts: dict[str, list[int]] = {}
+        while True:
+            counts = {}
+            for url in urls:
+                attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(names))["Attributes"]
+                counts[url] = [int(attributes.get(name, 0)) for name in names]
+            now = time.monotonic()
+            if all(sum(values) == 0 for values in counts.values()):
+                idle_since = idle_since if idle_since is not None else now
+                if now - idle_since >= settle_s:
+                    return
+            else:
+                idle_since = None
+            if now > deadline:
+                busy = {url.rsplit("/", 1)[-1]: values for url, values in counts.items() if sum(values)}
+                raise TimeoutError(f"not idle after {timeout:.0f} s (visible, in flight, delayed): {busy}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the workers (each finishes its current poll), then the embedded endpoint."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5.0)
+        with self._lock:
+            for worker in self._workers.values():
+                worker.terminate()
+            for worker in self._workers.values():
+                worker.wait(_STOP_GRACE_S)
+        if self._emulator is not None:
+            self._emulator.stop()
+            self._emulator = None
+        shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalEnvironment:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _connect(endpoint_url: str | None) -> tuple[Endpoint, MotoEmulator | None]:
+    """The endpoint to use (see the module docstring), starting moto when nothing else is configured."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    if endpoint_url is None and not os.environ.get("AWS_ENDPOINT_URL"):
+        emulator = MotoEmulator()
+        url = emulator.start()
+        session = boto3.session.Session(
+            aws_access_key_id=EMULATOR_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=EMULATOR_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=EMULATOR_CREDENTIALS["AWS_SESSION_TOKEN"],
+            region_name=EMULATOR_REGION,
+        )
+        return Endpoint(session=session, url=url), emulator
+    if endpoint_url == USE_AWS:
+        logger.info("using AWS itself (region %s)", region)
+        return Endpoint(session=boto3.session.Session(region_name=region), url=None), None
+    url = endpoint_url or os.environ["AWS_ENDPOINT_URL"]
+    session = boto3.session.Session(region_name=region)
+    if session.get_credentials() is None:
+        # Emulators accept any credentials; don't make the user invent some.
+        session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=region)
+    logger.info("using the AWS endpoint %s (region %s)", url, region)
+    return Endpoint(session=session, url=url), None
+
+
+def _credential_env(session: boto3.session.Session) -> dict[str, str]:
+    credentials = session.get_credentials()
+    if credentials is None:
+        return {}
+    frozen = credentials.get_frozen_credentials()
+    env = {"AWS_ACCESS_KEY_ID": str(frozen.access_key), "AWS_SECRET_ACCESS_KEY": str(frozen.secret_key)}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    return env
+
+
+def _worker_base_env(endpoint: Endpoint) -> dict[str, str]:
+    """The caller's environment minus anything AWS or Lambda (a worker gets those from the template and
+    the runtime only), plus the endpoint and credentials. Credentials are passed as keys, as Lambda
+    passes its role's."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(_OWN_PREFIXES) or key in _KEPT_AWS}
+    if endpoint.url:
+        env["AWS_ENDPOINT_URL"] = endpoint.url
+    env.update(_credential_env(endpoint.session))
+    return env
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,319 @@
+"""Read template.yaml the way AWS does: parse the short-form tags, translate SAM to CloudFormation with
+aws-sam-translator (offline), and describe each function from the translated resources.
+
+Everything the local runtime knows about resources comes from here; nothing is listed a second time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+from samtranslator.metrics.metrics import DummyMetricsPublisher, Metrics
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+from samtranslator.utils.py27hash_fix import to_py27_compatible_template, undo_mark_unicode_str_in_template
+from samtranslator.yaml_helper import intrinsics_multi_constructor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[3] / "template.yaml"
+DEFAULT_REGION = "us-east-1"
+
+# Stand-in S3 bucket for local code paths: the translator only accepts S3 locations, and the key carries the
+# SAM logical id so the translated Code/Content can be mapped back to the local directory.
+_LOCAL_ARTIFACTS_BUCKET = "candor-local-artifacts"
+
+# Resource types the local runtime plays itself (a worker process per function) instead of deploying.
+LAMBDA_RESOURCE_TYPES = frozenset(
+    {
+        "AWS::Lambda::Function",
+        "AWS::Lambda::LayerVersion",
+        "AWS::Lambda::EventSourceMapping",
+        "AWS::Lambda::Permission",
+        "AWS::Lambda::Url",
+        "AWS::Lambda::Version",
+        "AWS::Lambda::Alias",
+        "AWS::IAM::Role",
+    }
+)
+
+
+class TemplateError(ValueError):
+    """The template cannot be read, translated, or holds something the local runtime cannot play."""
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that understands CloudFormation's short-form tags (!Ref, !Sub, !GetAtt A.B, ...)."""
+
+
+_CfnLoader.add_multi_constructor("!", intrinsics_multi_constructor)
+
+
+def _no_iam_policy_map() -> dict[str, str]:
+    """Managed policy names resolve from the map bundled with aws-sam-translator; IAM is never asked, so
+    translation needs neither credentials nor network (a name missing from that map is an error)."""
+    return {}
+
+
+@dataclass(frozen=True)
+class SqsEventSource:
+    """An SQS event source mapping, as Lambda's poller would read it."""
+
+    logical_id: str
+    queue_logical_id: str
+    batch_size: int
+    maximum_batching_window_s: int
+    report_batch_item_failures: bool
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One function of the translated template, with its local code and layer directories."""
+
+    logical_id: str
+    handler: str
+    runtime: str
+    code_dir: Path
+    layer_dirs: tuple[Path, ...]
+    environment: Mapping[str, Any]  # values may still hold intrinsics (Ref, GetAtt, Sub)
+    timeout_s: int
+    memory_mb: int
+    sqs_sources: tuple[SqsEventSource, ...] = ()
+    function_url_auth: str | None = None
+
+    @property
+    def has_function_url(self) -> bool:
+        return self.function_url_auth is not None
+
+    @property
+    def python_path(self) -> list[Path]:
+        """Import path in Lambda's order: the code (/var/task), then each layer's python/ (/opt/python)."""
+        return [self.code_dir, *(layer / "python" for layer in self.layer_dirs)]
+
+
+@dataclass(frozen=True)
+class Template:
+    path: Path
+    sam: dict[str, Any]
+    cfn: dict[str, Any]
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return dict(self.cfn.get("Resources", {}))
+
+    @property
+    def parameter_defaults(self) -> dict[str, str]:
+        return {
+            name: str(spec["Default"]) for name, spec in self.sam.get("Parameters", {}).items() if "Default" in spec
+        }
+
+    def infrastructure(self) -> dict[str, Any]:
+        """The translated template minus what the local runtime plays itself (functions, roles, layers,
+        mappings, permissions, URLs): what is deployed as a stack on any endpoint."""
+        resources = {
+            logical_id: copy.deepcopy(resource)
+            for logical_id, resource in self.cfn["Resources"].items()
+            if resource["Type"] not in LAMBDA_RESOURCE_TYPES
+        }
+        # Whatever names a function (an alarm on its errors, a dashboard of its duration) goes with it.
+        while dropped := [
+            logical_id
+            for logical_id, resource in resources.items()
+            if referenced_resources(resource) - resources.keys() & self.cfn["Resources"].keys()
+        ]:
+            for logical_id in dropped:
+                del resources[logical_id]
+        for resource in resources.values():
+            depends = resource.get("DependsOn")
+            if depends is not None:
+                kept = [d for d in ([depends] if isinstance(depends, str) else depends) if d in resources]
+                if kept:
+                    resource["DependsOn"] = kept
+                else:
+                    del resource["DependsOn"]
+        outputs = {
+            name: copy.deepcopy(output)
+            for name, output in self.cfn.get("Outputs", {}).items()
+            if referenced_resources(output) <= resources.keys()
+        }
+        infra = {key: copy.deepcopy(value) for key, value in self.cfn.items() if key not in ("Resources", "Outputs")}
+        infra["Resources"] = resources
+        if outputs:
+            infra["Outputs"] = outputs
+        return infra
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Parse a CloudFormation/SAM YAML file, short-form intrinsic tags included."""
+    with path.open(encoding="utf-8") as handle:
+        document = yaml.load(handle, Loader=_CfnLoader)
+    if not isinstance(document, dict) or "Resources" not in document:
+        raise TemplateError(f"{path} is not a CloudFormation template (no Resources)")
+    return document
+
+
+def translate(
+    sam: Mapping[str, Any], parameter_values: Mapping[str, Any] | None = None, region: str | None = None
+) -> dict[str, Any]:
+    """Translate a SAM template to plain CloudFormation offline, as the AWS::Serverless transform would.
+
+    Local CodeUri/ContentUri paths are swapped for stand-in S3 locations first (the translator accepts
+    only S3); `FunctionSpec` maps them back."""
+    document = copy.deepcopy(dict(sam))
+    for logical_id, resource in document.get("Resources", {}).items():
+        properties = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(properties.get(key), str) and not properties[key].startswith("s3://"):
+                properties[key] = f"s3://{_LOCAL_ARTIFACTS_BUCKET}/{logical_id}"
+    # What samtranslator.translator.transform.transform does, but with an explicit session: transform()
+    # builds its own and needs a region configured in the environment. The session makes no call.
+    session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION)
+    values = dict(parameter_values or {})
+    try:
+        to_py27_compatible_template(document, values)
+        # Metrics are only published to CloudWatch by the hosted transform; publishing to the dummy
+        # publisher keeps the translator from warning about unpublished ones.
+        metrics = Metrics("ServerlessTransform", DummyMetricsPublisher())
+        translator = Translator(None, Parser(), boto_session=session, metrics=metrics)
+        translated = translator.translate(document, parameter_values=values, get_managed_policy_map=_no_iam_policy_map)
+        metrics.publish()
+        return dict(undo_mark_unicode_str_in_template(translated))
+    except Exception as error:  # the translator raises its own exception types, with every cause listed
+        causes = getattr(error, "causes", None)
+        detail = "; ".join(str(cause) for cause in causes) if causes else str(error)
+        raise TemplateError(f"SAM translation failed: {detail}") from error
+
+
+def load_template(
+    path: Path | str = DEFAULT_TEMPLATE_PATH,
+    parameter_values: Mapping[str, Any] | None = None,
+    region: str | None = None,
+) -> Template:
+    """Load, translate and describe a SAM template; local paths resolve against the template's folder."""
+    path = Path(path).resolve()
+    sam = load_yaml(path)
+    cfn = translate(sam, parameter_values, region)
+    local_dirs = _local_artifact_dirs(sam, path.parent)
+    functions = {
+        logical_id: _describe_function(logical_id, cfn["Resources"], local_dirs)
+        for logical_id, resource in cfn["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+    return Template(path=path, sam=sam, cfn=cfn, functions=functions)
+
+
+def referenced_resources(node: Any) -> set[str]:
+    """Logical ids a template fragment refers to through Ref, Fn::GetAtt or Fn::Sub."""
+    found: set[str] = set()
+    for kind, value in _intrinsics(node):
+        if kind == "Ref" and isinstance(value, str) and not value.startswith("AWS::"):
+            found.add(value)
+        elif kind == "Fn::GetAtt":
+            target = value[0] if isinstance(value, list) else str(value).split(".", 1)[0]
+            found.add(target)
+        elif kind == "Fn::Sub":
+            text = value[0] if isinstance(value, list) else value
+            for name in _sub_variables(text):
+                if not name.startswith("AWS::"):
+                    found.add(name.split(".", 1)[0])
+    return found
+
+
+def _intrinsics(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        if len(node) == 1:
+            ((key, value),) = node.items()
+            if key == "Ref" or key.startswith("Fn::"):
+                yield key, value
+        for value in node.values():
+            yield from _intrinsics(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _intrinsics(item)
+
+
+def _sub_variables(text: str) -> list[str]:
+    """Variable names in a Fn::Sub string (`${!Literal}` is an escape, not a variable)."""
+    names: list[str] = []
+    start = text.find("${")
+    while start != -1:
+        end = text.find("}", start)
+        if end == -1:
+            break
+        name = text[start + 2 : end]
+        if not name.startswith("!"):
+            names.append(name)
+        start = text.find("${", end)
+    return names
+
+
+def _local_artifact_dirs(sam: Mapping[str, Any], base: Path) -> dict[str, Path]:
+    """SAM logical id → absolute local directory of its CodeUri/ContentUri."""
+    dirs: dict[str, Path] = {}
+    for logical_id, resource in sam.get("Resources", {}).items():
+        properties = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri"):
+            uri = properties.get(key)
+            if isinstance(uri, str) and not uri.startswith("s3://"):
+                dirs[logical_id] = (base / uri).resolve()
+    return dirs
+
+
+def _artifact_dir(location: Any, local_dirs: Mapping[str, Path], what: str) -> Path:
+    bucket, key = (location.get("S3Bucket"), location.get("S3Key")) if isinstance(location, dict) else (None, None)
+    if bucket != _LOCAL_ARTIFACTS_BUCKET or not isinstance(key, str) or key not in local_dirs:
+        raise TemplateError(f"{what} has no local CodeUri/ContentUri; the local runtime needs local code")
+    return local_dirs[key]
+
+
+def _describe_function(logical_id: str, resources: Mapping[str, Any], local_dirs: Mapping[str, Path]) -> FunctionSpec:
+    properties = resources[logical_id]["Properties"]
+    layer_dirs: list[Path] = []
+    for layer in properties.get("Layers", []):
+        layer_id = layer.get("Ref") if isinstance(layer, dict) else None
+        if not isinstance(layer_id, str) or resources.get(layer_id, {}).get("Type") != "AWS::Lambda::LayerVersion":
+            raise TemplateError(f"{logical_id}: layer {layer!r} is not a layer of this template")
+        layer_dirs.append(_artifact_dir(resources[layer_id]["Properties"]["Content"], local_dirs, layer_id))
+
+    sqs_sources: list[SqsEventSource] = []
+    url_auth: str | None = None
+    for other_id, resource in resources.items():
+        other = resource.get("Properties") or {}
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping" and other.get("FunctionName") == {"Ref": logical_id}:
+            queue = other.get("EventSourceArn", {}).get("Fn::GetAtt", [None])[0]
+            if not isinstance(queue, str) or resources.get(queue, {}).get("Type") != "AWS::SQS::Queue":
+                raise TemplateError(f"{other_id}: only SQS queues of this template are supported as event sources")
+            sqs_sources.append(
+                SqsEventSource(
+                    logical_id=other_id,
+                    queue_logical_id=queue,
+                    batch_size=int(other.get("BatchSize", 10)),
+                    maximum_batching_window_s=int(other.get("MaximumBatchingWindowInSeconds", 0)),
+                    report_batch_item_failures="ReportBatchItemFailures" in other.get("FunctionResponseTypes", []),
+                )
+            )
+        elif resource["Type"] == "AWS::Lambda::Url" and other.get("TargetFunctionArn") == {"Ref": logical_id}:
+            url_auth = str(other.get("AuthType", "AWS_IAM"))
+
+    return FunctionSpec(
+        logical_id=logical_id,
+        handler=str(properties["Handler"]),
+        runtime=str(properties.get("Runtime", "")),
+        code_dir=_artifact_dir(properties["Code"], local_dirs, logical_id),
+        layer_dirs=tuple(layer_dirs),
+        environment=dict(properties.get("Environment", {}).get("Variables", {})),
+        # Lambda's defaults when the template leaves them out.
+        timeout_s=int(properties.get("Timeout", 3)),
+        memory_mb=int(properties.get("MemorySize", 128)),
+        sqs_sources=tuple(sqs_sources),
+        function_url_auth=url_auth,
+    )

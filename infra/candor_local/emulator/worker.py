@@ -1,0 +1,381 @@
+"""One function instance, as Lambda runs it: a process of its own (`python -m candor_local.emulator.worker CONFIG`).
+
+The runtime sets its environment from the template (plus Lambda's reserved variables) and its import path
+to the function's code and layers. For each SQS event source the worker plays Lambda's event source
+mapping: it long-polls the queue, batches up to BatchSize within MaximumBatchingWindowInSeconds, invokes
+the handler with a real SQS event and a Lambda context, and deletes exactly the messages the handler did
+not report in batchItemFailures (none when it raises or times out). Failed messages come back after the
+queue's visibility timeout, and the queue's RedrivePolicy moves them to the dead-letter queue. A Function
+URL, if the function has one, is served by `candor_local.emulator.function_url`.
+
+One invocation runs at a time, as in a Lambda instance. An invocation that outlives the function's Timeout
+ends the process (Lambda discards the sandbox too); the runtime starts a new one.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from candor_local.emulator.worker_config import QueueSource, WorkerConfig
+
+logger = logging.getLogger("candor_local.emulator.worker")
+
+# Long polls stay short so that a stop request is honoured within about a second.
+POLL_WAIT_S = 1
+SQS_MAX_RECEIVE = 10
+TIMEOUT_EXIT_CODE = 124
+
+Handler = Callable[[Any, Any], Any]
+
+
+class LambdaContext:
+    """The context object of Lambda's Python runtime (awslambdaric), attribute for attribute."""
+
+    def __init__(self, config: WorkerConfig, request_id: str, log_stream_name: str) -> None:
+        self.function_name = config.function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = config.function_arn
+        # A string, as in Lambda's runtime (it reads AWS_LAMBDA_FUNCTION_MEMORY_SIZE).
+        self.memory_limit_in_mb = str(config.memory_mb)
+        self.aws_request_id = request_id
+        self.log_group_name = f"/aws/lambda/{config.function_name}"
+        self.log_stream_name = log_stream_name
+        self.identity = None
+        self.client_context = None
+        self._deadline = time.monotonic() + config.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def log_stream_name() -> str:
+    """Lambda's log stream naming: date/[version]instance-id."""
+    return f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
+
+
+class Invoker:
+    """Invokes the handler one event at a time, under the function's Timeout, with Lambda's
+    START/END/REPORT lines around each invocation."""
+
+    def __init__(self, handler: Handler, config: WorkerConfig) -> None:
+        self._handler = handler
+        self._config = config
+        self._lock = threading.Lock()
+        self._log_stream = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or log_stream_name()
+
+    def __call__(self, event: Any) -> Any:
+        with self._lock:
+            request_id = str(uuid.uuid4())
+            context = LambdaContext(self._config, request_id, self._log_stream)
+            _emit(f"START RequestId: {request_id} Version: $LATEST")
+            watchdog = threading.Timer(self._config.timeout_s, self._timed_out, args=(request_id,))
+            watchdog.daemon = True
+            started = time.perf_counter()
+            watchdog.start()
+            try:
+                return self._handler(event, context)
+            finally:
+                watchdog.cancel()
+                duration_ms = (time.perf_counter() - started) * 1000
+                used_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+                _emit(f"END RequestId: {request_id}")
+                _emit(
+                    f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+                    f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {self._config.memory_mb} MB\t"
+                    f"Max Memory Used: {used_mb} MB"
+                )
+
+    def _timed_out(self, request_id: str) -> None:
+        now = datetime.now(UTC).isoformat()
+        _emit(f"{now} {request_id} Task timed out after {self._config.timeout_s:.2f} seconds")
+        logging.shutdown()
+        # Lambda discards a timed-out sandbox; the runtime's supervisor starts a new instance.
+        os._exit(TIMEOUT_EXIT_CODE)
+
+
+def _emit(line: str) -> None:
+    """Platform lines go to stdout like Lambda's runtime writes them to the function's log stream."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------------ SQS
+
+
+def sqs_record(message: Mapping[str, Any], source: QueueSource, region: str) -> dict[str, Any]:
+    """One record of the SQS event Lambda delivers, built from a ReceiveMessage result."""
+    record: dict[str, Any] = {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message.get("Body", ""),
+        "attributes": {name: str(value) for name, value in message.get("Attributes", {}).items()},
+        "messageAttributes": {
+            name: _message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
+        },
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": source.queue_arn,
+        "awsRegion": region,
+    }
+    if "MD5OfMessageAttributes" in message:
+        record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+    return record
+
+
+def _message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
+    def b64(data: Any) -> str:
+        return base64.b64encode(data if isinstance(data, bytes) else str(data).encode()).decode()
+
+    attribute: dict[str, Any] = {
+        "stringListValues": list(value.get("StringListValues", [])),
+        "binaryListValues": [b64(item) for item in value.get("BinaryListValues", [])],
+        "dataType": value.get("DataType", "String"),
+    }
+    if "StringValue" in value:
+        attribute["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        attribute["binaryValue"] = b64(value["BinaryValue"])
+    return attribute
+
+
+def failed_message_ids(result: Any, message_ids: Iterable[str]) -> set[str]:
+    """Message ids to keep, from a ReportBatchItemFailures response, by Lambda's rules: no response, an
+    empty one or an empty list is full success; a malformed response, or an itemIdentifier that is empty
+    or not in the batch, fails the whole batch."""
+    batch = set(message_ids)
+    if result is None:
+        return set()
+    if not isinstance(result, dict):
+        logger.warning("handler returned %s, not a batch response: the whole batch failed", type(result).__name__)
+        return batch
+    failures = result.get("batchItemFailures")
+    if not failures:
+        return set()
+    if not isinstance(failures, list):
+        logger.warning("batchItemFailures is not a list: the whole batch failed")
+        return batch
+    failed: set[str] = set()
+    for item in failures:
+        identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
+        if not identifier or identifier not in batch:
+            logger.warning("invalid batch item failure %r: the whole batch failed", item)
+            return batch
+        failed.add(identifier)
+    return failed
+
+
+class QueuePoller:
+    """Lambda's event source mapping for one SQS queue."""
+
+    def __init__(self, source: QueueSource, invoke: Callable[[Any], Any], region: str, stop: threading.Event) -> None:
+        self._source = source
+        self._invoke = invoke
+        self._region = region
+        self._stop = stop
+        self._sqs = boto3.client("sqs", region_name=region)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self.receive_batch()
+                if batch:
+                    self.process(batch)
+            except Exception:
+                # The poller outlives endpoint hiccups, as Lambda's does (handler errors never get here).
+                logger.exception("polling %s failed; retrying", self._source.queue_url)
+                self._stop.wait(1.0)
+
+    def receive_batch(self) -> list[dict[str, Any]]:
+        """Up to BatchSize messages: the first receive long-polls; later ones fill the batch until the
+        batching window (counted from the first message) closes."""
+        source = self._source
+        messages: list[dict[str, Any]] = []
+        window_closes = 0.0
+        while not self._stop.is_set() and len(messages) < source.batch_size:
+            if messages:
+                remaining = window_closes - time.monotonic()
+                if source.maximum_batching_window_s <= 0 or remaining <= 0:
+                    break
+                wait = min(POLL_WAIT_S, int(remaining))
+            else:
+                wait = POLL_WAIT_S
+            response = self._sqs.receive_message(
+                QueueUrl=source.queue_url,
+                MaxNumberOfMessages=min(SQS_MAX_RECEIVE, source.batch_size - len(messages)),
+                WaitTimeSeconds=wait,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            received = response.get("Messages", [])
+            if not received:
+                if not messages:
+                    return []
+                if wait == 0:
+                    self._stop.wait(0.05)  # under a second of window left: short polls, gently
+                continue
+            if not messages:
+                window_closes = time.monotonic() + source.maximum_batching_window_s
+            messages.extend(dict(message) for message in received)
+        return messages
+
+    def process(self, messages: list[dict[str, Any]]) -> None:
+        event = {"Records": [sqs_record(m, self._source, self._region) for m in messages]}
+        ids = [m["MessageId"] for m in messages]
+        try:
+            result = self._invoke(event)
+        except Exception:
+            # Lambda logs the error; every message of the batch becomes visible again after the timeout.
+            logger.exception("invocation failed: none of the %d messages is deleted", len(messages))
+            return
+        failed = failed_message_ids(result, ids) if self._source.report_batch_item_failures else set()
+        done = [m for m in messages if m["MessageId"] not in failed]
+        if failed:
+            logger.info("%d of %d messages reported failed; they will be retried", len(failed), len(messages))
+        self._delete(done)
+
+    def _delete(self, messages: list[dict[str, Any]]) -> None:
+        for start in range(0, len(messages), SQS_MAX_RECEIVE):
+            chunk = messages[start : start + SQS_MAX_RECEIVE]
+            response = self._sqs.delete_message_batch(
+                QueueUrl=self._source.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
+            )
+            for failure in response.get("Failed", []):
+                logger.warning("could not delete message %s: %s", failure.get("Id"), failure.get("Message"))
+
+
+# ------------------------------------------------------------------------------------------------ process
+
+
+def load_handler(handler: str, python_path: Iterable[str]) -> Handler:
+    """Import `module.function` the way Lambda does, with the code and layers first on sys.path."""
+    for entry in reversed(list(python_path)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    module_name, _, function_name = handler.rpartition(".")
+    module = importlib.import_module(module_name.replace("/", "."))
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ImportError(f"handler {handler!r}: {module_name} has no function {function_name}")
+    return function
+
+
+def _write_ready(path: str, **details: Any) -> None:
+    target = Path(path)
+    scratch = target.with_suffix(".tmp")
+    scratch.write_text(json.dumps({"pid": os.getpid(), **details}), encoding="utf-8")
+    scratch.replace(target)
+
+
+def _configure_logging() -> None:
+    # Lambda's runtime gives the root logger one handler writing to the log stream; functions' own
+    # loggers (Powertools) write JSON to stdout themselves.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(levelname)s]\t%(asctime)s\t%(name)s\t%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logger.setLevel(logging.INFO)
+
+
+def run(config: WorkerConfig) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    started = time.perf_counter()
+    handler = load_handler(config.handler, config.python_path)  # Lambda's init phase
+    invoke = Invoker(handler, config)
+    logger.info("%s initialised in %.0f ms", config.function_name, (time.perf_counter() - started) * 1000)
+
+    threads: list[threading.Thread] = []
+    details: dict[str, Any] = {}
+    if config.function_url is not None:
+        from candor_local.emulator.function_url import FunctionUrlServer
+
+        server = FunctionUrlServer(config.function_url, invoke, config.region)
+        details["port"] = server.port
+        threads.append(threading.Thread(target=server.serve_forever, name="function-url", daemon=True))
+        stop_server: Callable[[], None] | None = server.shutdown
+    else:
+        stop_server = None
+    for source in config.queues:
+        poller = QueuePoller(source, invoke, config.region, stop)
+        threads.append(threading.Thread(target=poller.run, name=f"poll-{source.queue_arn}", daemon=True))
+    for thread in threads:
+        thread.start()
+    _write_ready(config.ready_file, **details)
+    logger.info(
+        "%s ready (%d queue(s)%s)",
+        config.function_name,
+        len(config.queues),
+        f", Function URL on port {details['port']}" if "port" in details else "",
+    )
+
+    parent = os.getppid()
+    orphaned = False
+    while not stop.wait(0.5):
+        if not any(thread.is_alive() for thread in threads):
+            break
+        if os.getppid() != parent:
+            # The runtime is gone (killed without stopping us): an orphan would poll forever.
+            logger.warning("%s: the runtime exited; stopping", config.function_name)
+            orphaned = True
+            break
+    stop.set()
+    if stop_server is not None:
+        stop_server()
+    for thread in threads:
+        # A stop lets the invocation in flight finish; an orphan has no one left to finish it for.
+        thread.join(timeout=0 if orphaned else POLL_WAIT_S + 5)
+    logger.info("%s stopped", config.function_name)
+    return 0
+
+
+def invoke_once(config: WorkerConfig, event_path: Path, result_path: Path) -> int:
+    """`sam local invoke` without Docker: one init, one invocation with the event file, the result as JSON."""
+    handler = load_handler(config.handler, config.python_path)
+    event = json.loads(event_path.read_text(encoding="utf-8"))
+    result = Invoker(handler, config)(event)
+    result_path.write_text(json.dumps(result, default=str), encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 4 and args[0] == "--invoke":
+        _configure_logging()
+        return invoke_once(WorkerConfig.load(Path(args[1])), Path(args[2]), Path(args[3]))
+    if len(args) != 1:
+        sys.stderr.write(
+            "usage: python -m candor_local.emulator.worker CONFIG.json | --invoke CONFIG.json EVENT.json RESULT.json\n"
+        )
+        return 2
+    _configure_logging()
+    config = WorkerConfig.load(Path(args[0]))
+    try:
+        return run(config)
+    except Exception:
+        # An init error: Lambda reports it and tries a fresh instance; so does the runtime's supervisor.
+        logger.exception("%s failed to start", config.function_name)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

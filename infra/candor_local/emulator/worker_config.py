@@ -1,0 +1,52 @@
+"""What a function instance is told when it starts: its queues, its Function URL and its limits, written as
+JSON by the runtime and read by the worker and the Function URL server."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QueueSource:
+    queue_url: str
+    queue_arn: str
+    batch_size: int
+    maximum_batching_window_s: int
+    report_batch_item_failures: bool
+
+
+@dataclass(frozen=True)
+class UrlConfig:
+    host: str
+    port: int
+    auth_type: str
+    account_id: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs besides its environment; written as JSON by the runtime."""
+
+    logical_id: str
+    function_name: str
+    function_arn: str
+    handler: str
+    python_path: list[str]
+    timeout_s: int
+    memory_mb: int
+    region: str
+    ready_file: str
+    queues: list[QueueSource] = field(default_factory=list)
+    function_url: UrlConfig | None = None
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> WorkerConfig:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw["queues"] = [QueueSource(**queue) for queue in raw.get("queues", [])]
+        raw["function_url"] = UrlConfig(**raw["function_url"]) if raw.get("function_url") else None
+        return cls(**raw)

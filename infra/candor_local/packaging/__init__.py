@@ -1,0 +1,1 @@
+"""The setup step: models fetched, converted and verified, and the deployable size of each function."""

@@ -1,0 +1,1 @@
+"""The rules searches and enrolments follow: policies, the audit log, and authorising a search."""

@@ -1,0 +1,138 @@
+"""Every tunable in one place. Values come from the environment (template.yaml sets them on AWS, the local
+runtime resolves the same template locally); the defaults here are the measured ones."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "candor" / "models"
+
+DETECTOR_FILE = "yunet_2023mar.onnx"
+DETECTOR_VERSION = "yunet-2023mar"
+# The pinned digests of the model files: what the setup step builds and verifies, what a function
+# fetching a model from the model bucket checks (layers/models/MODEL_CARD.md says where they come from).
+DETECTOR_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+# The embedding models (candor/vision/embedder.py). A version names the model and its crop together:
+# embeddings of two versions are not comparable, so a collection keeps the version it was created with.
+FACENET_VERSION = "facenet-20180408-102900+box-stretch-0.10-0.05"
+FACENET_FILE = "facenet_20180408.onnx"
+FACENET_SHA256 = "f0571d526e703ed8f5f06e5421c4f2ddcaee4ed0ae6dfa5b483bac93336905a9"
+SFACE_VERSION = "sface-2021dec+five-point-112"
+SFACE_FILE = "sface_2021dec.onnx"
+SFACE_SHA256 = "c760c6ba3cf125434c91db5266f84b8bc9cf79de32f1ba68607e287ef09a6118"
+_EMBEDDER_FILES = {FACENET_VERSION: (FACENET_FILE, FACENET_SHA256, 512), SFACE_VERSION: (SFACE_FILE, SFACE_SHA256, 128)}
+# The model new collections get: chosen on LFW (docs/benchmarks.md, "Accuracy on LFW").
+EMBEDDER_VERSION = SFACE_VERSION
+EMBEDDER_FILE, EMBEDDER_SHA256, EMBEDDING_SIZE = _EMBEDDER_FILES[EMBEDDER_VERSION]
+
+# Rekognition's limits: 5 MB for image bytes in a request, 15 MB for an S3 object, 100 faces per image.
+MAX_REQUEST_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_OBJECT_IMAGE_BYTES = 15 * 1024 * 1024
+MAX_FACES = 100
+MIN_IMAGE_SIDE = 80
+# Refused before decoding: a 50,000 x 50,000 PNG header must never reach the decoder.
+MAX_IMAGE_PIXELS = 80_000_000
+# A JPEG whose longest side is at least twice this is decoded at 1/2, 1/4 or 1/8 size (never below it):
+# decoding is then several times faster and lighter, while a face spanning 4% of the longest side still
+# yields a full 160-pixel crop for the embedder (docs/benchmarks-preprocessing.md).
+DECODE_MIN_LONG_SIDE = 4096
+
+# Detection: score = sqrt(cls * obj) of YuNet, 0..1. Measured (docs/benchmarks-preprocessing.md): on 28
+# labelled photos every real face scores >= 0.888 and nothing else above 0.702; 0.8 sits mid-gap.
+# NMS_IOU is OpenCV FaceDetectorYN's default.
+MIN_DETECTION_CONFIDENCE = 0.8
+DETECTION_NMS_IOU = 0.3
+# Faces per onnxruntime call to the embedder: bounded so that a 100-face photo stays within Lambda memory.
+EMBED_BATCH_SIZE = 16
+
+# Key layout for enrolment by upload: enroll/<collection_id>/<external_image_id>/<file>.
+ENROLL_PREFIX = "enroll/"
+DEFAULT_FACE_MATCH_THRESHOLD = 80.0
+# Days a photo that enrols nobody, its faces and their embeddings are kept (RetentionDays in template.yaml).
+DEFAULT_RETENTION_DAYS = 30
+# The object tag the upload bucket's lifecycle rule expires photos by (template.yaml, ExpireUnenrolledPhotos).
+RETENTION_TAG = ("candor-retention", "expire")
+
+# Search index (candor/index/vectors.py; measured in docs/benchmarks.md, "Search index"). Below HNSW_MIN_FACES a
+# collection is searched by exact brute force (about a millisecond at 20k faces); above it an int8 HNSW graph
+# proposes HNSW_RESCORE_CANDIDATES candidates per query and the float32 vectors rescore them.
+HNSW_MIN_FACES = 20_000
+# 32 links per node (64 on the base layer): with 16, tight clusters of one person's photos in a space where
+# strangers are nearly orthogonal end up unreachable and recall stops growing with the search expansion.
+HNSW_CONNECTIVITY = 32
+HNSW_EXPANSION_ADD = 128
+HNSW_EXPANSION_SEARCH = 256
+HNSW_RESCORE_CANDIDATES = 64
+# Embeddings are unit vectors, so the inner product is their cosine; the graph's int8 distance then skips the
+# two norms a cosine computes: a quarter less time per search and a third less per build, at the same recall.
+HNSW_METRIC = "ip"
+# Faces per shard: the n-th face a collection enrols goes to shard n // this, and the shards are searched in
+# parallel (candor/index/shards.py). Measured at 1M faces on 2 cores: four shards of 250k recall 0.9985 of the exact
+# top-10 at 6.4 to 8.3 ms p50, 1.07 KB resident (anonymous) per face; one graph of 500k (same links and
+# expansion, cosine distance) recalls only 0.967 (docs/benchmarks.md, "Search index at 1M faces").
+INDEX_SHARD_SIZE = 250_000
+# The search function publishes a collection's index to the index bucket once it holds SNAPSHOT_MIN_FACES
+# faces (below that, building it from the table takes well under a second) and SNAPSHOT_MIN_CHANGES faces
+# were added or removed since the snapshot it loaded.
+SNAPSHOT_MIN_FACES = HNSW_MIN_FACES
+SNAPSHOT_MIN_CHANGES = 1_000
+# How long a collection's change log keeps an entry (DynamoDB's TTL). A warm search function applies the
+# entries it missed; one that missed more than the log holds (or a snapshot older than that) rebuilds from
+# the faces table instead, which is correct, only slower.
+CHANGE_LOG_DAYS = 7
+# Face ids per change log entry: well inside DynamoDB's 400 KB item limit.
+CHANGE_LOG_ENTRY_FACES = 1_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path
+    photos_table: str
+    faces_table: str
+    collections_table: str
+    collection_changes_table: str
+    users_table: str
+    audit_table: str
+    quotas_table: str
+    embed_queue_url: str
+    upload_bucket: str
+    index_bucket: str
+    index_shard_size: int
+    # The function that searches one shard (AWS); empty: every shard is searched in the search function.
+    shard_function: str
+    min_detection_confidence: float
+    face_match_threshold: float
+    # Where models too large for the model layer come from on AWS (candor/vision/model_files.py); empty locally.
+    model_bucket: str = ""
+    model_prefix: str = ""
+    # onnxruntime threads per model (0: one per core). One per function instance: a Lambda instance of these
+    # sizes has about one vCPU, and locally the functions share the cores (docs/benchmarks.md, efficiency).
+    model_threads: int = 0
+    retention_days: int = DEFAULT_RETENTION_DAYS
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            model_dir=Path(env.get("MODEL_DIR") or DEFAULT_MODEL_DIR),
+            photos_table=env.get("PHOTOS_TABLE", ""),
+            faces_table=env.get("FACES_TABLE", ""),
+            collections_table=env.get("COLLECTIONS_TABLE", ""),
+            collection_changes_table=env.get("COLLECTION_CHANGES_TABLE", ""),
+            users_table=env.get("USERS_TABLE", ""),
+            audit_table=env.get("AUDIT_TABLE", ""),
+            quotas_table=env.get("QUOTAS_TABLE", ""),
+            embed_queue_url=env.get("EMBED_QUEUE_URL", ""),
+            upload_bucket=env.get("UPLOAD_BUCKET", ""),
+            index_bucket=env.get("INDEX_BUCKET", ""),
+            index_shard_size=int(env.get("INDEX_SHARD_SIZE", str(INDEX_SHARD_SIZE))),
+            shard_function=env.get("SHARD_FUNCTION", ""),
+            min_detection_confidence=float(env.get("MIN_DETECTION_CONFIDENCE", str(MIN_DETECTION_CONFIDENCE))),
+            face_match_threshold=float(env.get("FACE_MATCH_THRESHOLD", str(DEFAULT_FACE_MATCH_THRESHOLD))),
+            model_bucket=env.get("MODEL_BUCKET", ""),
+            model_prefix=env.get("MODEL_PREFIX", ""),
+            model_threads=int(env.get("MODEL_THREADS", "0")),
+            retention_days=int(env.get("RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))),
+        )

@@ -1,0 +1,1 @@
+"""The vector index of a collection, kept in step with the faces table, and its shards."""
