@@ -332,6 +332,7 @@ def test_audit_verify_passes_an_intact_table_and_fails_a_tampered_one(
     assert capsys.readouterr().out.splitlines() == [
         f":account: 1 entries, head 1 {account.hash[:12]}, intact",
         f"staff: 3 entries, head 3 {appended[-1].hash[:12]}, intact",
+        "signed digests: this stack has none (deploy the current template.yaml)",
         "2 chain(s), 4 entries: all intact",
     ]
 
@@ -346,7 +347,7 @@ def test_audit_verify_passes_an_intact_table_and_fails_a_tampered_one(
     assert out.rstrip().endswith("the audit log has been altered or damaged")
 
     assert cli.main(["audit", "verify", "--chain", "staff", "--json"]) == 1
-    (line,) = capsys.readouterr().out.splitlines()
+    line, digests = capsys.readouterr().out.splitlines()
     assert json.loads(line) == {
         "chain": "staff",
         "entries": 3,
@@ -354,7 +355,9 @@ def test_audit_verify_passes_an_intact_table_and_fails_a_tampered_one(
         "head_hash": appended[-1].hash,
         "intact": False,
         "problems": ["entry 1 altered: its content no longer matches its hash"],
+        "signed_seq": None,
     }
+    assert json.loads(digests) == {"digests": None}
     assert cli.main(["audit", "verify", "--chain", ":account"]) == 0
 
 

@@ -46,6 +46,9 @@ BOTO3_ACTIONS = {
     "list_objects_v2": "s3:ListBucket",
     "send_message": "sqs:SendMessage",
     "invoke": "lambda:InvokeFunction",
+    "sign": "kms:Sign",
+    "get_public_key": "kms:GetPublicKey",
+    "list_object_versions": "s3:ListBucketVersions",
 }
 # Resources a function wires only as a fallback it never takes: YuNet ships in the model layer, so Detect never
 # fetches from the model bucket (Embed and Search do: FaceNet is too big for the layer).

@@ -12,16 +12,19 @@ import argparse
 import itertools
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from candor.accountability.audit import AuditRecord, ChainVerification, verify_all, verify_chain
-from candor.adapters.aws import DynamoAuditStore
-from candor_local.cli.connection import physical_ids, stack_session
+from candor.accountability.audit import AuditRecord, ChainVerification, verify_chain
+from candor.accountability.digests import DigestVerification, SignedDigest, verify_digests
+from candor.adapters.aws import DynamoAuditStore, KmsDigestSigner, S3DigestStore
+from candor_local.cli.connection import is_loopback, physical_ids, stack_session
 from candor_local.cli.report import build_report, entry_time, parse_when, readable_fields, render_html, summarize
 
 AUDIT_TABLE = "AuditTable"  # the table's logical id in template.yaml
+DIGEST_BUCKET, DIGEST_KEY, DIGEST_FUNCTION = "AuditDigestBucket", "AuditDigestKey", "DigestFunction"
 DEFAULT_REPORT_DAYS = 30
 
 VERIFY_HELP = """\
@@ -30,9 +33,11 @@ the one before it, and the sequence must run without a gap. Prints one line per 
 and the head hash's first 12 hex digits, then "intact" or each problem found) and exits 1 if any chain has
 a problem, so a tampered log fails a script.
 
-The chains can only show what is still in the table: entries cut from the end leave a shorter chain that
-verifies. Every function logs the hash of each entry it appends (log line "audit entry appended", with its
-chain and seq); compare a chain's head here with the newest such line to catch a truncated tail.
+A chain alone cannot show what was cut from its end, re-hashed to its head, or deleted whole, so the chains
+are also checked against the signed digests (DigestFunction, hourly and on `candor audit digest`): each
+digest's signature must match the KMS key's public half, each must name the signature of the one before
+it, no number may be missing, and every chain a digest signed must still hold that entry with that hash.
+Entries newer than the newest digest are covered by their chain only until the next digest.
 """
 
 
@@ -51,6 +56,17 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--json", action="store_true", help="one JSON object per chain")
     _stack_option(verify)
     verify.set_defaults(run=cmd_verify)
+
+    digest = actions.add_parser(
+        "digest",
+        help="sign the heads of every chain now (DigestFunction runs this hourly on its own)",
+        description="Runs DigestFunction once: it signs the head of every chain and the previous digest's "
+        "signature with the stack's KMS key and stores the digest under S3 Object Lock. Exits 1 if a chain an "
+        "earlier digest signed has no entries any more.",
+    )
+    digest.add_argument("--json", action="store_true", help="the digest's summary as one JSON object")
+    _stack_option(digest)
+    digest.set_defaults(run=cmd_digest)
 
     entries = actions.add_parser("list", help="the audit entries, one line each, oldest first")
     _chain_option(entries)
@@ -91,12 +107,98 @@ def _stack_option(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    results = verify_all(audit_store(args.stack_name), args.chain)
+    results, digests = verify_log(audit_store(args.stack_name), digest_source(args.stack_name), args.chain)
     for result in results:
-        print(json.dumps(_verification_dict(result)) if args.json else format_verification(result))
-    if not args.json:
-        print(verification_summary(results))
-    return 0 if all(result.intact for result in results) else 1
+        print(json.dumps(_verification_dict(result, digests)) if args.json else format_verification(result, digests))
+    if args.json:
+        print(json.dumps({"digests": _digests_dict(digests)}))
+    else:
+        print(format_digests(digests))
+        print(verification_summary(results, digests))
+    intact = all(result.intact for result in results) and (digests is None or digests.intact)
+    return 0 if intact else 1
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    """Runs DigestFunction once: locally in a process of its own, on AWS through Lambda."""
+    session, endpoint = stack_session()
+    resources = physical_ids(session.client("cloudformation", endpoint_url=endpoint), args.stack_name)
+    if DIGEST_FUNCTION not in resources:
+        raise ValueError(f"stack {args.stack_name!r} has no {DIGEST_FUNCTION}: deploy the current template.yaml first")
+    if endpoint and is_loopback(endpoint):
+        from candor_local.emulator.runtime import LocalEnvironment
+
+        environment = LocalEnvironment.attach(args.stack_name, endpoint)
+        try:
+            summary = environment.invoke(DIGEST_FUNCTION, {"source": "candor audit digest"})
+        finally:
+            environment.stop()
+    else:
+        response = session.client("lambda", endpoint_url=endpoint).invoke(
+            FunctionName=resources[DIGEST_FUNCTION], Payload=json.dumps({"source": "candor audit digest"}).encode()
+        )
+        summary = json.loads(response["Payload"].read())
+        if response.get("FunctionError"):
+            raise RuntimeError(f"{DIGEST_FUNCTION} failed: {summary}")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        missing = summary.get("missing_chains") or []
+        print(f"digest {summary['number']} signed the heads of {summary['chains']} chain(s) at {summary['time']}")
+        if missing:
+            print(f"  chains signed before that have no entries now: {', '.join(map(_plain, missing))}")
+    return 1 if summary.get("missing_chains") else 0
+
+
+def verify_log(
+    store: DynamoAuditStore, digests: tuple[S3DigestStore, KmsDigestSigner] | None, only: list[str] | None = None
+) -> tuple[list[ChainVerification], DigestVerification | None]:
+    """Every chain on its own, then (where the stack signs digests) every chain against the digests."""
+    if digests is None:
+        chains = {name: list(store.entries(name)) for name in sorted(only or store.chains())}
+        return [verify_chain(name, records) for name, records in chains.items()], None
+    digest_store, signer = digests
+    stored = digest_store.stored()
+    # A chain deleted whole is in no listing of the table, only in the digests that signed it.
+    names = set(only) if only else set(store.chains()) | _signed_chains(stored)
+    chains = {name: list(store.entries(name)) for name in sorted(names)}
+    checked = verify_digests(stored, signature_check(signer.public_key()), chains)
+    checked.problems += [
+        f"{key}: deleted (a delete marker hides it; its locked version remains)" for key in digest_store.deleted()
+    ]
+    checked.chain_problems = {name: found for name, found in checked.chain_problems.items() if name in names}
+    return [verify_chain(name, records) for name, records in chains.items()], checked
+
+
+def _signed_chains(stored: list[tuple[str, bytes]]) -> set[str]:
+    signed: set[str] = set()
+    for _, raw in stored:
+        try:
+            signed |= set(SignedDigest.from_json(raw).heads)
+        except (ValueError, KeyError, TypeError):
+            continue  # verify_digests reports it
+    return signed
+
+
+def signature_check(public_key_der: bytes) -> Callable[[bytes, bytes], bool]:
+    """Checks an ECDSA P-256 / SHA-256 signature (KMS's DER form) with the key's public half, without KMS."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    key = load_der_public_key(public_key_der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("the audit digest key is not an elliptic-curve key")
+
+    def valid(message: bytes, signature: bytes) -> bool:
+        try:
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+    return valid
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -150,26 +252,47 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- formatting
 
 
-def format_verification(result: ChainVerification) -> str:
+def _all_problems(result: ChainVerification, digests: DigestVerification | None) -> list[str]:
+    return result.problems + (digests.chain_problems.get(result.chain, []) if digests else [])
+
+
+def format_verification(result: ChainVerification, digests: DigestVerification | None = None) -> str:
+    problems = _all_problems(result, digests)
+    signed = digests.signed_heads.get(result.chain) if digests else None
     if not result.entries:
-        return f"{_plain(result.chain)}: no entries"
-    head = f"{_plain(result.chain)}: {result.entries} entries, head {result.head_seq} {result.head_hash[:12]}"
-    if result.intact:
-        return f"{head}, intact"
-    return "\n".join([f"{head}, {len(result.problems)} problem(s):", *(f"  {p}" for p in result.problems)])
+        head = f"{_plain(result.chain)}: no entries"
+    else:
+        head = f"{_plain(result.chain)}: {result.entries} entries, head {result.head_seq} {result.head_hash[:12]}"
+        if signed is not None:
+            head += f", signed up to {signed.seq}"
+    if not problems:
+        return head if not result.entries else f"{head}, intact"
+    return "\n".join([f"{head}, {len(problems)} problem(s):", *(f"  {_plain(p)}" for p in problems)])
 
 
-def verification_summary(results: list[ChainVerification]) -> str:
+def format_digests(digests: DigestVerification | None) -> str:
+    if digests is None:
+        return "signed digests: this stack has none (deploy the current template.yaml)"
+    if not digests.digests and not digests.problems:
+        return "signed digests: none yet (the first comes within the hour, or run `candor audit digest`)"
+    lines = [f"signed digests: {digests.digests}, newest {digests.newest} at {digests.newest_time}"]
+    lines[0] += ", signatures valid, none missing" if not digests.problems else f", {len(digests.problems)} problem(s):"
+    lines += [f"  {_plain(problem)}" for problem in digests.problems]
+    return "\n".join(lines)
+
+
+def verification_summary(results: list[ChainVerification], digests: DigestVerification | None = None) -> str:
     entries = sum(result.entries for result in results)
-    if not results:
+    if not results and not (digests and digests.problems):
         return "no audit entries"
-    broken = [result for result in results if not result.intact]
-    if not broken:
+    broken = [result for result in results if _all_problems(result, digests)]
+    problems = sum(len(_all_problems(result, digests)) for result in broken)
+    problems += len(digests.problems) if digests else 0
+    if not problems:
         return f"{len(results)} chain(s), {entries} entries: all intact"
-    problems = sum(len(result.problems) for result in broken)
     return (
-        f"{len(results)} chain(s), {entries} entries: {problems} problem(s) in {len(broken)} chain(s); "
-        "the audit log has been altered or damaged"
+        f"{len(results)} chain(s), {entries} entries: {problems} problem(s) in {len(broken)} chain(s) and the "
+        "digests; the audit log has been altered or damaged"
     )
 
 
@@ -196,14 +319,27 @@ def format_entry(record: AuditRecord, fields: dict[str, Any]) -> str:
     return _plain("  ".join(str(column) for column in columns))
 
 
-def _verification_dict(result: ChainVerification) -> dict[str, Any]:
+def _verification_dict(result: ChainVerification, digests: DigestVerification | None = None) -> dict[str, Any]:
     return {
         "chain": result.chain,
         "entries": result.entries,
         "head_seq": result.head_seq,
         "head_hash": result.head_hash,
-        "intact": result.intact,
-        "problems": result.problems,
+        "intact": not _all_problems(result, digests),
+        "problems": _all_problems(result, digests),
+        "signed_seq": signed.seq if (signed := digests.signed_heads.get(result.chain) if digests else None) else None,
+    }
+
+
+def _digests_dict(digests: DigestVerification | None) -> dict[str, Any] | None:
+    if digests is None:
+        return None
+    return {
+        "count": digests.digests,
+        "newest": digests.newest or None,
+        "newest_time": digests.newest_time or None,
+        "intact": not digests.problems,
+        "problems": digests.problems,
     }
 
 
@@ -222,3 +358,16 @@ def audit_store(stack_name: str) -> DynamoAuditStore:
     if AUDIT_TABLE not in resources:
         raise ValueError(f"stack {stack_name!r} has no {AUDIT_TABLE}: deploy the current template.yaml first")
     return DynamoAuditStore(resources[AUDIT_TABLE], session.resource("dynamodb", endpoint_url=endpoint))
+
+
+def digest_source(stack_name: str) -> tuple[S3DigestStore, KmsDigestSigner] | None:
+    """The stack's digest bucket and signing key (read only: listing, reading, the public key); None for a
+    stack deployed from a template without them."""
+    session, endpoint = stack_session()
+    resources = physical_ids(session.client("cloudformation", endpoint_url=endpoint), stack_name)
+    if DIGEST_BUCKET not in resources or DIGEST_KEY not in resources:
+        return None
+    return (
+        S3DigestStore(resources[DIGEST_BUCKET], session.client("s3", endpoint_url=endpoint)),
+        KmsDigestSigner(resources[DIGEST_KEY], session.client("kms", endpoint_url=endpoint)),
+    )
