@@ -14,7 +14,8 @@ from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Respo
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from rekognition import FaceApi, UnknownOperationError, error_body
+from protocol import AMZ_JSON, decode_body, error_body
+from rekognition import FaceApi
 
 from candor.accountability.audit import AuditLog, log_anchor
 from candor.accountability.policy import GENERAL_PURPOSE, Caller, validate_purpose, validate_reference
@@ -40,8 +41,6 @@ from candor.index.sync import IndexSync
 from candor.search import CollectionIndexes
 from candor.vision.model_files import model_dir_with
 from candor.vision.models import load_models
-
-AMZ_JSON = "application/x-amz-json-1.1"
 
 settings = Settings.from_env()
 logger = Logger()
@@ -83,19 +82,13 @@ def operation() -> Response:
     target = app.current_event.headers.get("x-amz-target", "")
     operation_name = target.rpartition(".")[2]
     try:
-        request = json.loads(app.current_event.decoded_body or "{}")
-        if not isinstance(request, dict):
-            raise ValueError("the request body must be a JSON object")
+        request = decode_body(app.current_event.body, base64_encoded=app.current_event.is_base64_encoded)
         caller = caller_of(app.current_event.raw_event)
         with metrics_timer(operation_name):
             result = face_api.dispatch(target, request, caller)
     except CandorError as error:
         logger.info("request refused", extra={"operation": operation_name, "code": error.code, "reason": error.message})
         return _reply(400, error_body(error))
-    except UnknownOperationError as error:
-        return _reply(400, {"__type": "UnknownOperationException", "Message": str(error)})
-    except ValueError as error:
-        return _reply(400, {"__type": "SerializationException", "Message": str(error)})
     return _reply(200, result)
 
 

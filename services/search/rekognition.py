@@ -1,7 +1,9 @@
 """Amazon Rekognition's JSON protocol for the face operations, translated onto Candor's service functions.
 
-Requests arrive as `POST /` with `X-Amz-Target: RekognitionService.<Operation>`; errors use Rekognition's
-exception names so boto3 raises the same exceptions it would against AWS.
+Requests arrive as `POST /` with `X-Amz-Target: RekognitionService.<Operation>` (or `CandorService.<Operation>`)
+and reach an operation here only once they conform to the operation's model (protocol.py): the handlers read
+members whose types, ranges, lengths and patterns are already checked, and check only what a model cannot
+say. Errors use Rekognition's exception names so boto3 raises the same exceptions it would against AWS.
 
 Every search passes the collection's rules and is audited (candor/accountability/rules.py); the caller states
 purpose, case and consent in the X-Candor-* headers, which the handler turns into `FaceApi.caller`.
@@ -17,12 +19,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+from protocol import UnknownOperationError, operation_model, validate_request
+
 from candor import collection_service as service
 from candor.accountability.audit import ACCOUNT_CHAIN
 from candor.accountability.policy import Caller, CollectionPolicy, parse_policy
 from candor.accountability.rules import Accountability, Returned, SearchAuthorization
 from candor.collection_service import CollectionStore, UserMatch
-from candor.core.enrolment import COLLECTION_ID_PATTERN, validate_collection_id
+from candor.core.enrolment import COLLECTION_ID_PATTERN
 from candor.core.errors import (
     CandorError,
     ImageTooLargeError,
@@ -38,7 +42,6 @@ from candor.core.settings import (
     DEFAULT_FACE_MATCH_THRESHOLD,
     EMBEDDER_VERSION,
     INDEX_SHARD_SIZE,
-    MAX_FACES,
     MAX_OBJECT_IMAGE_BYTES,
     MAX_REQUEST_IMAGE_BYTES,
 )
@@ -51,24 +54,6 @@ from candor.search import CollectionIndexes, ImageSearchResult, search_image
 from candor.vision.images import decode_image
 from candor.vision.quality import AssessedFace, QualityFilter, parse_quality_filter, quality_reasons
 
-EXCEPTION_NAMES = {
-    "InvalidImageFormat": "InvalidImageFormatException",
-    "ImageTooLarge": "ImageTooLargeException",
-    "ImageTooSmall": "InvalidParameterException",
-    "InvalidParameter": "InvalidParameterException",
-    "NoFaceDetected": "InvalidParameterException",
-    "ResourceNotFound": "ResourceNotFoundException",
-    "ResourceAlreadyExists": "ResourceAlreadyExistsException",
-    "InvalidS3Object": "InvalidS3ObjectException",
-    "Conflict": "ConflictException",
-    "InvalidPaginationToken": "InvalidPaginationTokenException",
-    "ConsentRequired": "AccessDeniedException",
-    "PurposeNotDeclared": "AccessDeniedException",
-    "ThresholdBelowFloor": "InvalidParameterException",
-    "QuotaExceeded": "LimitExceededException",
-    "FalseMatchRiskTooHigh": "InvalidParameterException",
-    "FaceModelMismatch": "InvalidParameterException",
-}
 T = TypeVar("T")
 # Rekognition's default page sizes when MaxResults is not given.
 DEFAULT_FACE_PAGE = 1000
@@ -96,18 +81,17 @@ class FaceApi:
     shard_size: int = INDEX_SHARD_SIZE
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
-        service, _, operation = target.partition(".")
-        handler = SERVICES.get(service, {}).get(operation)
-        if handler is None:
-            raise UnknownOperationError(f"{target or '(no X-Amz-Target)'} is not an operation Candor serves")
-        return handler(replace(self, caller=caller or self.caller), request)
+        """Runs the operation `target` names on a decoded request body, once it conforms to the operation's model."""
+        operation = operation_model(target)
+        handler = SERVICES[operation.metadata["targetPrefix"]].get(operation.name)
+        if handler is None:  # in the model, not served: video, labels, text, ...
+            raise UnknownOperationError(f"{target} is not an operation Candor serves")
+        return handler(replace(self, caller=caller or self.caller), validate_request(operation, request))
 
     def image_bytes(self, image: Any) -> bytes:
         """Rekognition's Image: {"Bytes": base64} or {"S3Object": {"Bucket", "Name", "Version"}}."""
-        if not isinstance(image, dict) or ("Bytes" in image) == ("S3Object" in image):
+        if ("Bytes" in image) == ("S3Object" in image):
             raise InvalidParameterError("Image must have exactly one of Bytes or S3Object")
-        if "S3Object" in image and not isinstance(image["S3Object"], dict):
-            raise InvalidParameterError("Image.S3Object must be an object")
         if "Bytes" in image:
             try:
                 data = base64.b64decode(image["Bytes"], validate=True)
@@ -131,52 +115,10 @@ class FaceApi:
         return f"arn:aws:rekognition:{self.region}:{self.account_id}:collection/{collection_id}"
 
 
-class UnknownOperationError(Exception):
-    pass
-
-
-def error_body(error: CandorError) -> dict[str, str]:
-    return {"__type": EXCEPTION_NAMES.get(error.code, "InternalServerError"), "Message": error.message}
-
-
-def _required(request: dict[str, Any], name: str) -> Any:
-    if name not in request:
-        raise InvalidParameterError(f"{name} is required")
-    return request[name]
-
-
-def _number(request: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = request.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidParameterError(f"{name} must be a number from {low:g} to {high:g}")
-    return float(value)
-
-
-def _integer(request: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = request.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParameterError(f"{name} must be an integer from {low} to {high}")
-    return value
-
-
-def _optional_str(request: dict[str, Any], name: str) -> str | None:
-    value = request.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InvalidParameterError(f"{name} must be a string")
-    return value
-
-
-def _id_list(request: dict[str, Any], name: str, high: int) -> list[str]:
-    value = _required(request, name)
-    if not isinstance(value, list) or not 1 <= len(value) <= high:
-        raise InvalidParameterError(f"{name} must list 1 to {high} ids")
-    return [service.validate_face_id(face_id) for face_id in value]
-
-
 def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Rekognition's CreateCollection: the collection declares the purpose `general` only (CandorService's
     CreateCollection takes a Policy)."""
-    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
+    collection_id = request["CollectionId"]
     policy = parse_policy(request["Policy"]) if "Policy" in request else CollectionPolicy()
     # Its creation time tells it from a deleted collection of the same name: that one's warm index is never reused.
     created_at = datetime.now(UTC).isoformat()
@@ -188,8 +130,8 @@ def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def put_collection_policy(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
-    policy = parse_policy(_required(request, "Policy"))
+    collection_id = request["CollectionId"]
+    policy = parse_policy(request["Policy"])
     api.collections.set_policy(collection_id, policy)
     api.accountability.record_collection(collection_id, api.caller, "PutCollectionPolicy", policy)
     return {"Policy": policy_shape(policy)}
@@ -212,7 +154,7 @@ def policy_shape(policy: CollectionPolicy) -> dict[str, Any]:
 
 
 def _collection(api: FaceApi, request: dict[str, Any]) -> Collection:
-    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
+    collection_id = request["CollectionId"]
     collection = api.collections.get(collection_id)
     if collection is None:
         raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
@@ -237,8 +179,8 @@ def describe_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]
 
 def list_collections(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Collection ids in order, MaxResults (at most 4096) at a time; NextToken is the last id of the page."""
-    limit = _integer(request, "MaxResults", 4096, 0, 4096) or 4096
-    after = _optional_str(request, "NextToken")
+    limit = request.get("MaxResults", 4096) or 4096
+    after = request.get("NextToken")
     if after is not None and not COLLECTION_ID_PATTERN.match(after):
         raise InvalidPaginationTokenError(f"{after!r} is not a NextToken this listing gave")
     ids = [collection_id for collection_id in api.collections.list_ids() if after is None or collection_id > after]
@@ -253,28 +195,28 @@ def list_collections(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    collection_id = str(_required(request, "CollectionId"))
+    collection_id = request["CollectionId"]
     service.delete_collection(api.store, collection_id)
     api.accountability.record_deletion(collection_id, api.caller, "DeleteCollection")
     return {"StatusCode": 200}
 
 
 def detect_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    image = decode_image(api.image_bytes(_required(request, "Image")), MAX_OBJECT_IMAGE_BYTES)
+    image = decode_image(api.image_bytes(request["Image"]), MAX_OBJECT_IMAGE_BYTES)
     found = assess_faces(image, api.detector, api.min_confidence)
     return {"FaceDetails": [face_detail(face, image.width, image.height) for face in found]}
 
 
 def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Rekognition's IndexFaces, with the one addition Candor requires: the consent reference."""
-    max_faces = _integer(request, "MaxFaces", MAX_FACES, 1, 2**31 - 1) if "MaxFaces" in request else None
+    max_faces = request.get("MaxFaces")
     # A missing collection is refused first: refusals are audited in chains of collections that exist.
     collection = _collection(api, request)
     collection_id = collection.collection_id
     api.indexes.require_model(collection)
     consent = api.accountability.require_consent(collection_id, api.caller, "IndexFaces")
-    external_image_id = _optional_str(request, "ExternalImageId")
-    image = _required(request, "Image")
+    external_image_id = request.get("ExternalImageId")
+    image = request["Image"]
     result = index_faces(
         api.image_bytes(image),
         collection_id,
@@ -288,7 +230,7 @@ def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, An
         collections=api.collections,
         min_confidence=api.min_confidence,
     )
-    if result.indexed and isinstance(image.get("S3Object"), dict):
+    if result.indexed and "S3Object" in image:
         # Where the faces came from, so that a re-index with another face model can embed them again.
         source = image["S3Object"]
         api.photos.save(
@@ -328,14 +270,13 @@ def index_faces_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, An
 
 
 def list_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    face_ids = _id_list(request, "FaceIds", 4096) if "FaceIds" in request else None
     page = service.list_faces(
         api.store,
-        str(_required(request, "CollectionId")),
-        _integer(request, "MaxResults", DEFAULT_FACE_PAGE, 0, 4096),
-        _optional_str(request, "NextToken"),
-        user_id=_optional_str(request, "UserId"),
-        face_ids=face_ids,
+        request["CollectionId"],
+        request.get("MaxResults", DEFAULT_FACE_PAGE),
+        request.get("NextToken"),
+        user_id=request.get("UserId"),
+        face_ids=request.get("FaceIds"),
     )
     response: dict[str, Any] = {
         "Faces": [face_shape(face) for face in page.items],
@@ -347,8 +288,8 @@ def list_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    collection_id = str(_required(request, "CollectionId"))
-    result = service.delete_faces(api.store, collection_id, _id_list(request, "FaceIds", 4096))
+    collection_id = request["CollectionId"]
+    result = service.delete_faces(api.store, collection_id, request["FaceIds"])
     if result.deleted:
         api.accountability.record_deletion(collection_id, api.caller, "DeleteFaces", face_ids=result.deleted)
     return {
@@ -361,8 +302,8 @@ def delete_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    face_id = str(_required(request, "FaceId"))
-    max_faces = _integer(request, "MaxFaces", 1, 1, 4096)
+    face_id = request["FaceId"]
+    max_faces = request.get("MaxFaces", 1)
     collection_id, authorized = _authorize(api, request, "SearchFaces", "FaceMatchThreshold")
     threshold = authorized.threshold
     matches = _audited(
@@ -387,9 +328,9 @@ def compare_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """The largest face of the source image against every face of the target image. No collection is
     searched, so no purpose is bound; the comparison is audited and keeps the default floor (80)."""
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
-    source_bytes = api.image_bytes(_required(request, "SourceImage"))
-    target_bytes = api.image_bytes(_required(request, "TargetImage"))
-    asked = _number(request, "SimilarityThreshold", 0, 0, 100) if "SimilarityThreshold" in request else None
+    source_bytes = api.image_bytes(request["SourceImage"])
+    target_bytes = api.image_bytes(request["TargetImage"])
+    asked = float(request.get("SimilarityThreshold", 0)) if "SimilarityThreshold" in request else None
     threshold = DEFAULT_FACE_MATCH_THRESHOLD if asked is None else asked
     if threshold < DEFAULT_FACE_MATCH_THRESHOLD:
         error = ThresholdBelowFloorError(
@@ -456,15 +397,15 @@ def _compare(
 
 
 def create_user(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    service.create_user(api.store, str(_required(request, "CollectionId")), str(_required(request, "UserId")))
+    service.create_user(api.store, request["CollectionId"], request["UserId"])
     return {}
 
 
 def delete_user(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Candor erases the user: their faces, photos and index entries go too, not only the user (see
     ErasePerson); the proof search runs with one of their enrolment photos when Candor has one."""
-    collection_id = str(_required(request, "CollectionId"))
-    user_id = service.validate_user_id(_required(request, "UserId"))
+    collection_id = request["CollectionId"]
+    user_id = request["UserId"]
     service.require_user(api.store, collection_id, user_id)
     _erase(api, collection_id, user_id, "DeleteUser", probe=None, user_only=True)
     return {}
@@ -472,8 +413,8 @@ def delete_user(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 def erase_person_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """Candor's ErasePerson: every trace of a person (ExternalImageId or UserId), then the proof."""
-    collection_id = validate_collection_id(str(_required(request, "CollectionId")))
-    person = str(_required(request, "PersonId"))
+    collection_id = request["CollectionId"]
+    person = request["PersonId"]
     probe = api.image_bytes(request["Image"]) if "Image" in request else None
     result = _erase(api, collection_id, person, "ErasePerson", probe)
     proof = result.proof
@@ -531,9 +472,9 @@ def _erase(
 def list_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     page = service.list_users(
         api.store,
-        str(_required(request, "CollectionId")),
-        _integer(request, "MaxResults", DEFAULT_USER_PAGE, 1, 500),
-        _optional_str(request, "NextToken"),
+        request["CollectionId"],
+        request.get("MaxResults", DEFAULT_USER_PAGE),
+        request.get("NextToken"),
     )
     response: dict[str, Any] = {"Users": [{"UserId": u.user_id, "UserStatus": u.status} for u in page.items]}
     if page.next_token:
@@ -542,13 +483,13 @@ def list_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def associate_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    user_id = str(_required(request, "UserId"))
+    user_id = request["UserId"]
     result = service.associate_faces(
         api.store,
-        str(_required(request, "CollectionId")),
+        request["CollectionId"],
         user_id,
-        _id_list(request, "FaceIds", 100),
-        _number(request, "UserMatchThreshold", service.DEFAULT_USER_MATCH_THRESHOLD, 0, 100),
+        request["FaceIds"],
+        float(request.get("UserMatchThreshold", service.DEFAULT_USER_MATCH_THRESHOLD)),
     )
     return {
         "AssociatedFaces": [{"FaceId": face_id} for face_id in result.associated],
@@ -563,9 +504,9 @@ def associate_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 def disassociate_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     result = service.disassociate_faces(
         api.store,
-        str(_required(request, "CollectionId")),
-        str(_required(request, "UserId")),
-        _id_list(request, "FaceIds", 100),
+        request["CollectionId"],
+        request["UserId"],
+        request["FaceIds"],
     )
     return {
         "DisassociatedFaces": [{"FaceId": face_id} for face_id in result.disassociated],
@@ -578,8 +519,8 @@ def disassociate_faces(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    user_id, face_id = _optional_str(request, "UserId"), _optional_str(request, "FaceId")
-    max_users = _integer(request, "MaxUsers", DEFAULT_USER_PAGE, 1, 500)
+    user_id, face_id = request.get("UserId"), request.get("FaceId")
+    max_users = request.get("MaxUsers", DEFAULT_USER_PAGE)
     collection_id, authorized = _authorize(api, request, "SearchUsers", "UserMatchThreshold")
     threshold = authorized.threshold
     matches = _audited(
@@ -608,10 +549,10 @@ def search_users(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 def search_users_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     """The largest face that passes the quality filter is searched; every other face says why it was not."""
-    max_users = _integer(request, "MaxUsers", DEFAULT_USER_PAGE, 1, 500)
+    max_users = request.get("MaxUsers", DEFAULT_USER_PAGE)
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
     # image_bytes has applied the limit of the image's source (5 MB of Bytes, 15 MB of an S3 object).
-    probe = api.image_bytes(_required(request, "Image"))
+    probe = api.image_bytes(request["Image"])
     collection_id, authorized = _authorize(api, request, "SearchUsersByImage", "UserMatchThreshold", probe)
     response = _audited(
         api,
@@ -690,9 +631,9 @@ def search_all_faces_by_image(api: FaceApi, request: dict[str, Any]) -> dict[str
 def _search(
     api: FaceApi, request: dict[str, Any], operation: str, *, largest_face_only: bool
 ) -> tuple[ImageSearchResult, SearchAuthorization]:
-    max_matches = _integer(request, "MaxFaces", 1 if largest_face_only else 5, 1, 4096)
+    max_matches = request.get("MaxFaces", 1 if largest_face_only else 5)
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
-    probe = api.image_bytes(_required(request, "Image"))
+    probe = api.image_bytes(request["Image"])
     collection_id, authorized = _authorize(api, request, operation, "FaceMatchThreshold", probe)
     threshold = authorized.threshold
     result = _audited(
@@ -725,8 +666,8 @@ def _authorize(
     """The collection's rules for this caller: the threshold to search at and its false-match risk against
     the collection's faces, or a refusal (audited)."""
     # The warm index gives the collection (one read, as the search itself makes) and its size.
-    collection, index, _ = api.indexes.get(str(_required(request, "CollectionId")))
-    asked = _number(request, threshold_name, 0, 0, 100) if threshold_name in request else None
+    collection, index, _ = api.indexes.get(request["CollectionId"])
+    asked = float(request[threshold_name]) if threshold_name in request else None
     authorized = api.accountability.authorize_search(
         collection.collection_id, collection.policy, api.caller, operation, asked, probe, faces=len(index)
     )
@@ -769,8 +710,6 @@ def reindex_collection_operation(api: FaceApi, request: dict[str, Any]) -> dict[
     """Candor's own: one page of re-embedding a collection with this stack's face model (candor/reindex.py)."""
     collection = _collection(api, request)
     drop = request.get("DropUnreindexable", False)
-    if not isinstance(drop, bool):
-        raise InvalidParameterError("DropUnreindexable must be true or false")
     before = collection.face_model_version
     progress = reindex_collection(
         collection.collection_id,
@@ -781,8 +720,8 @@ def reindex_collection_operation(api: FaceApi, request: dict[str, Any]) -> dict[
         detector=api.detector,
         embedder=api.embedder,
         min_confidence=api.min_confidence,
-        next_token=_optional_str(request, "NextToken"),
-        page_size=_integer(request, "MaxFaces", 100, 1, 1000),
+        next_token=request.get("NextToken"),
+        page_size=request.get("MaxFaces", 100),
         drop_unreindexable=drop,
     )
     switched = before != progress.face_model_version

@@ -4,7 +4,12 @@ result becomes the HTTP response, as the Function URL service does it.
 Authentication: with AuthType AWS_IAM a request must carry a SigV4 signature (an Authorization header or a
 presigned query), as on AWS, but the signature is NOT verified locally: any credentials are accepted and
 the caller is reported as the key id it names. Unsigned requests get 403, as on AWS, so a client that
-works here signs its requests as AWS needs. `invoke_function_url` signs a request with boto3's credentials.
+works here signs its requests as AWS needs; so does a key id that AWS never issues (IAM's are at most 128
+letters, digits and "_"), which AWS would refuse too. `invoke_function_url` signs a request with boto3's
+credentials.
+
+Limits, as the Function URL service applies them before the function runs: a request body over 6 MB gets
+413, and a Content-Length that is not a number gets 400, each with a JSON body that says why.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +47,12 @@ _TEXT_TYPES = (
     "application/yaml",
 )
 _TEXT_SUFFIXES = ("+json", "+xml")
+# Lambda's invocation payload limit, which a Function URL applies to the request body.
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+# An oversized body is read (and dropped) up to this much, so that the client hears the 413 rather than a reset.
+_MAX_DRAINED_BYTES = 64 * 1024 * 1024
+# IAM's AccessKeyId: 16 to 128 word characters on AWS; shorter ones are let through for local test keys.
+_ACCESS_KEY_ID = re.compile(r"\w{1,128}", re.ASCII)
 
 
 def _is_text(content_type: str) -> bool:
@@ -177,13 +189,30 @@ def _request_handler(config: UrlConfig, invoke: Callable[[Any], Any], region: st
         server_version = "candor-local-function-url"
 
         def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = (self.headers.get("Content-Length") or "0").strip()
+            if not (declared.isascii() and declared.isdigit()):
+                # Where this body ends cannot be known: answer, then close the connection.
+                self.close_connection = True
+                self._refuse(400, f"Content-Length must be a number of bytes, not {declared[:40]!r}")
+                return
+            length = int(declared)
+            if length > MAX_REQUEST_BYTES:
+                self._drain(length)
+                self._refuse(
+                    413,
+                    f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the InvokeFunction operation",
+                    error_type="RequestEntityTooLargeException",
+                )
+                return
             body = self.rfile.read(length) if length else b""
             headers = [(k, v) for k, v in self.headers.items()]
             query = urlsplit(self.path).query
             access_key = _access_key({k.lower(): v for k, v in headers}, query)
             if config.auth_type == "AWS_IAM" and access_key is None:
                 self._send(403, [("Content-Type", "application/json")], b'{"Message":"Forbidden"}')
+                return
+            if config.auth_type == "AWS_IAM" and not _ACCESS_KEY_ID.fullmatch(access_key or ""):
+                self._refuse(403, "Forbidden: the signature's Credential does not name an AWS access key id")
                 return
             event = build_event(
                 self.command, self.path, headers, body, self.client_address[0], config, region, access_key
@@ -195,6 +224,26 @@ def _request_handler(config: UrlConfig, invoke: Callable[[Any], Any], region: st
                 self._send(502, [("Content-Type", "application/json")], b'{"Message":"Internal Server Error"}')
                 return
             self._send(status, response_headers, payload)
+
+        def _drain(self, length: int) -> None:
+            """Reads a body that is refused, so that the client, still sending it, gets the answer."""
+            remaining = min(length, _MAX_DRAINED_BYTES)
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1024 * 1024))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+            if length > _MAX_DRAINED_BYTES:
+                self.close_connection = True
+
+        def _refuse(self, status: int, message: str, error_type: str | None = None) -> None:
+            headers, body = [("Content-Type", "application/json")], {"Message": message}
+            if error_type:  # in the body too: boto3 reads a JSON error's code from `__type`
+                headers.append(("x-amzn-ErrorType", error_type))
+                body["__type"] = error_type
+            if self.close_connection:
+                headers.append(("Connection", "close"))
+            self._send(status, headers, json.dumps(body).encode())
 
         def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
             self.send_response(status)

@@ -1,0 +1,284 @@
+"""Every response the face API gives conforms to the model of its operation (botocore's Rekognition model, or
+Candor's own in services/search/candor-service-2.json): parsed with botocore's parser as boto3 parses it, it
+loses nothing but the documented extensions, and every member has the model's type and constraints. Requests
+go through the search function's handler, on the template's resources in moto, with real photos.
+Bad requests get the status code and error type a client sees."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from botocore.parsers import create_parser
+from moto import mock_aws
+
+from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS
+from candor_local.emulator.stack import Endpoint, deploy_stack
+from candor_local.emulator.template import load_template
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH = ROOT / "services" / "search"
+EVENT = json.loads((ROOT / "events" / "search-create-collection.json").read_text())
+CONSENT = "consent-form-conformance"
+COLLECTION = "conformance"
+MISSING_FACE_ID = "00000000-0000-4000-8000-000000000000"
+
+# Members Candor adds to Rekognition's responses (README, "Switching from Rekognition"): boto3 drops them.
+EXTENSIONS = {
+    "RekognitionService.SearchFacesByImage": {"FalseMatchRisk"},
+    "RekognitionService.SearchFaces": {"FalseMatchRisk"},
+    "RekognitionService.SearchUsers": {"FalseMatchRisk"},
+    "RekognitionService.SearchUsersByImage": {"FalseMatchRisk"},
+}
+# Values that differ from the model by design (README): a face's IndexFacesModelVersion names Candor's embedder
+# (`sface-2021dec+five-point-112`), where the model's pattern expects Rekognition's numbered versions.
+DEVIATIONS = ("IndexFacesModelVersion' failed to satisfy constraint: Member must satisfy regular expression pattern",)
+
+
+@pytest.fixture(scope="module")
+def search(model_dir: Path) -> Iterator[ModuleType]:
+    """The search function's handler, imported as Lambda imports it, on the template's resources in moto."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in EMULATOR_CREDENTIALS.items():
+            env.setenv(name, value)
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.delenv("AWS_ENDPOINT_URL", raising=False)
+        with mock_aws():
+            template = load_template(ROOT / "template.yaml", None, "us-east-1")
+            deployed = deploy_stack(template, "candor", Endpoint(session=boto3.session.Session()))
+            # moto's in-process mock sees every request as plain HTTP, so the TLS-only policies would refuse all.
+            s3 = boto3.client("s3")
+            for bucket in s3.list_buckets()["Buckets"]:
+                s3.delete_bucket_policy(Bucket=bucket["Name"])
+            for name, value in deployed.function_environment(template.functions["SearchFunction"]).items():
+                env.setenv(name, value)
+            env.setenv("MODEL_DIR", str(model_dir))
+            yield _import_search()
+
+
+def _import_search() -> ModuleType:
+    sys.path.insert(0, str(SEARCH))
+    try:
+        spec = importlib.util.spec_from_file_location("candor_conformance_search", SEARCH / "app.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SEARCH))
+
+
+def _context() -> SimpleNamespace:
+    return SimpleNamespace(
+        function_name="SearchFunction",
+        function_version="$LATEST",
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:SearchFunction",
+        memory_limit_in_mb=2048,
+        aws_request_id="c6af9ac6-7b61-11e6-9a41-93e812345678",
+        log_group_name="/aws/lambda/SearchFunction",
+        log_stream_name="2026/11/22/[$LATEST]abcdef",
+        get_remaining_time_in_millis=lambda: 60_000,
+    )
+
+
+def invoke(search: ModuleType, target: str, body: str, **headers: str) -> tuple[int, bytes]:
+    """One Function URL request to the handler: (status, response body). X_Candor_Consent is X-Candor-Consent."""
+    event = copy.deepcopy(EVENT)
+    event["headers"].update({"x-amz-target": target, **{k.lower().replace("_", "-"): v for k, v in headers.items()}})
+    event["body"] = body
+    response = search.lambda_handler(event, _context())
+    return response["statusCode"], response["body"].encode()
+
+
+def _image(path: Path) -> dict[str, str]:
+    return {"Bytes": base64.b64encode(path.read_bytes()).decode()}
+
+
+class Calls:
+    """Runs operations and keeps each response, by target, for the conformance checks."""
+
+    def __init__(self, search: ModuleType) -> None:
+        self.search = search
+        self.responses: dict[str, list[bytes]] = {}
+
+    def __call__(self, target: str, request: dict[str, Any], **headers: str) -> dict[str, Any]:
+        status, body = invoke(self.search, target, json.dumps(request), **headers)
+        assert status == 200, (target, body)
+        self.responses.setdefault(target, []).append(body)
+        return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def responses(search: ModuleType, faces_dir: Path) -> dict[str, list[bytes]]:
+    """Every operation Candor serves, called the way a client would, with what it answered."""
+    call = Calls(search)
+    rekognition = "RekognitionService."
+    obama, obama2 = _image(faces_dir / "enroll/obama/obama.jpg"), _image(faces_dir / "enroll/obama/obama2.jpg")
+    biden, probe = _image(faces_dir / "enroll/biden/biden.jpg"), _image(faces_dir / "probe/obama1.jpg")
+    two_people = _image(faces_dir / "probe/two_people.jpg")
+
+    call(rekognition + "CreateCollection", {"CollectionId": COLLECTION})
+    call(rekognition + "DescribeCollection", {"CollectionId": COLLECTION})
+    call(rekognition + "ListCollections", {"MaxResults": 1})
+    call(rekognition + "ListCollections", {})
+    indexed = [
+        call(rekognition + "IndexFaces", {"CollectionId": COLLECTION, "Image": image, "ExternalImageId": person},
+             X_Candor_Consent=CONSENT)["FaceRecords"][0]["Face"]["FaceId"]
+        for image, person in ((obama, "obama"), (obama2, "obama"), (biden, "biden"))
+    ]  # fmt: skip
+    call(rekognition + "IndexFaces", {"CollectionId": COLLECTION, "Image": two_people, "QualityFilter": "HIGH",
+         "MaxFaces": 1}, X_Candor_Consent=CONSENT)  # fmt: skip
+    call(rekognition + "ListFaces", {"CollectionId": COLLECTION, "MaxResults": 2})
+    call(rekognition + "DescribeCollection", {"CollectionId": COLLECTION})
+    call(rekognition + "DetectFaces", {"Image": two_people, "Attributes": ["ALL"]})
+    call(rekognition + "SearchFaces", {"CollectionId": COLLECTION, "FaceId": indexed[0], "MaxFaces": 5})
+    call(rekognition + "SearchFacesByImage", {"CollectionId": COLLECTION, "Image": probe, "MaxFaces": 5})
+    call(rekognition + "CompareFaces", {"SourceImage": obama, "TargetImage": two_people, "SimilarityThreshold": 80})
+    call(rekognition + "CompareFaces", {"SourceImage": probe, "TargetImage": obama2})
+    call(rekognition + "CreateUser", {"CollectionId": COLLECTION, "UserId": "barack"})
+    call(rekognition + "AssociateFaces", {"CollectionId": COLLECTION, "UserId": "barack",
+         "FaceIds": [indexed[0], indexed[1], indexed[2], MISSING_FACE_ID]})  # fmt: skip
+    call(rekognition + "ListUsers", {"CollectionId": COLLECTION})
+    call(rekognition + "ListFaces", {"CollectionId": COLLECTION, "UserId": "barack"})
+    call(rekognition + "SearchUsers", {"CollectionId": COLLECTION, "UserId": "barack"})
+    call(rekognition + "SearchUsers", {"CollectionId": COLLECTION, "FaceId": indexed[2]})
+    call(rekognition + "SearchUsersByImage", {"CollectionId": COLLECTION, "Image": two_people, "MaxUsers": 3})
+    call(rekognition + "DisassociateFaces", {"CollectionId": COLLECTION, "UserId": "barack",
+         "FaceIds": [indexed[1], indexed[2]]})  # fmt: skip
+    call(rekognition + "DeleteFaces", {"CollectionId": COLLECTION, "FaceIds": [indexed[2], MISSING_FACE_ID]})
+
+    candor = "CandorService."
+    policy = {"Purposes": ["general", "fraud"], "MinFaceMatchThreshold": 85, "MaxFalseMatchRisk": 0.5}
+    call(candor + "CreateCollection", {"CollectionId": "conformance-policy", "Policy": policy})
+    call(candor + "PutCollectionPolicy", {"CollectionId": COLLECTION, "Policy": {"Purposes": ["general"]}})
+    call(candor + "DescribeCollectionPolicy", {"CollectionId": COLLECTION})
+    call(candor + "DescribeCollectionPolicy", {"CollectionId": "conformance-policy"})
+    call(candor + "SearchAllFacesByImage", {"CollectionId": COLLECTION, "Image": two_people, "MaxFaces": 3})
+    call(candor + "ReindexCollection", {"CollectionId": COLLECTION, "MaxFaces": 10})
+    call(candor + "ErasePerson", {"CollectionId": COLLECTION, "PersonId": "obama"})
+    call(rekognition + "DeleteUser", {"CollectionId": COLLECTION, "UserId": "barack"})
+    call(rekognition + "IndexFaces", {"CollectionId": COLLECTION, "Image": biden, "ExternalImageId": "biden"},
+         X_Candor_Consent=CONSENT)  # fmt: skip
+    call(candor + "ErasePerson", {"CollectionId": COLLECTION, "PersonId": "biden", "Image": biden})
+    call(rekognition + "DeleteCollection", {"CollectionId": "conformance-policy"})
+    return call.responses
+
+
+def _served(search: ModuleType) -> list[str]:
+    rekognition = sys.modules["rekognition"]  # imported by the handler
+    return [f"{service}.{name}" for service, operations in rekognition.SERVICES.items() for name in operations]
+
+
+def _normal(value: Any) -> Any:
+    """Timestamps as the seconds the wire carries, so that parsed and sent compare."""
+    if isinstance(value, dict):
+        return {key: _normal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_normal(item) for item in value]
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
+
+
+def conformance_problems(target: str, body: bytes) -> list[str]:
+    """What in a response boto3 would not read as Candor sent it, or what breaks the output shape."""
+    protocol = sys.modules["protocol"]
+    output = protocol.operation_model(target).output_shape
+    sent = {key: value for key, value in json.loads(body).items() if key not in EXTENSIONS.get(target, set())}
+    parsed = create_parser("json").parse({"status_code": 200, "headers": {}, "body": body}, output)
+    parsed.pop("ResponseMetadata", None)
+    problems = [] if _normal(parsed) == sent else [f"boto3 reads {_normal(parsed)!r}, Candor sent {sent!r}"]
+    for _, message in protocol.shape_problems(sent, output):
+        if not any(deviation in message for deviation in DEVIATIONS):
+            problems.append(message)
+    return problems
+
+
+def test_every_operation_candor_serves_was_called(search: ModuleType, responses: dict[str, list[bytes]]) -> None:
+    assert sorted(responses) == sorted(_served(search))
+
+
+SERVED = [
+    *(
+        f"RekognitionService.{name}"
+        for name in (
+            "CreateCollection", "DescribeCollection", "ListCollections", "DeleteCollection", "DetectFaces",
+            "IndexFaces", "ListFaces", "DeleteFaces", "SearchFaces", "SearchFacesByImage", "CompareFaces",
+            "CreateUser", "DeleteUser", "ListUsers", "AssociateFaces", "DisassociateFaces", "SearchUsers",
+            "SearchUsersByImage",
+        )
+    ),
+    *(
+        f"CandorService.{name}"
+        for name in (
+            "SearchAllFacesByImage", "CreateCollection", "PutCollectionPolicy", "DescribeCollectionPolicy",
+            "ErasePerson", "ReindexCollection",
+        )
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("target", SERVED)
+def test_the_response_conforms_to_the_operations_model(target: str, responses: dict[str, list[bytes]]) -> None:
+    assert responses[target], f"{target} was not called"
+    for body in responses[target]:
+        assert conformance_problems(target, body) == [], body[:2000]
+
+
+def test_the_checks_see_a_response_that_does_not_conform() -> None:
+    """The check itself: an extra member, a mistyped one and a broken constraint are each found."""
+    assert conformance_problems("RekognitionService.DescribeCollection", b'{"FaceCount": 2, "Shards": 1}')
+    assert conformance_problems("RekognitionService.DescribeCollection", b'{"FaceCount": "2"}')
+    assert conformance_problems("RekognitionService.ListUsers", b'{"Users": [{"UserId": "u", "UserStatus": "GONE"}]}')
+    assert conformance_problems("RekognitionService.DescribeCollection", b'{"FaceCount": 2}') == []
+
+
+# What a hostile caller sends, and the status and error type it gets back (never a 502).
+HOSTILE = [
+    ("RekognitionService.DetectFaces", "[" * 100_000 + "]" * 100_000, "SerializationException"),
+    ("RekognitionService.DetectFaces", '{"Image": {"S3Object": {"Bucket": ["b"], "Name": "k"}}}',
+     "SerializationException"),
+    ("RekognitionService.DetectFaces", '{"Image": {"S3Object": {"Bucket": "b-ok", "Name": 5}}}',
+     "SerializationException"),
+    ("RekognitionService.DetectFaces", '{"Image": {"S3Object": {"Bucket": "b-ok", "Name": "k", "Version": 1}}}',
+     "SerializationException"),
+    ("RekognitionService.DetectFaces", '{"Image": {"S3Object": {"Bucket": "../../etc", "Name": "passwd"}}}',
+     "ValidationException"),
+    ("RekognitionService.CreateCollection", '{"CollectionId": null}', "ValidationException"),
+    ("RekognitionService.CreateCollection", '{"CollectionId": 42}', "SerializationException"),
+    ("RekognitionService.CreateCollection", '{"CollectionId": true}', "SerializationException"),
+    ("RekognitionService.IndexFaces", '{"CollectionId": "c", "Image": {"Bytes": "aGk="}, "DetectionAttributes": "ALL"}',
+     "SerializationException"),
+    ("RekognitionService.SearchFaces", '{"CollectionId": "c", "FaceId": "x", "FaceMatchThreshold": NaN}',
+     "SerializationException"),
+    ("RekognitionService.DetectFaces", '{"Image": {"Bytes": "aGk=", "S3Object": {"Bucket": "bkt", "Name": "k"}}}',
+     "InvalidParameterException"),
+    ("RekognitionService.DetectLabels", "{}", "UnknownOperationException"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("target", "body", "exception"), HOSTILE)
+def test_a_hostile_request_gets_rekognitions_400(search: ModuleType, target: str, body: str, exception: str) -> None:
+    status, payload = invoke(search, target, body)
+    assert (status, json.loads(payload)["__type"]) == (400, exception)
+    if target == "RekognitionService.CreateCollection":
+        listed = json.loads(invoke(search, "RekognitionService.ListCollections", "{}")[1])["CollectionIds"]
+        assert not {"None", "42", "True", "true", "null"} & set(listed)
+
+
+def test_an_image_over_5_mb_is_too_large(search: ModuleType) -> None:
+    """Bytes that decode to more than 5 MB: ImageTooLargeException (such a body exceeds a Function URL's 6 MB
+    request limit on AWS, so it is sent to the handler directly here)."""
+    image = base64.b64encode(b"\xff\xd8\xff" + bytes(5 * 1024 * 1024)).decode()
+    status, payload = invoke(search, "RekognitionService.DetectFaces", json.dumps({"Image": {"Bytes": image}}))
+    assert (status, json.loads(payload)["__type"]) == (400, "ImageTooLargeException")
