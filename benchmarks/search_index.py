@@ -5,11 +5,11 @@ individual part), each enrolled photo is its identity's centre plus per-photo no
 photo's true neighbours are the other photos of its person (cosine ~0.7, like FaceNet's same-person pairs),
 and strangers score ~0 to ~0.2. Queries are new photos: 80% of enrolled people, 20% of strangers.
 
-For each size, in one run, of the index a collection gets (HNSW shards of at most `--shard-size` faces,
-each graph forced even below `HNSW_MIN_FACES`): build time, resident memory of the loaded snapshot (measured
-in a fresh process), single-query p50/p99, batch latency, recall@1/@10 against exact float32 brute force,
-and the exact engines' latency (float32 BLAS, float16 numpy, int8 SIMD with float32 rescoring); with
-`--one-graph`, also one unsharded graph of every size past the shard size, against the shards.
+For each size, in one run, of each engine `--engine` names: the in-function index (one HNSW graph, forced
+even below `HNSW_MIN_FACES`): build time, resident memory of the loaded snapshot (measured in a fresh
+process), single-query p50/p99, batch latency, recall@1/@10 against exact float32 brute force, and the exact
+engines' latency (float32 BLAS, float16 numpy, int8 SIMD with float32 rescoring); S3 Vectors through the
+emulator: ingest time (PutVectors of 500 over HTTP), p50/p99 per query, recall@10.
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument("--queries", type=int, default=200, help="queries per size")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument(
-        "--shard-size", type=int, default=None, help="faces per shard (default: IndexShardSize, as collections get)"
-    )
-    parser.add_argument(
-        "--one-graph", action="store_true", help="also one unsharded graph past the shard size (1M: ~30 min more)"
+        "--engine",
+        default="in-function",
+        help="comma-separated engines: in-function (the HNSW index), s3vectors (S3 Vectors through the emulator)",
     )
     parser.add_argument("--batch", type=int, default=32, help="queries per batch for the batch latency")
     parser.add_argument(
@@ -63,18 +62,15 @@ def register(bench_subparsers: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from candor.core.settings import INDEX_SHARD_SIZE
-
     sizes = [int(size) for size in str(args.sizes).split(",") if size.strip()]
-    shard_size = args.shard_size or INDEX_SHARD_SIZE
+    engines = [engine.strip() for engine in str(args.engine).split(",") if engine.strip()]
     results = []
     for size in sizes:
         result = bench_size(
             size,
             queries=args.queries,
             k=args.k,
-            shard_size=shard_size,
-            one_graph=args.one_graph,
+            engines=engines,
             batch=args.batch,
             expansions=[int(e) for e in str(args.expansions).split(",") if e.strip()],
             compare=not args.no_compare,
@@ -87,8 +83,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result), flush=True)
     if not args.json:
-        options = f"--queries {args.queries}" + (f" --shard-size {args.shard_size}" if args.shard_size else "")
-        options += (" --one-graph" if args.one_graph else "") + (" --no-compare" if args.no_compare else "")
+        options = f"--queries {args.queries} --engine {args.engine}"
+        options += " --no-compare" if args.no_compare else ""
         options += f" --expansions {args.expansions}" if args.expansions else ""
         commands = [f"candor bench search --sizes '{args.sizes}' {options}"]
         if args.include:
@@ -171,21 +167,21 @@ def bench_size(
     *,
     queries: int,
     k: int,
-    shard_size: int,
-    one_graph: bool = False,
+    engines: list[str] | None = None,
     batch: int,
     expansions: list[int] | None = None,
     compare: bool,
     seed: int,
     log: Any,
 ) -> dict[str, Any]:
-    from candor.index.vectors import ExactVectorIndex, HnswVectorIndex, ShardedVectorIndex
+    from candor.index.vectors import ExactVectorIndex, HnswVectorIndex, load_index
 
+    engines = engines or ["in-function"]
     ids, vectors, probes = synthetic_faces(size, queries, seed)
-    result: dict[str, Any] = {"size": size, "queries": len(probes), "k": k, "shard_size": shard_size}
+    result: dict[str, Any] = {"size": size, "queries": len(probes), "k": k}
 
     # Ground truth and the float32 baseline: one BLAS matrix product over every face.
-    exact = ExactVectorIndex()
+    exact = ExactVectorIndex(vectors.shape[1])
     exact.add(ids, vectors)
     truth = [[n.face_id for n in hits] for hits in exact.search(probes, k, -1.0)]
     truth_matches = [[n.face_id for n in hits] for hits in exact.search(probes, k, THRESHOLD_COSINE)]
@@ -200,23 +196,27 @@ def bench_size(
         result.update(_exact_variants(ids, vectors, probes[:20], truth[:20], k))
         log(f"{size}: float16 / int8 exact: {result['f16_p50_ms']} / {result['i8_p50_ms']} ms")
 
+    if "s3vectors" in engines:
+        result.update(_bench_s3vectors(ids, vectors, probes, truth, k, log))
+    if "in-function" not in engines:
+        return result
     with tempfile.TemporaryDirectory(prefix="candor-bench-") as tmp:
-        # The index as a collection gets it (candor.index.vectors.new_index), with the graph forced at every size.
+        # The index an in-function collection gets, with the graph forced at every size.
         started = time.perf_counter()
-        built = ShardedVectorIndex(shard_size, lambda: HnswVectorIndex(min_graph_faces=0))
+        built = HnswVectorIndex(vectors.shape[1], min_graph_faces=0)
         for start in range(0, size, 100_000):
             built.add(ids[start : start + 100_000], vectors[start : start + 100_000])
         result["build_s"] = round(time.perf_counter() - started, 2)
-        log(f"{size}: {len(built.shards)} HNSW shard(s) built in {result['build_s']} s")
+        log(f"{size}: HNSW built in {result['build_s']} s")
         snapshot = Path(tmp) / "index"
         started = time.perf_counter()
         built.persist(snapshot)
         result["persist_s"] = round(time.perf_counter() - started, 2)
         del built
         started = time.perf_counter()
-        index = ShardedVectorIndex.load(snapshot)
+        index = load_index(snapshot)
+        assert isinstance(index, HnswVectorIndex)
         result["load_s"] = round(time.perf_counter() - started, 2)
-        result["shards"] = len(index.shards)
         # As served: loaded from its snapshot, float32 rows memory-mapped (disk), the rest resident.
         result["memory_mb"], result["mapped_file_mb"] = _resident_mb(snapshot, probes[:20], Path(tmp) / "probes.npy")
         result["bytes_per_face"] = round(result["memory_mb"] * 2**20 / size)
@@ -236,16 +236,8 @@ def bench_size(
         result["batch_p50_ms"], result["batch_p99_ms"] = _percentiles(seconds)
         result["batch_ms_per_query"] = round(result["batch_p50_ms"] / batch, 3)
         log(f"{size}: HNSW p50 {result['p50_ms']} ms, recall@10 {result['recall_at_10']}: {json.dumps(result)}")
-        # The same search as the shard functions answer it on AWS: one request per shard (JSON both ways, as
-        # the Invoke API carries it), in parallel, merged; the network's round trip is not in it.
-        answers, seconds = _timed_single(_shard_requests(index, k), probes)
-        result["shard_requests_p50_ms"], result["shard_requests_p99_ms"] = _percentiles(seconds)
-        result["shard_requests_same_top_10"] = round(
-            sum([n.face_id for n in hits[0]] == f for hits, f in zip(answers, found, strict=True)) / len(found), 4
-        )
         result["directory_mb"] = _directory_mb(size)
         result["directory_bytes_per_face"] = round(result["directory_mb"] * 2**20 / size)
-        log(f"{size}: via shard requests p50 {result['shard_requests_p50_ms']} ms")
         log(f"{size}: face directory {result['directory_mb']} MB")
         # Search-time expansion trades latency for recall on the same graphs, without a rebuild.
         result["expansions"] = []
@@ -268,43 +260,50 @@ def bench_size(
             log(f"{size}: expansion {expansion}: {json.dumps(result['expansions'][-1])}")
         del index
 
-        if one_graph and size > shard_size:
-            started = time.perf_counter()
-            one = HnswVectorIndex(min_graph_faces=0)
-            for start in range(0, size, 100_000):
-                one.add(ids[start : start + 100_000], vectors[start : start + 100_000])
-            result["one_build_s"] = round(time.perf_counter() - started, 2)
-            one.search(probes[:5], k, -1.0)
-            answers, seconds = _timed_single(_searcher(one, k), probes)
-            alone = [[n.face_id for n in hits[0]] for hits in answers]
-            result["one_p50_ms"], result["one_p99_ms"] = _percentiles(seconds)
-            result["one_recall_at_10"] = _recall(alone, truth, k)
-            # Same top-10 as the shards: the fraction of queries whose ids and order agree exactly.
-            result["one_same_top_10"] = round(sum(a == b for a, b in zip(alone, found, strict=True)) / len(found), 4)
-            log(f"{size}: one graph p50 {result['one_p50_ms']} ms, recall@10 {result['one_recall_at_10']}")
     return result
 
 
-def _shard_requests(index: Any, k: int) -> Any:
-    from concurrent.futures import ThreadPoolExecutor
+def _bench_s3vectors(
+    ids: list[str], vectors: np.ndarray, probes: np.ndarray, truth: list[list[str]], k: int, log: Any
+) -> dict[str, Any]:
+    """The S3 Vectors engine through the emulator (moto server with its exact QueryVectors): ingest in
+    PutVectors of 500 over HTTP, then one QueryVectors per probe. Exact there, so recall is 1.0 by
+    construction and the latency is the emulator's, not AWS's (docs/benchmarks.md projects those)."""
+    import boto3
 
-    from candor.index.shards import parse_shard_request, shard_answer, shard_neighbours, shard_request
-    from candor.index.vectors import merge_top_k
-    from candor.ports import Collection
+    from candor.adapters.aws import S3VectorStore
+    from candor.core.settings import EMBEDDER_VERSION
+    from candor.index.s3vectors import S3VectorsIndex
+    from candor_local.emulator.moto_server import MotoEmulator
 
-    collection = Collection("bench", "2026-01-01T00:00:00+00:00", "bench", shard_size=index.shard_size)
-    pool = ThreadPoolExecutor(max_workers=len(index.shards))
-
-    def one_shard(request: str) -> Any:
-        _, shard, queries, count, min_cosine = parse_shard_request(json.loads(request))
-        return json.loads(json.dumps(shard_answer(index.shards[shard].search(queries, count, min_cosine))))
-
-    def search(query: np.ndarray) -> Any:
-        requests = [json.dumps(shard_request(collection, n, query, k, -1.0)) for n in range(len(index.shards))]
-        per_shard = [shard_neighbours(answer, 1) for answer in pool.map(one_shard, requests)]
-        return [merge_top_k([shard[0] for shard in per_shard], k)]
-
-    return search
+    with MotoEmulator() as emulator:
+        client = boto3.client(
+            "s3vectors",
+            endpoint_url=emulator.endpoint_url,
+            region_name=emulator.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_vector_bucket(vectorBucketName="candor-bench")
+        arn = client.get_vector_bucket(vectorBucketName="candor-bench")["vectorBucket"]["vectorBucketArn"]
+        store = S3VectorStore(arn, client)
+        store.create_index("bench", vectors.shape[1])
+        index = S3VectorsIndex(store, "bench", EMBEDDER_VERSION, dimension=vectors.shape[1])
+        started = time.perf_counter()
+        for start in range(0, len(ids), 10_000):
+            index.add(ids[start : start + 10_000], vectors[start : start + 10_000])
+        ingest_s = round(time.perf_counter() - started, 2)
+        answers, seconds = _timed_single(_searcher(index, k), probes[: min(len(probes), 50)])
+        found = [[n.face_id for n in hits[0]] for hits in answers]
+        p50, p99 = _percentiles(seconds)
+    figures = {
+        "s3v_ingest_s": ingest_s,
+        "s3v_p50_ms": p50,
+        "s3v_p99_ms": p99,
+        "s3v_recall_at_10": _recall(found, truth[: len(found)], k),
+    }
+    log(f"{len(ids)}: s3vectors (emulator) {json.dumps(figures)}")
+    return figures
 
 
 def _directory_mb(size: int) -> float:
@@ -409,7 +408,6 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
         rows.append(
             [
                 f"{r['size']:,}",
-                r["shards"],
                 r["build_s"],
                 r["memory_mb"],
                 r["bytes_per_face"],
@@ -422,9 +420,6 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
                 r["recall_at_10_above_threshold"],
                 r["exact_p50_ms"],
                 round(r["exact_p50_ms"] / r["p50_ms"], 1),
-                f"{r['shard_requests_p50_ms']} ({r['shard_requests_same_top_10']})"
-                if "shard_requests_p50_ms" in r
-                else "not measured",
                 f"{r['directory_mb']} ({r['directory_bytes_per_face']} B/face)"
                 if "directory_mb" in r
                 else "not measured",
@@ -433,7 +428,6 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
     main = table(
         [
             "faces",
-            "shards",
             "build s",
             "resident MB",
             "B/face",
@@ -446,7 +440,6 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
             "recall@10 (matches ≥ 80)",
             "exact f32 p50 ms",
             "speed-up",
-            "via shard requests p50 ms (same top-10)",
             "face directory MB",
         ],
         rows,
@@ -480,27 +473,24 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
                 ),
                 [
                     f"{r['size']:,}",
-                    "HNSW int8 shards (usearch) + float32 rescoring (chosen)",
+                    "in-function: HNSW int8 (usearch) + float32 rescoring (chosen)",
                     r["p50_ms"],
                     r["recall_at_10"],
                     r["memory_mb"],
-                ],
+                ]
+                if "p50_ms" in r
+                else [],
+                [
+                    f"{r['size']:,}",
+                    f"s3vectors through the emulator (exact; ingest {r['s3v_ingest_s']} s, p99 {r['s3v_p99_ms']} ms)",
+                    r["s3v_p50_ms"],
+                    r["s3v_recall_at_10"],
+                    "in S3 Vectors",
+                ]
+                if "s3v_p50_ms" in r
+                else [],
             )
-        ],
-    )
-    one_graph = table(
-        ["faces", "one graph: build s", "p50 ms", "p99 ms", "recall@10", "same top-10 as the shards"],
-        [
-            [
-                f"{r['size']:,}",
-                r["one_build_s"],
-                r["one_p50_ms"],
-                r["one_p99_ms"],
-                r["one_recall_at_10"],
-                r["one_same_top_10"],
-            ]
-            for r in results
-            if "one_p50_ms" in r
+            if row
         ],
     )
     sweep = table(
@@ -527,14 +517,12 @@ def markdown(results: list[dict[str, Any]], commands: list[str]) -> str:
         "Engines compared in the same run (float16 and int8 on 20 queries):",
         engines,
     ]
-    if any("one_p50_ms" in r for r in results):
-        parts += ["The same faces in one unsharded graph (`--one-graph`):", one_graph]
     return "\n\n".join([*parts, NOTES])
 
 
 NOTES = """\
-What the columns mean: *shards* is how many graphs of about `IndexShardSize` faces the collection is split
-into. *resident MB* is the anonymous memory (RssAnon) that loading the index's snapshot and answering 20
+What the columns mean: *resident MB* is the anonymous memory (RssAnon) that loading the index's snapshot and
+answering 20
 queries adds to a fresh process: int8 vectors, HNSW links, face ids and their maps, which the process must
 keep. The float32 vectors stay in the snapshot's file, memory-mapped, and only the rows of rescored candidates
 are read; *mapped file MB* (RssFile) is the snapshot file's pages mapped into the process meanwhile: clean
@@ -546,7 +534,7 @@ as unit centres (32 shared directions plus an individual part), 1 to 15 photos e
 (same-person cosine ~0.7, strangers ~0 to 0.2); 80% of queries are new photos of enrolled people, 20% of
 strangers.
 
-Choice: `HnswVectorIndex` shards of at most 250,000 faces (usearch HNSW over int8, inner product, connectivity
+Choice: `HnswVectorIndex` (usearch HNSW over int8, inner product, connectivity
 32, expansion 128 when adding and 256 when searching, 64 candidates rescored in float32), exact brute force
 below 20,000 faces (the benchmark forces the graph at every size). The embeddings are unit vectors, so the
 inner product is their cosine, and the graph's distance skips the two norms a cosine computes. Exact float32
@@ -557,26 +545,16 @@ exact, so the threshold never admits a face the exact search would refuse.
 
 Memory per face (resident, anonymous), ~1.07 KB at 1M: the graph, 788 B per face in the snapshot's graph
 file (512 B int8 vector + links, 64 on the base layer, and node header), and the face ids, their maps in the
-shards and the shard map (the *B/face* column is measured; small indexes carry usearch's and the interpreter's
-fixed costs); 2 KB more on disk for the float32 vectors. So a shard's memory is bounded by `IndexShardSize` x
-~1.1 KB, plus ~320 B per face of face directory. usearch's own figure (`memory_usage`; `memory_estimate_mb`
+index (the *B/face* column is measured; small indexes carry usearch's and the interpreter's
+fixed costs); 2 KB more on disk for the float32 vectors. So a collection in the function costs ~1.1 KB per face,
+plus ~320 B per face of face directory: past 250,000 faces it belongs on S3 Vectors (the rule, README).
+usearch's own figure (`memory_usage`; `memory_estimate_mb`
 in the JSON) counts its arenas' reserved capacity and overstates this.
-
-Sharding: a face's shard is fixed when it is enrolled (the n-th face a collection ever enrolled is in shard
-n // `IndexShardSize`), so shards fill one after another, a collection grows by opening a shard, and every
-function agrees where a face is. A search asks every shard for its top-k and merges them in one total order
-(cosine, then face id), so the answer equals one index's whenever each shard answers exactly (the tests prove
-it on exact shards). Each HNSW shard is approximate, so the merged recall is the table's; `--one-graph` adds
-one unsharded graph of the same faces for comparison. Locally, and in a collection of one shard, the shards
-are searched by a thread pool in the search function. On AWS, past one shard, each shard is searched by its
-own invocation of ShardFunction (candor/index/shards.py), in parallel; *via shard requests* is that search with
-every request and answer crossing JSON as the Invoke API carries them, in threads of this process (so without
-the network's round trip), and the share of queries whose top-10 equals the in-process search's.
 
 *face directory MB* is what the search function keeps of a collection besides its index: each face's id,
 name, photo id and user (candor/index/sync.py, `FaceEntry`), measured in a fresh process. Embeddings are
-not kept there: the index holds the vectors, and the faces table when the search function asks a shard
-function. A reload reads only the collection's change log since the last one, never the whole collection.
+not kept there: the index holds the vectors (S3 Vectors for a collection on that engine). A reload reads only
+the collection's change log since the last one, never the whole collection.
 """
 
 

@@ -11,4 +11,6 @@ trap '"${compose[@]}" down' EXIT
 
 export AWS_ENDPOINT_URL=http://localhost:4566
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1
-.venv/bin/python -m pytest -q -m integration "$@"
+# LocalStack does not support Amazon S3 Vectors: the stack deploys without its vector bucket there, collections
+# stay on the in-function engine, and the tests of the s3vectors engine are left out.
+.venv/bin/python -m pytest -q -m "integration and not s3vectors" "$@"

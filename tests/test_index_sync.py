@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -20,11 +19,12 @@ from candor.adapters.memory import (
     MemoryFaceRepository,
     MemoryIndexSnapshotStore,
     MemoryUserRepository,
+    MemoryVectorStore,
 )
 from candor.core.faces import FaceRecord
 from candor.core.settings import EMBEDDER_VERSION
+from candor.index.engines import IndexEngines
 from candor.index.sync import FaceEntry, IndexSync
-from candor.indexing import shards_for
 from candor.ports import Collection, IndexChange
 from candor.search import CollectionIndexes
 
@@ -46,15 +46,25 @@ class CountingFaces(MemoryFaceRepository):
         return super().get_many(face_ids)
 
 
+@pytest.fixture(params=["in-function", "s3vectors"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every test of the warm index runs with the collection on each engine (S3 Vectors: the exact store)."""
+    return str(request.param)
+
+
 class Stack:
     """The tables and the index bucket, and search functions that can be started cold."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, engine: str = "in-function") -> None:
+        self.engine = engine
+        self.vectors = MemoryVectorStore(max_top_k=5)
         self.faces = CountingFaces()
         self.collections = MemoryCollectionRepository()
         self.users = MemoryUserRepository()
         self.snapshots = MemoryIndexSnapshotStore()
-        self.collections.create(Collection("staff", "2026-01-01T00:00:00+00:00", EMBEDDER_VERSION, shard_size=64))
+        self.collections.create(
+            Collection("staff", "2026-01-01T00:00:00+00:00", EMBEDDER_VERSION, index_engine=self.engine)
+        )
         self._tmp = tmp_path
         self._starts = 0
         self.indexes = self.start()
@@ -67,6 +77,7 @@ class Stack:
             snapshot_min_faces=0,
             snapshot_min_changes=snapshot_min_changes,
             background=False,
+            engines=IndexEngines(self.vectors),
         )
         return CollectionIndexes(self.faces, self.collections, sync)
 
@@ -75,20 +86,18 @@ class Stack:
         return collection_service.CollectionStore(self.collections, self.faces, self.users, self.indexes)
 
     def enrol(self, records: list[FaceRecord]) -> None:
-        shards = shards_for(self.collections, "staff", len(records))
-        records = [replace(record, shard=shard) for record, shard in zip(records, shards, strict=True)]
         self.faces.save_all(records)
         added = tuple(face.face_id for face in records)
-        self.collections.mark_changed("staff", IndexChange(added=added, shards=tuple(shards)))
+        self.collections.mark_changed("staff", IndexChange(added=added))
 
     def who(self, probe: np.ndarray, indexes: CollectionIndexes | None = None) -> list[str]:
         _, index, entries = (indexes or self.indexes).get("staff")
         return [entries[hit.face_id].external_image_id or "" for hit in index.search(probe, 3, 0.4)[0]]
 
 
-def test_a_warm_index_reads_only_what_changed_never_the_whole_collection_again(tmp_path: Path):
+def test_a_warm_index_reads_only_what_changed_never_the_whole_collection_again(tmp_path: Path, engine: str):
     records, probes = enrolled_people(40, 3, seed=3)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.enrol(records[:90])
     assert stack.who(probes[5]) == ["person5"] * 3
     assert stack.faces.listings == 1  # the cold start, with no snapshot: built from the table
@@ -106,9 +115,9 @@ def test_a_warm_index_reads_only_what_changed_never_the_whole_collection_again(t
     assert len(index) == len(entries) == 118 and uid(5, 0) not in index and uid(5, 0) not in entries
 
 
-def test_the_warm_state_holds_names_and_users_not_embeddings(tmp_path: Path):
+def test_the_warm_state_holds_names_and_users_not_embeddings(tmp_path: Path, engine: str):
     records, _ = enrolled_people(4, 2, seed=4)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.enrol(records)
     _, _, entries = stack.indexes.get("staff")
     entry = entries[uid(1, 1)]
@@ -118,9 +127,9 @@ def test_the_warm_state_holds_names_and_users_not_embeddings(tmp_path: Path):
     assert entries[uid(1, 0)].external_image_id is entries[uid(1, 1)].external_image_id
 
 
-def test_users_follow_the_log_and_searches_use_the_vectors_in_the_index(tmp_path: Path):
+def test_users_follow_the_log_and_searches_use_the_vectors_in_the_index(tmp_path: Path, engine: str):
     records, _ = enrolled_people(6, 3, seed=5)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.enrol(records)
     store = stack.store
     collection_service.create_user(store, "staff", "alice")
@@ -141,9 +150,11 @@ def test_users_follow_the_log_and_searches_use_the_vectors_in_the_index(tmp_path
     assert stack.faces.listings == 1
 
 
-def test_a_cold_start_loads_the_snapshot_and_the_log_after_it_without_listing_the_collection(tmp_path: Path):
+def test_a_cold_start_loads_the_snapshot_and_the_log_after_it_without_listing_the_collection(
+    tmp_path: Path, engine: str
+):
     records, probes = enrolled_people(30, 3, seed=6)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.indexes = stack.start(snapshot_min_changes=1)
     stack.enrol(records[:60])
     assert stack.who(probes[3]) == ["person3"] * 3
@@ -159,9 +170,9 @@ def test_a_cold_start_loads_the_snapshot_and_the_log_after_it_without_listing_th
     assert stack.faces.listings == listings, "the snapshot and the log were enough"
 
 
-def test_a_log_that_lost_entries_costs_a_rebuild_from_the_table_never_a_wrong_answer(tmp_path: Path):
+def test_a_log_that_lost_entries_costs_a_rebuild_from_the_table_never_a_wrong_answer(tmp_path: Path, engine: str):
     records, probes = enrolled_people(20, 3, seed=7)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.enrol(records[:30])
     idle = stack.start()
     assert stack.who(probes[4], idle) == ["person4"] * 3  # a function that then stays idle a long time
@@ -176,9 +187,9 @@ def test_a_log_that_lost_entries_costs_a_rebuild_from_the_table_never_a_wrong_an
     assert stack.faces.listings == listings + 1
 
 
-def test_a_face_added_then_deleted_before_the_reload_is_never_added(tmp_path: Path):
+def test_a_face_added_then_deleted_before_the_reload_is_never_added(tmp_path: Path, engine: str):
     records, _ = enrolled_people(5, 2, seed=8)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.enrol(records[:4])
     stack.indexes.get("staff")
     stack.enrol(records[4:])
@@ -187,16 +198,18 @@ def test_a_face_added_then_deleted_before_the_reload_is_never_added(tmp_path: Pa
     assert uid(3, 0) not in index and uid(3, 0) not in entries and uid(3, 1) in index
 
 
-def test_a_collection_deleted_and_created_again_never_gets_the_old_ones_faces(tmp_path: Path):
+def test_a_collection_deleted_and_created_again_never_gets_the_old_ones_faces(tmp_path: Path, engine: str):
     records, probes = enrolled_people(5, 2, seed=9)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.indexes = stack.start(snapshot_min_changes=1)
     stack.enrol(records)
     assert stack.who(probes[1]) == ["person1"] * 2
     other = stack.start()
     other.get("staff")  # a second warm function
     collection_service.delete_collection(stack.store, "staff")
-    stack.collections.create(Collection("staff", "2026-02-01T00:00:00+00:00", EMBEDDER_VERSION, shard_size=64))
+    stack.collections.create(
+        Collection("staff", "2026-02-01T00:00:00+00:00", EMBEDDER_VERSION, index_engine=stack.engine)
+    )
     assert stack.who(probes[1], other) == []
     assert stack.who(probes[1], stack.start()) == []
 
@@ -290,9 +303,9 @@ def test_faces_are_read_by_id_consistently_with_their_embeddings(dynamodb):  # t
     assert found[records[3].face_id].external_image_id == "person1"
 
 
-def test_a_snapshot_a_few_changes_behind_is_published_again_before_the_log_forgets_them(tmp_path: Path):
+def test_a_snapshot_a_few_changes_behind_is_published_again_before_the_log_forgets_them(tmp_path: Path, engine: str):
     records, probes = enrolled_people(20, 3, seed=11)
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, engine)
     stack.indexes = stack.start(snapshot_min_changes=1)
     stack.enrol(records[:57])
     stack.indexes.get("staff")

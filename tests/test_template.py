@@ -25,7 +25,6 @@ FUNCTIONS = {
     "DetectFunction": "services/detect",
     "EmbedFunction": "services/embed",
     "SearchFunction": "services/search",
-    "ShardFunction": "services/shard",
 }
 
 
@@ -202,13 +201,8 @@ def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) 
 
 def test_faces_are_searchable_by_collection(template: Template) -> None:
     faces = template.resources["FacesTable"]["Properties"]
-    index, by_shard = faces["GlobalSecondaryIndexes"]
+    (index,) = faces["GlobalSecondaryIndexes"]
     assert index["IndexName"] == "ByCollection"
-    assert by_shard["IndexName"] == "ByShard"
-    assert by_shard["KeySchema"] == [
-        {"AttributeName": "collection_shard", "KeyType": "HASH"},
-        {"AttributeName": "face_id", "KeyType": "RANGE"},
-    ]
     assert index["KeySchema"] == [
         {"AttributeName": "collection_id", "KeyType": "HASH"},
         {"AttributeName": "face_id", "KeyType": "RANGE"},
@@ -283,14 +277,17 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
         "CollectionChangesTable": append_only,
         "UsersTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"},
         "IndexBucket": {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
-        # Past one shard, a collection's shards are searched by invocations of the shard function.
-        "ShardFunction": {"lambda:InvokeFunction"},
-    }
-    # A shard reads its faces and the change log, and keeps its snapshot; it writes no table.
-    assert grants("ShardFunction") == {
-        "FacesTable": {"dynamodb:Query", "dynamodb:BatchGetItem"},
-        "CollectionChangesTable": {"dynamodb:Query"},
-        "IndexBucket": {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
+        # Collections on S3 Vectors: their vector indexes, and nothing else of S3 Vectors.
+        "VectorBucket": {
+            "s3vectors:CreateIndex",
+            "s3vectors:DeleteIndex",
+            "s3vectors:GetIndex",
+            "s3vectors:PutVectors",
+            "s3vectors:DeleteVectors",
+            "s3vectors:GetVectors",
+            "s3vectors:ListVectors",
+            "s3vectors:QueryVectors",
+        },
     }
 
 
@@ -318,6 +315,7 @@ def test_the_local_runtime_deploys_everything_but_the_functions(template: Templa
         "AWS::DynamoDB::Table",
         "AWS::CloudWatch::Alarm",
         "AWS::Logs::LogGroup",
+        "AWS::S3Vectors::VectorBucket",
     }
     assert "SearchFunctionUrl" not in template.infrastructure()["Outputs"]
     # Alarms and dashboards that name a function go with the functions.

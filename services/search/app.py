@@ -28,15 +28,15 @@ from candor.adapters.aws import (
     DynamoPhotoRepository,
     DynamoQuotaCounter,
     DynamoUserRepository,
-    LambdaShardInvoker,
     S3ImageStore,
     S3IndexSnapshotStore,
+    S3VectorStore,
     model_source,
 )
 from candor.collection_service import CollectionStore
 from candor.core.errors import CandorError
 from candor.core.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
-from candor.index.shards import ShardFunctionEngine
+from candor.index.engines import IndexEngines
 from candor.index.sync import IndexSync
 from candor.search import CollectionIndexes
 from candor.vision.model_files import model_dir_with
@@ -53,11 +53,11 @@ model_dir = model_dir_with(
 detector, embedder = load_models(model_dir, settings.model_threads)
 collections = DynamoCollectionRepository(settings.collections_table, DynamoChangeLog(settings.collection_changes_table))
 faces = DynamoFaceRepository(settings.faces_table)
-# Cold start: a collection's index comes from its snapshot in the index bucket, then its change log. Past one
-# shard, with a shard function configured (AWS), each shard is searched by its own invocation.
+# Cold start: a collection's index comes from its snapshot in the index bucket, then its change log. A collection
+# on S3 Vectors keeps its vectors in its own index of the vector bucket (candor/index/engines.py).
 snapshots = S3IndexSnapshotStore(settings.index_bucket) if settings.index_bucket else None
-engine = ShardFunctionEngine(LambdaShardInvoker(settings.shard_function), faces) if settings.shard_function else None
-indexes = CollectionIndexes(faces, collections, IndexSync(snapshots, engine=engine))
+vector_store = S3VectorStore(settings.vector_bucket) if settings.vector_bucket else None
+indexes = CollectionIndexes(faces, collections, IndexSync(snapshots, engines=IndexEngines(vector_store)))
 face_api = FaceApi(
     images=S3ImageStore(),
     collections=collections,
@@ -73,7 +73,6 @@ face_api = FaceApi(
         DynamoQuotaCounter(settings.quotas_table),
     ),
     photos=DynamoPhotoRepository(settings.photos_table),
-    shard_size=settings.index_shard_size,
 )
 
 

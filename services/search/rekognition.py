@@ -41,7 +41,6 @@ from candor.core.faces import LANDMARK_TYPES, DetectedFace, FaceRecord, Match, P
 from candor.core.settings import (
     DEFAULT_FACE_MATCH_THRESHOLD,
     EMBEDDER_VERSION,
-    INDEX_SHARD_SIZE,
     MAX_OBJECT_IMAGE_BYTES,
     MAX_REQUEST_IMAGE_BYTES,
 )
@@ -77,8 +76,6 @@ class FaceApi:
     photos: PhotoRepository
     # Who asks, with the purpose, case and consent they state: set per request by `dispatch`.
     caller: Caller = field(default_factory=lambda: Caller("anonymous"))
-    # Faces per index shard of a collection created here (settings.INDEX_SHARD_SIZE unless configured).
-    shard_size: int = INDEX_SHARD_SIZE
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Runs the operation `target` names on a decoded request body, once it conforms to the operation's model."""
@@ -122,9 +119,7 @@ def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
     policy = parse_policy(request["Policy"]) if "Policy" in request else CollectionPolicy()
     # Its creation time tells it from a deleted collection of the same name: that one's warm index is never reused.
     created_at = datetime.now(UTC).isoformat()
-    api.collections.create(
-        Collection(collection_id, created_at, EMBEDDER_VERSION, shard_size=api.shard_size, policy=policy)
-    )
+    api.collections.create(Collection(collection_id, created_at, EMBEDDER_VERSION, policy=policy))
     api.accountability.record_collection(collection_id, api.caller, "CreateCollection", policy)
     return {"StatusCode": 200, "CollectionArn": api.collection_arn(collection_id), "FaceModelVersion": EMBEDDER_VERSION}
 

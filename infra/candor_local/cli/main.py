@@ -20,7 +20,7 @@ from botocore.exceptions import EndpointConnectionError
 from tqdm import tqdm
 
 from candor.core.settings import DEFAULT_FACE_MATCH_THRESHOLD
-from candor_local.cli import audit, bench, connection, dlq, face_api
+from candor_local.cli import audit, bench, connection, dlq, face_api, migrate
 from candor_local.cli.client import CandorClient, CandorError, client_for
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     face_api.register(commands)
     dlq.register(commands)
     audit.register(commands)
+    migrate.register(commands)
     return parser
 
 

@@ -8,6 +8,8 @@ from types import TracebackType
 
 from moto.server import ThreadedMotoServer
 
+from candor_local.emulator.moto_s3vectors import add_query_vectors
+
 logger = logging.getLogger(__name__)
 
 EMULATOR_REGION = "us-east-1"
@@ -69,6 +71,7 @@ class MotoEmulator:
         if self._server is not None:
             return self.endpoint_url
         quiet_moto()
+        add_query_vectors()  # moto's S3 Vectors lacks QueryVectors (moto_s3vectors.py)
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()

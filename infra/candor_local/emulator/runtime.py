@@ -193,7 +193,7 @@ class LocalEnvironment:
         url_functions = sorted(f.logical_id for f in self.template.functions.values() if f.has_function_url)
         for spec in self.template.functions.values():
             if not spec.sqs_sources and not spec.has_function_url:
-                # ShardFunction: invoked only by SearchFunction, which locally searches shards itself.
+                # A function no event or URL invokes is not run locally.
                 logger.info("%s is invoked only by other functions: not started locally", spec.logical_id)
                 continue
             port = api_port if url_functions and spec.logical_id == url_functions[0] else 0
@@ -298,10 +298,6 @@ class LocalEnvironment:
         env = self.stack.function_environment(spec)
         if "MODEL_DIR" in env:
             env["MODEL_DIR"] = str(model_dir)  # /opt/models is the model layer on Lambda
-        if "SHARD_FUNCTION" in env:
-            # Locally the search function searches every shard itself, in parallel threads: the emulator
-            # cannot run a function synchronously for another (candor/index/shards.py).
-            env["SHARD_FUNCTION"] = ""
         env.update(
             {
                 "AWS_LAMBDA_FUNCTION_NAME": config.function_name,

@@ -142,6 +142,8 @@ def delete_faces(store: CollectionStore, collection_id: str, face_ids: Sequence[
     if result.deleted:
         store.faces.delete_all(result.deleted)
         store.collections.mark_changed(collection_id, IndexChange(removed=tuple(result.deleted)))
+        # Applied before the call returns: on S3 Vectors this deletes the vectors from the collection's index.
+        store.indexes.get(collection_id)
     return result
 
 
@@ -242,7 +244,7 @@ def associate_faces(
     # naming two people's faces takes the first and refuses the other.
     members = list(index.vectors(own)) if own else []
     asked = list(dict.fromkeys(validate_face_id(face_id) for face_id in face_ids))
-    # The vectors of the faces that may join, in one read (from the faces table when shards hold them).
+    # The vectors of the faces that may join, in one read.
     candidates = [face_id for face_id in asked if face_id in records and records[face_id].user_id is None]
     vectors = dict(zip(candidates, index.vectors(candidates), strict=True)) if candidates else {}
     result = Association()

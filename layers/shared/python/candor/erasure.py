@@ -2,8 +2,9 @@
 
 A person is named by the ExternalImageId they were enrolled under or by their Rekognition user id. Erased:
 their face records with the embeddings, their user, their enrolment photos (the S3 object, the photo record
-and every other face detected in it), and the collection's index snapshots, which hold the vectors: each is
-replaced by a snapshot of the index without them, or deleted. Candor keeps no crops. Then the collection is
+and every other face detected in it), their vectors in the collection's S3 Vectors index when it is on that
+engine (deleted before the call returns), and the collection's index snapshots, which hold the vectors: each
+is replaced by a snapshot of the index without them, or deleted. Candor keeps no crops. Then the collection is
 searched with the largest face of one of their photos: the proof is that no face at all comes back (a face
 still found is named, whoever it is enrolled as, so a second enrolment under another name cannot hide). The
 audit log keeps that an erasure happened (a hash of the person's id, counts, the proof's outcome), never the
@@ -86,7 +87,7 @@ def erase_person(
     if user is not None:
         store.users.delete(collection_id, person)
     store.collections.mark_changed(collection_id, IndexChange(removed=tuple(sorted(erased_ids))))
-    # The snapshots hold the vectors: replaced by snapshots without them (the shards' too).
+    # The change applied now (on S3 Vectors: the vectors deleted), and the snapshots replaced without them.
     store.indexes.purge(collection_id)
     return ErasureResult(
         faces_removed=len(erased_ids),

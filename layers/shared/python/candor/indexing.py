@@ -33,8 +33,8 @@ def embed_and_store(
     first `enrol_count` of them into the enrolment's collection, whose warm indexes then reload. The others
     are kept until `expires_at` (candor/retention.py)."""
     vectors = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale) for face in faces])
-    enrolled_count = min(enrol_count, len(faces)) if enrolment is not None else 0
-    shards = shards_for(collections, enrolment.collection_id, enrolled_count) if enrolment and enrolled_count else []
+    if enrolment is not None and enrol_count and collections.get(enrolment.collection_id) is None:
+        raise ResourceNotFoundError(f"collection {enrolment.collection_id!r} does not exist")
     records = []
     for number, (face_id, face, vector) in enumerate(zip(face_ids, faces, vectors, strict=True)):
         enrolled = enrolment if enrolment is not None and number < enrol_count else None
@@ -52,26 +52,14 @@ def embed_and_store(
                 image_width=image.width,
                 image_height=image.height,
                 expires_at=None if enrolled else expires_at,
-                shard=shards[number] if enrolled else None,
             )
         )
     face_repository.save_all(records)
     indexed = [record for record in records if record.collection_id is not None]
     if enrolment is not None and indexed:
         added = tuple(record.face_id for record in indexed)
-        collections.mark_changed(enrolment.collection_id, IndexChange(added=added, shards=tuple(shards)))
+        collections.mark_changed(enrolment.collection_id, IndexChange(added=added))
     return records
-
-
-def shards_for(collections: CollectionRepository, collection_id: str, count: int) -> list[int]:
-    """The shards of `count` faces about to be enrolled: the n-th face the collection ever enrolled goes to
-    shard n // shard_size. Shards fill one after another and a face never moves, so a collection grows by
-    opening a shard, never by rebuilding one; every function, and every shard's own, agrees where a face is."""
-    collection = collections.get(collection_id)
-    if collection is None:
-        raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
-    first = collections.allocate(collection_id, count)
-    return [(first + n) // collection.shard_size for n in range(count)]
 
 
 def assess_faces(image: DecodedImage, detector: FaceDetector, min_confidence: float) -> list[AssessedFace]:

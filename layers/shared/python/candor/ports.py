@@ -13,7 +13,6 @@ import numpy as np
 from candor.accountability.policy import CollectionPolicy
 from candor.core.errors import FaceModelMismatchError
 from candor.core.faces import DetectedFace, FaceRecord, PhotoRecord
-from candor.core.settings import INDEX_SHARD_SIZE
 
 T = TypeVar("T")
 
@@ -36,11 +35,10 @@ class Collection:
     # The number of the collection's latest change (IndexChange.seq): a warm search function that has applied
     # fewer reads the ones it misses from the change log, and only those.
     change_seq: int = 0
-    # Faces per index shard, fixed when the collection is made, and how many enrolment numbers were handed
-    # out: the n-th face enrolled lives in shard n // shard_size, so every function agrees where a face is.
-    shard_size: int = INDEX_SHARD_SIZE
-    faces_allocated: int = 0
     face_count: int = 0
+    # Where its vectors are searched (candor/index/engines.py): "in-function" (the search function's own index)
+    # or "s3vectors" (an Amazon S3 Vectors index of its own). Changed only by a migration (candor/index/migration.py).
+    index_engine: str = "in-function"
     # What the collection may be searched for, and how (candor/accountability/policy.py); the safe default otherwise.
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
 
@@ -60,17 +58,13 @@ class IndexChange:
     never embeddings (a reader fetches the added faces' records from the faces table)."""
 
     added: tuple[str, ...] = ()
-    shards: tuple[int, ...] = ()  # the shard of each added face
     removed: tuple[str, ...] = ()
     users: tuple[tuple[str, str | None], ...] = ()  # (face id, the user it belongs to now, or None)
     seq: int = 0  # its place in the log, given when it is appended
 
     def parts(self, size: int) -> list[IndexChange]:
         """The same change in pieces of at most `size` face ids each, so no log entry outgrows an item."""
-        parts = [
-            IndexChange(added=self.added[start : start + size], shards=self.shards[start : start + size])
-            for start in range(0, len(self.added), size)
-        ]
+        parts = [IndexChange(added=self.added[start : start + size]) for start in range(0, len(self.added), size)]
         parts += [
             IndexChange(removed=self.removed[start : start + size]) for start in range(0, len(self.removed), size)
         ]
@@ -120,10 +114,6 @@ class FaceRepository(Protocol):
 
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]: ...
 
-    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
-        """The collection's faces enrolled into index shard `shard` (FaceRecord.shard)."""
-        ...
-
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         """Up to `limit` faces of the collection in face_id order, starting after the face id `after`."""
         ...
@@ -158,10 +148,6 @@ class CollectionRepository(Protocol):
         """Appends `change` to the collection's change log, then raises its change_seq to the change's number."""
         ...
 
-    def allocate(self, collection_id: str, count: int) -> int:
-        """Hands out `count` enrolment numbers, never handed out before; returns the first."""
-        ...
-
     def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
         """Those of the changes numbered after+1 to upto that the log still holds, in order. Entries expire
         after CHANGE_LOG_DAYS: a reader missing one rebuilds from the faces table."""
@@ -174,6 +160,11 @@ class CollectionRepository(Protocol):
     def set_model_version(self, collection_id: str, version: str) -> None:
         """The face model the collection's faces are embedded with (after a re-index); ResourceNotFoundError
         for a missing collection."""
+        ...
+
+    def set_index_engine(self, collection_id: str, engine: str, change_seq: int) -> bool:
+        """Moves the collection to `engine` if its change_seq is still `change_seq` (nothing changed since the
+        caller brought the new engine up to date); False when it moved on meanwhile."""
         ...
 
 
@@ -206,14 +197,61 @@ class IndexSnapshotStore(Protocol):
         ...
 
     def publish(self, collection_id: str, directory: Path, keep_previous: bool = True) -> None:
-        """Stores the index persisted in `directory` as the latest snapshot under the name `collection_id` (a
-        collection id, or <collection id>/shard-NNNN for one shard of it); the one before is kept for readers
-        still fetching it unless `keep_previous` is False."""
+        """Stores the index persisted in `directory` as the latest snapshot under the name `collection_id`; the
+        one before is kept for readers still fetching it unless `keep_previous` is False."""
         ...
 
     def delete(self, collection_id: str, with_children: bool = True) -> None:
-        """Removes every snapshot under the name, and (`with_children`) those of the names below it (a
-        collection's shards' and directory's): embeddings must not outlive what they were taken from."""
+        """Removes every snapshot under the name, and (`with_children`) those of the names below it:
+        embeddings must not outlive what they were taken from."""
+        ...
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    """One answer of a vector store's query: the key, the cosine distance (1 - cosine), the metadata."""
+
+    key: str
+    distance: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class VectorStore(Protocol):
+    """Vector indexes of float32 vectors by key, searched by cosine distance (Amazon S3 Vectors on AWS: a vector
+    bucket holding one index per collection). Writes are batched and retried on throttling by the adapter."""
+
+    # The most answers one query returns (S3 Vectors' topK limit); `query` pages past it.
+    max_top_k: int
+
+    def create_index(self, name: str, dimension: int, non_filterable: Sequence[str] = ()) -> None:
+        """Creates the index (cosine distance) unless it exists."""
+        ...
+
+    def delete_index(self, name: str) -> None:
+        """Deletes the index and its vectors; nothing when there is none."""
+        ...
+
+    def has_index(self, name: str) -> bool: ...
+
+    def put(self, name: str, keys: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]) -> None:
+        """Adds or replaces these vectors."""
+        ...
+
+    def delete(self, name: str, keys: Sequence[str]) -> None:
+        """Removes these keys; absent ones are ignored."""
+        ...
+
+    def get(self, name: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of those of these keys the index holds."""
+        ...
+
+    def keys(self, name: str) -> Iterable[str]:
+        """Every key in the index."""
+        ...
+
+    def query(self, name: str, vector: np.ndarray, top_k: int, where: dict[str, Any] | None = None) -> list[VectorHit]:
+        """The `top_k` nearest vectors by cosine distance (approximate), nearest first, among those whose
+        metadata matches `where` (S3 Vectors' filter syntax: $eq, $ne, $in, $nin, $exists, $and, $or)."""
         ...
 
 

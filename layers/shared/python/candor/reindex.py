@@ -75,6 +75,12 @@ def reindex_collection(
         raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
     if not 1 <= page_size <= 1000:
         raise InvalidParameterError("MaxFaces must be from 1 to 1000")
+    if collection.index_engine != "in-function":
+        # An S3 Vectors index holds one model's vectors of one dimension: re-index in the function.
+        raise InvalidParameterError(
+            f"collection {collection_id!r} is on {collection.index_engine}: move it into the function first "
+            f"(candor collections migrate {collection_id} --engine in-function), re-index, then move it back"
+        )
     target = embedder.version
     progress = ReindexProgress(collection_id, collection.face_model_version, target)
     if collection.face_model_version == target:

@@ -10,7 +10,7 @@ from candor.core.errors import InvalidParameterError, NoFaceError, ResourceNotFo
 from candor.core.faces import DetectedFace, Match
 from candor.core.settings import EMBEDDER_VERSION, MAX_FACES, MAX_REQUEST_IMAGE_BYTES
 from candor.core.similarity import cosine_from_similarity, similarity_from_cosine
-from candor.index.shards import RemoteShards, snapshot_name
+from candor.index.s3vectors import index_name
 from candor.index.sync import CollectionFaces, IndexSync, WarmCollection
 from candor.index.vectors import VectorIndex
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
@@ -59,22 +59,26 @@ class CollectionIndexes:
         self.require_model(collection)
         with self._lock:
             warm = self._warm.get(collection_id)
-            if warm is None or warm.change_seq != collection.change_seq or warm.created_at != collection.created_at:
+            if (
+                warm is None
+                or warm.change_seq != collection.change_seq
+                or warm.created_at != collection.created_at
+                or not self._sync.engines.suits(warm.index, collection)  # migrated to another engine
+            ):
                 # The warm index is updated in place, never rebuilt: only the faces that changed are applied.
                 warm = self._sync.load(collection, warm, self._faces, self._collections, self._lock)
                 self._warm[collection_id] = warm
-            if isinstance(warm.index, RemoteShards):
-                warm.index.collection = collection  # the shards are asked to reach this change number
         return collection, warm.index, warm.faces
 
     def require_model(self, collection: Collection) -> None:
         collection.require_face_model(self.model_version)
 
     def purge(self, collection_id: str) -> None:
-        """After an erasure (logged): the collection's snapshots, and its shards', which hold the erased
-        vectors, replaced by snapshots of the index without them, so no cold start has to rebuild from the
-        table. A snapshot that cannot be replaced is deleted, and so are all of a collection of another
-        face model (this function cannot load them; a re-index rebuilds them)."""
+        """After an erasure (logged): the change applied (on S3 Vectors, the erased vectors deleted from the
+        collection's vector index) and the collection's snapshots, which hold the erased vectors (or, on S3
+        Vectors, their ids), replaced by snapshots without them, so no cold start has to rebuild from the
+        table. A snapshot that cannot be replaced is deleted, and so are all of a collection of another face
+        model (this function cannot load them; a re-index rebuilds them)."""
         collection = self._collections.get(collection_id)
         if collection is not None and collection.face_model_version != self.model_version:
             self.forget(collection_id)
@@ -82,18 +86,17 @@ class CollectionIndexes:
         self.get(collection_id)  # applies the erasure's change
         with self._lock:
             warm = self._warm[collection_id]
-            self._sync.republish(snapshot_name(collection_id, None, warm.index), warm)
-        if isinstance(warm.index, RemoteShards):
-            # The snapshot from before the shards moved out holds every shard's vectors: it goes.
-            self._sync.drop(collection_id, with_children=False)
-            for shard in warm.index.purge_shards():
-                self._sync.drop(snapshot_name(collection_id, shard))
+            self._sync.republish(collection_id, warm)
 
     def forget(self, collection_id: str) -> None:
-        """Drop a deleted collection's warm index and its snapshots."""
+        """Drop a deleted collection's warm index, its snapshots and its vector index on S3 Vectors."""
+        collection = self._collections.get(collection_id)
         with self._lock:
             self._warm.pop(collection_id, None)
         self._sync.forget(collection_id)
+        store = self._sync.engines.vector_store
+        if collection is not None and store is not None:
+            store.delete_index(index_name(collection))
 
 
 def search_image(

@@ -6,6 +6,7 @@ Every client honours AWS_ENDPOINT_URL, so the same code talks to AWS, LocalStack
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -28,7 +30,6 @@ from candor.adapters.records import (
     face_to_dict,
     photo_from_dict,
     photo_to_dict,
-    shard_key,
     to_item,
     user_from_dict,
     user_to_dict,
@@ -36,10 +37,9 @@ from candor.adapters.records import (
 from candor.core.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.core.faces import FaceRecord, PhotoRecord
 from candor.core.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
-from candor.ports import Collection, IndexChange, Page, StoredImage, User, wanted
+from candor.ports import Collection, IndexChange, Page, StoredImage, User, VectorHit, wanted
 
 BY_COLLECTION_INDEX = "ByCollection"
-BY_SHARD_INDEX = "ByShard"
 
 # Throttling, 5xx and connection errors are retried here, with exponential backoff and jitter, before a
 # record fails and SQS redelivers it: a blip costs a second, not a receive towards the dead-letter queue.
@@ -128,19 +128,6 @@ class DynamoFaceRepository:
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]:
         for item in self._query_pages(collection_id):
             yield face_from_dict(item)
-
-    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
-        params: dict[str, Any] = {
-            "IndexName": BY_SHARD_INDEX,
-            "KeyConditionExpression": "collection_shard = :s",
-            "ExpressionAttributeValues": {":s": shard_key(collection_id, shard)},
-        }
-        while True:
-            page = self._table.query(**params)
-            yield from (face_from_dict(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         start = {"collection_id": collection_id, "face_id": after} if after else None
@@ -276,21 +263,6 @@ class DynamoCollectionRepository:
                 if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
 
-    def allocate(self, collection_id: str, count: int) -> int:
-        try:
-            response = self._table.update_item(
-                Key={"collection_id": collection_id},
-                UpdateExpression="ADD faces_allocated :n",
-                ConditionExpression="attribute_exists(collection_id)",
-                ExpressionAttributeValues={":n": count},
-                ReturnValues="UPDATED_NEW",
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
-            raise
-        return int(response["Attributes"]["faces_allocated"]) - count
-
     def _change_seq(self, collection_id: str) -> int:
         collection = self.get(collection_id)
         return collection.change_seq if collection else 0
@@ -305,6 +277,23 @@ class DynamoCollectionRepository:
 
     def set_model_version(self, collection_id: str, version: str) -> None:
         self._set(collection_id, "face_model_version", version)
+
+    def set_index_engine(self, collection_id: str, engine: str, change_seq: int) -> bool:
+        try:
+            self._table.update_item(
+                Key={"collection_id": collection_id},
+                UpdateExpression="SET index_engine = :e",
+                ConditionExpression="attribute_exists(collection_id) AND "
+                "(change_seq = :s OR (attribute_not_exists(change_seq) AND :s = :zero))",
+                ExpressionAttributeValues={":e": engine, ":s": change_seq, ":zero": 0},
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                if self.get(collection_id) is None:
+                    raise ResourceNotFoundError(f"collection {collection_id!r} does not exist") from error
+                return False
+            raise
+        return True
 
     def _set(self, collection_id: str, attribute: str, value: Any) -> None:
         """One attribute of an existing collection; ResourceNotFoundError when there is none."""
@@ -428,8 +417,8 @@ def _page(items: list[Any], limit: int, key_of: Any) -> Page[Any]:
 
 class S3IndexSnapshotStore:
     """Snapshots of a collection's vector index: the files under snapshots/<name>/<snapshot>/, and
-    latest/<name>.json naming the current one, where a name is a collection id or <collection id>/shard-NNNN
-    (one shard's, candor/index/shards.py). The manifest is written last, so a reader sees either the old snapshot or
+    latest/<name>.json naming the current one, where a name is a collection id.
+    The manifest is written last, so a reader sees either the old snapshot or
     the whole new one; the previous snapshot is kept for readers still fetching it."""
 
     def __init__(self, bucket: str, client: Any | None = None) -> None:
@@ -499,23 +488,131 @@ class S3IndexSnapshotStore:
             self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": objects})
 
 
-class LambdaShardInvoker:
-    """One shard's search, run by the shard function (candor/index/shards.py): a synchronous invocation."""
+class S3VectorStore:
+    """Amazon S3 Vectors: one vector index per collection in the stack's vector bucket (`bucket_arn`).
 
-    def __init__(self, function_name: str, client: Any | None = None) -> None:
-        self._lambda = client or _client("lambda")
-        self._function_name = function_name
+    Within S3 Vectors' limits (docs.aws.amazon.com/AmazonS3/latest/userguide/s3-vectors-limitations.html): at
+    most 500 vectors per PutVectors or DeleteVectors, 100 keys per GetVectors, topK of 100 per QueryVectors
+    (a larger one is paged with nextToken), 1,000 keys per ListVectors page. Writes beyond an index's rate
+    (about 2,500 vectors/s) come back as 429 TooManyRequestsException: retried here with exponential backoff
+    and jitter, beyond the client's own retries."""
 
-    def call_shard(self, request: dict[str, Any]) -> dict[str, Any]:
-        response = self._lambda.invoke(FunctionName=self._function_name, Payload=json.dumps(request).encode())
-        answer: dict[str, Any] = json.loads(response["Payload"].read() or b"{}")
-        if response.get("FunctionError"):
-            # Never a partial answer: a search that misses a shard could miss the person it is asked about.
-            raise RuntimeError(
-                f"shard {request.get('shard')} of {request.get('collection_id')!r} failed: "
-                f"{answer.get('errorType', '')} {answer.get('errorMessage', '')}".strip()
+    max_top_k = 100
+    PUT_BATCH = 500
+    GET_BATCH = 100
+    THROTTLED = frozenset(
+        {"TooManyRequestsException", "ThrottlingException", "SlowDown", "ServiceUnavailableException"}
+    )
+
+    def __init__(self, bucket_arn: str, client: Any | None = None, max_attempts: int = 8) -> None:
+        self._client = client or _client("s3vectors")
+        self._bucket_arn = bucket_arn
+        self._max_attempts = max_attempts
+
+    def _index_arn(self, name: str) -> str:
+        return f"{self._bucket_arn}/index/{name}"
+
+    def _call(self, request: Callable[[], Any]) -> Any:
+        for attempt in range(self._max_attempts):
+            try:
+                return request()
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code", "")
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if (code not in self.THROTTLED and status != 429) or attempt == self._max_attempts - 1:
+                    raise
+                time.sleep(min(10.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")
+
+    def create_index(self, name: str, dimension: int, non_filterable: Sequence[str] = ()) -> None:
+        if self.has_index(name):
+            return
+        params: dict[str, Any] = {
+            "vectorBucketArn": self._bucket_arn,
+            "indexName": name,
+            "dataType": "float32",
+            "dimension": dimension,
+            "distanceMetric": "cosine",
+        }
+        if non_filterable:
+            params["metadataConfiguration"] = {"nonFilterableMetadataKeys": list(non_filterable)}
+        try:
+            self._call(lambda: self._client.create_index(**params))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ConflictException":
+                raise
+
+    def delete_index(self, name: str) -> None:
+        try:
+            self._call(lambda: self._client.delete_index(indexArn=self._index_arn(name)))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NotFoundException":
+                raise
+
+    def has_index(self, name: str) -> bool:
+        try:
+            self._client.get_index(indexArn=self._index_arn(name))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "NotFoundException":
+                return False
+            raise
+        return True
+
+    def put(self, name: str, keys: Sequence[str], vectors: Any, metadata: Sequence[dict[str, Any]]) -> None:
+        rows = [
+            {"key": key, "data": {"float32": [float(x) for x in vector]}, "metadata": meta}
+            for key, vector, meta in zip(keys, vectors, metadata, strict=True)
+        ]
+        for start in range(0, len(rows), self.PUT_BATCH):
+            batch = rows[start : start + self.PUT_BATCH]
+            self._call(lambda: self._client.put_vectors(indexArn=self._index_arn(name), vectors=batch))  # noqa: B023 (called at once)
+
+    def delete(self, name: str, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), self.PUT_BATCH):
+            batch = list(keys[start : start + self.PUT_BATCH])
+            self._call(lambda: self._client.delete_vectors(indexArn=self._index_arn(name), keys=batch))  # noqa: B023
+
+    def get(self, name: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), self.GET_BATCH):
+            batch = list(keys[start : start + self.GET_BATCH])
+            answer = self._call(
+                lambda: self._client.get_vectors(indexArn=self._index_arn(name), keys=batch, returnData=True)  # noqa: B023
             )
-        return answer
+            for vector in answer.get("vectors", []):
+                found[vector["key"]] = np.asarray(vector["data"]["float32"], dtype=np.float32)
+        return found
+
+    def keys(self, name: str) -> Iterator[str]:
+        params: dict[str, Any] = {"indexArn": self._index_arn(name), "maxResults": 1000}
+        while True:
+            page = self._call(lambda: self._client.list_vectors(**params))
+            yield from (vector["key"] for vector in page.get("vectors", []))
+            if not page.get("nextToken"):
+                return
+            params["nextToken"] = page["nextToken"]
+
+    def query(self, name: str, vector: Any, top_k: int, where: dict[str, Any] | None = None) -> list[VectorHit]:
+        params: dict[str, Any] = {
+            "indexArn": self._index_arn(name),
+            "queryVector": {"float32": [float(x) for x in vector]},
+            "returnDistance": True,
+            "returnMetadata": True,
+        }
+        if where:
+            params["filter"] = where
+        hits: list[VectorHit] = []
+        while len(hits) < top_k:
+            params["topK"] = min(self.max_top_k, top_k - len(hits))
+            page = self._call(lambda: self._client.query_vectors(**params))
+            hits.extend(
+                VectorHit(str(found["key"]), float(found["distance"]), dict(found.get("metadata") or {}))
+                for found in page.get("vectors", [])
+            )
+            if not page.get("nextToken") or not page.get("vectors"):
+                break
+            params["nextToken"] = page["nextToken"]
+        return hits[:top_k]
 
 
 class SqsPublisher:

@@ -8,12 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from candor.accountability.audit import AuditRecord
 from candor.accountability.policy import CollectionPolicy
 from candor.core.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
 from candor.core.faces import FaceRecord, PhotoRecord
 from candor.core.settings import CHANGE_LOG_ENTRY_FACES
-from candor.ports import Collection, IndexChange, Page, StoredImage, User, wanted
+from candor.core.vector_filter import matches
+from candor.ports import Collection, IndexChange, Page, StoredImage, User, VectorHit, wanted
 
 
 class MemoryImageStore:
@@ -65,10 +68,6 @@ class MemoryFaceRepository:
     def list_collection(self, collection_id: str) -> Iterable[FaceRecord]:
         return [face for face in self.faces.values() if face.collection_id == collection_id]
 
-    def list_shard(self, collection_id: str, shard: int) -> Iterable[FaceRecord]:
-        faces = self.faces.values()
-        return [face for face in faces if face.collection_id == collection_id and (face.shard or 0) == shard]
-
     def list_collection_page(self, collection_id: str, limit: int, after: str | None = None) -> Page[FaceRecord]:
         faces = sorted(self.list_collection(collection_id), key=lambda face: face.face_id)
         return _page([face for face in faces if after is None or face.face_id > after], limit, lambda f: f.face_id)
@@ -119,14 +118,6 @@ class MemoryCollectionRepository:
                 if collection is not None:
                     collection.change_seq = max(collection.change_seq, seq)
 
-    def allocate(self, collection_id: str, count: int) -> int:
-        with self._lock:
-            collection = self.collections.get(collection_id)
-            if collection is None:
-                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
-            collection.faces_allocated += count
-            return collection.faces_allocated - count
-
     def changes(self, collection_id: str, after: int, upto: int) -> list[IndexChange]:
         log = self.change_log.get(collection_id, {})
         return [log[seq] for seq in range(after + 1, upto + 1) if seq in log]
@@ -135,6 +126,16 @@ class MemoryCollectionRepository:
         if collection_id not in self.collections:
             raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
         self.collections[collection_id].policy = policy
+
+    def set_index_engine(self, collection_id: str, engine: str, change_seq: int) -> bool:
+        with self._lock:
+            collection = self.collections.get(collection_id)
+            if collection is None:
+                raise ResourceNotFoundError(f"collection {collection_id!r} does not exist")
+            if collection.change_seq != change_seq:
+                return False
+            collection.index_engine = engine
+            return True
 
     def set_model_version(self, collection_id: str, version: str) -> None:
         if collection_id not in self.collections:
@@ -232,8 +233,82 @@ class MemoryQuotaCounter:
     def __init__(self) -> None:
         self.used: dict[str, int] = {}
 
-    def consume(self, key: str, limit: int, expires_at: int) -> bool:
-        if self.used.get(key, 0) >= limit:
+    def consume(self, key: str, limit: int, expires_at: int, amount: int = 1) -> bool:
+        if self.used.get(key, 0) + amount > limit:
             return False
-        self.used[key] = self.used.get(key, 0) + 1
+        self.used[key] = self.used.get(key, 0) + amount
         return True
+
+    def release(self, key: str, amount: int) -> None:
+        self.used[key] = self.used.get(key, 0) - amount
+
+
+class MemoryVectorStore:
+    """S3 Vectors in memory, exact: every query is a float64 cosine against every vector that passes the
+    filter. `max_top_k` as S3 Vectors' (tests page past it with a smaller one); `calls` counts the requests the
+    AWS adapter would make (PutVectors of at most 500, GetVectors of at most 100)."""
+
+    def __init__(self, max_top_k: int = 100) -> None:
+        self.max_top_k = max_top_k
+        self.indexes: dict[str, dict[str, tuple[np.ndarray, dict[str, Any]]]] = {}
+        self.dimensions: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _count(self, call: str, n: int = 1) -> None:
+        self.calls[call] = self.calls.get(call, 0) + n
+
+    def _index(self, name: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        if name not in self.indexes:
+            raise ResourceNotFoundError(f"vector index {name!r} does not exist")
+        return self.indexes[name]
+
+    def create_index(self, name: str, dimension: int, non_filterable: Sequence[str] = ()) -> None:
+        with self._lock:
+            self.indexes.setdefault(name, {})
+            self.dimensions[name] = dimension
+
+    def delete_index(self, name: str) -> None:
+        with self._lock:
+            self.indexes.pop(name, None)
+
+    def has_index(self, name: str) -> bool:
+        return name in self.indexes
+
+    def put(self, name: str, keys: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1)
+        with self._lock:
+            index = self._index(name)
+            if len(keys) and vectors.shape[1] != self.dimensions[name]:
+                raise ValueError(f"vectors of {vectors.shape[1]} dimensions for an index of {self.dimensions[name]}")
+            self._count("PutVectors", -(-len(keys) // 500))
+            for key, vector, meta in zip(keys, vectors, metadata, strict=True):
+                index[key] = (vector.copy(), dict(meta))
+
+    def delete(self, name: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            index = self._index(name)
+            self._count("DeleteVectors", -(-len(keys) // 500))
+            for key in keys:
+                index.pop(key, None)
+
+    def get(self, name: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        index = self._index(name)
+        self._count("GetVectors", -(-len(keys) // 100))
+        return {key: index[key][0] for key in keys if key in index}
+
+    def keys(self, name: str) -> Iterable[str]:
+        return list(self._index(name))
+
+    def query(self, name: str, vector: np.ndarray, top_k: int, where: dict[str, Any] | None = None) -> list[VectorHit]:
+        with self._lock:
+            rows = [(key, v, meta) for key, (v, meta) in self._index(name).items() if matches(meta, where)]
+        self._count("QueryVectors", max(1, -(-top_k // self.max_top_k)))
+        if not rows or top_k <= 0:
+            return []
+        matrix = np.stack([v for _, v, _ in rows]).astype(np.float64)
+        query = np.asarray(vector, dtype=np.float64)
+        norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(query))
+        cosines = (matrix @ query) / np.where(norms > 0, norms, 1.0)
+        order = sorted(range(len(rows)), key=lambda n: (-cosines[n], rows[n][0]))[:top_k]
+        return [VectorHit(rows[n][0], float(1.0 - cosines[n]), dict(rows[n][2])) for n in order]

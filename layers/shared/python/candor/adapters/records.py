@@ -9,7 +9,6 @@ import numpy as np
 
 from candor.accountability.policy import CollectionPolicy
 from candor.core.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
-from candor.core.settings import INDEX_SHARD_SIZE
 from candor.ports import Collection, IndexChange, User
 
 
@@ -107,14 +106,7 @@ def face_to_dict(face: FaceRecord) -> dict[str, Any]:
         "image_height": face.image_height,
         "user_id": face.user_id,
         "expires_at": face.expires_at,
-        "shard": face.shard,
-        # The ByShard index's key: one shard's faces are one Query (a shard rebuilt on its own reads only them).
-        "collection_shard": shard_key(face.collection_id, face.shard) if face.collection_id is not None else None,
     }
-
-
-def shard_key(collection_id: str, shard: int | None) -> str:
-    return f"{collection_id}#{shard or 0}"
 
 
 def face_from_dict(data: dict[str, Any]) -> FaceRecord:
@@ -135,7 +127,6 @@ def face_from_dict(data: dict[str, Any]) -> FaceRecord:
         image_height=int(data.get("image_height", 0)),
         user_id=data.get("user_id"),
         expires_at=data.get("expires_at"),
-        shard=data.get("shard"),
     )
 
 
@@ -145,8 +136,7 @@ def collection_to_dict(collection: Collection) -> dict[str, Any]:
         "created_at": collection.created_at,
         "face_model_version": collection.face_model_version,
         "change_seq": collection.change_seq,
-        "shard_size": collection.shard_size,
-        "faces_allocated": collection.faces_allocated,
+        "index_engine": collection.index_engine,
         "policy": collection.policy.to_dict(),
     }
 
@@ -158,8 +148,7 @@ def collection_from_dict(data: dict[str, Any]) -> Collection:
         created_at=data["created_at"],
         face_model_version=data["face_model_version"],
         change_seq=int(data.get("change_seq", 0)),
-        shard_size=int(data.get("shard_size", INDEX_SHARD_SIZE)),
-        faces_allocated=int(data.get("faces_allocated", 0)),
+        index_engine=str(data.get("index_engine", "in-function")),
         policy=CollectionPolicy.from_dict(data.get("policy")),
     )
 
@@ -170,7 +159,6 @@ def change_to_dict(collection_id: str, change: IndexChange, expires_at: int) -> 
         "collection_id": collection_id,
         "seq": change.seq,
         "added": list(change.added),
-        "shards": list(change.shards),
         "removed": list(change.removed),
         "users": [[face_id, user_id or ""] for face_id, user_id in change.users],
         "expires_at": expires_at,
@@ -181,7 +169,6 @@ def change_from_dict(data: dict[str, Any]) -> IndexChange:
     data = from_item(data)
     return IndexChange(
         added=tuple(data.get("added", [])),
-        shards=tuple(int(shard) for shard in data.get("shards", [])),
         removed=tuple(data.get("removed", [])),
         users=tuple((face_id, user_id or None) for face_id, user_id in data.get("users", [])),
         seq=int(data["seq"]),

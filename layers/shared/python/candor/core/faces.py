@@ -138,8 +138,6 @@ class FaceRecord:
     user_id: str | None = None  # Rekognition's users: at most one per face
     # Unix time after which DynamoDB's TTL removes the record: set on every face that is not enrolled.
     expires_at: int | None = None
-    # The index shard an enrolled face lives in, fixed when it is enrolled (candor/indexing.py, shards_for).
-    shard: int | None = None
 
 
 @dataclass(frozen=True)

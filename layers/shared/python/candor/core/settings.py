@@ -68,11 +68,12 @@ HNSW_RESCORE_CANDIDATES = 64
 # Embeddings are unit vectors, so the inner product is their cosine; the graph's int8 distance then skips the
 # two norms a cosine computes: a quarter less time per search and a third less per build, at the same recall.
 HNSW_METRIC = "ip"
-# Faces per shard: the n-th face a collection enrols goes to shard n // this, and the shards are searched in
-# parallel (candor/index/shards.py). Measured at 1M faces on 2 cores: four shards of 250k recall 0.9985 of the exact
-# top-10 at 6.4 to 8.3 ms p50, 1.07 KB resident (anonymous) per face; one graph of 500k (same links and
-# expansion, cosine distance) recalls only 0.967 (docs/benchmarks.md, "Search index at 1M faces").
-INDEX_SHARD_SIZE = 250_000
+# Where a collection's vectors live (candor/index/engines.py; docs/benchmarks.md, "Search index"): in the search
+# function's own index (the default: a warm search takes milliseconds), or in an Amazon S3 Vectors index of its
+# own (no size limit, ~100 ms a query). A collection past IN_FUNCTION_MAX_FACES faces belongs on S3 Vectors: at 1M
+# faces on 2 cores one in-function graph of 500k recalled 0.967 of the exact top-10, and a 10 GB function holds
+# about 4M faces at most (docs/benchmarks.md). `candor collections migrate` moves it.
+IN_FUNCTION_MAX_FACES = 250_000
 # The search function publishes a collection's index to the index bucket once it holds SNAPSHOT_MIN_FACES
 # faces (below that, building it from the table takes well under a second) and SNAPSHOT_MIN_CHANGES faces
 # were added or removed since the snapshot it loaded.
@@ -99,9 +100,6 @@ class Settings:
     embed_queue_url: str
     upload_bucket: str
     index_bucket: str
-    index_shard_size: int
-    # The function that searches one shard (AWS); empty: every shard is searched in the search function.
-    shard_function: str
     min_detection_confidence: float
     face_match_threshold: float
     # Where models too large for the model layer come from on AWS (candor/vision/model_files.py); empty locally.
@@ -111,6 +109,8 @@ class Settings:
     # sizes has about one vCPU, and locally the functions share the cores (docs/benchmarks.md, efficiency).
     model_threads: int = 0
     retention_days: int = DEFAULT_RETENTION_DAYS
+    # The vector bucket (its ARN) holding one S3 Vectors index per collection on that engine; empty: none.
+    vector_bucket: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -127,12 +127,11 @@ class Settings:
             embed_queue_url=env.get("EMBED_QUEUE_URL", ""),
             upload_bucket=env.get("UPLOAD_BUCKET", ""),
             index_bucket=env.get("INDEX_BUCKET", ""),
-            index_shard_size=int(env.get("INDEX_SHARD_SIZE", str(INDEX_SHARD_SIZE))),
-            shard_function=env.get("SHARD_FUNCTION", ""),
             min_detection_confidence=float(env.get("MIN_DETECTION_CONFIDENCE", str(MIN_DETECTION_CONFIDENCE))),
             face_match_threshold=float(env.get("FACE_MATCH_THRESHOLD", str(DEFAULT_FACE_MATCH_THRESHOLD))),
             model_bucket=env.get("MODEL_BUCKET", ""),
             model_prefix=env.get("MODEL_PREFIX", ""),
             model_threads=int(env.get("MODEL_THREADS", "0")),
             retention_days=int(env.get("RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))),
+            vector_bucket=env.get("VECTOR_BUCKET", ""),
         )

@@ -16,7 +16,10 @@ REBUILD_REPLAY_CHANGES entries after listing, and a search checks its hits again
 returning them (CollectionFaces.existing).
 
 The warm state holds no embeddings besides the index's own vectors: per face, an id, a name, a photo id and
-a user id (about 300 bytes), so a 1M-face collection fits beside its index.
+a user id (about 300 bytes), so a 1M-face collection fits beside its index. A collection on S3 Vectors
+(candor/index/engines.py) keeps the same directory here and its vectors there: applying a change writes them
+to its vector index, and a rebuild compares the vector index's keys with the table's faces, so it re-puts
+only what is missing and deletes what the table no longer holds.
 
 Snapshots are published by the search function itself once enough has changed since the last one, in the
 background, so no request waits for the upload.
@@ -41,8 +44,9 @@ import numpy as np
 
 from candor.core.faces import FaceRecord
 from candor.core.settings import CHANGE_LOG_DAYS, SNAPSHOT_MIN_CHANGES, SNAPSHOT_MIN_FACES
-from candor.index.shards import SNAPSHOT_FACES_FILE, IndexEngine, InProcessEngine, RemoteShards, snapshot_name
-from candor.index.vectors import VectorIndex, load_index
+from candor.index.engines import IndexEngines
+from candor.index.s3vectors import face_metadata
+from candor.index.vectors import VectorIndex
 from candor.ports import ChangeLog, Collection, FaceRepository, IndexChange, IndexSnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,8 @@ logger = logging.getLogger(__name__)
 REBUILD_REPLAY_CHANGES = 1_000
 SNAPSHOT_MAX_AGE_S = CHANGE_LOG_DAYS * 86_400 / 2
 _BLOCK = 65_536  # faces per block when a rebuild compares or adds vectors: bounded memory
+# Beside the persisted index in a snapshot: the face directory and the change number.
+SNAPSHOT_FACES_FILE = "collection.json"
 
 
 class FaceEntry(NamedTuple):
@@ -108,14 +114,14 @@ class IndexSync:
         self,
         snapshots: IndexSnapshotStore | None = None,
         *,
-        engine: IndexEngine | None = None,
+        engines: IndexEngines | None = None,
         work_dir: Path | None = None,
         snapshot_min_faces: int = SNAPSHOT_MIN_FACES,
         snapshot_min_changes: int = SNAPSHOT_MIN_CHANGES,
         background: bool = True,
     ) -> None:
         self._snapshots = snapshots
-        self._engine = engine or InProcessEngine()
+        self._engines = engines or IndexEngines()
         self._given_work_dir = work_dir
         self._snapshot_min_faces = snapshot_min_faces
         self._snapshot_min_changes = snapshot_min_changes
@@ -125,10 +131,13 @@ class IndexSync:
         self._publishing: set[str] = set()
         self._fetches = 0
 
+    @property
+    def engines(self) -> IndexEngines:
+        return self._engines
+
     def forget(self, collection_id: str) -> None:
-        """A deleted collection, or one a person was erased from: its snapshots (its shards' too) go."""
-        for name in [name for name in self._unpublished if name.split("/")[0] == collection_id]:
-            self._unpublished.pop(name, None)
+        """A deleted collection, or one a person was erased from: its snapshots go."""
+        self._unpublished.pop(collection_id, None)
         if self._snapshots is not None:
             self._snapshots.delete(collection_id)
 
@@ -147,31 +156,29 @@ class IndexSync:
         faces: FaceRepository,
         log: ChangeLog,
         lock: threading.Lock,
-        shard: int | None = None,
     ) -> WarmCollection:
-        """`current` (or the snapshot, or a rebuild) brought to the collection's change_seq: the whole
-        collection, or only shard `shard` of it. Called under `lock`."""
-        warm = self._adopted(current, collection, shard) if current is not None else None
+        """`current` (or the snapshot, or a rebuild) brought to the collection's change_seq. Called under `lock`."""
+        warm = self._adopted(current, collection) if current is not None else None
         if warm is None:
-            warm = self._from_snapshot(collection, faces, shard)
+            warm = self._from_snapshot(collection, faces)
         changes = 0
         if warm is not None and warm.change_seq < collection.change_seq:
             missed = log.changes(collection.collection_id, warm.change_seq, collection.change_seq)
             if [change.seq for change in missed] == list(range(warm.change_seq + 1, collection.change_seq + 1)):
-                changes = apply_changes(warm, missed, faces, collection.collection_id, shard)
+                changes = apply_changes(warm, missed, faces, collection.collection_id)
                 warm.change_seq = collection.change_seq
             else:
                 logger.info(
                     "change log of %s lacks entries %d..%d: rebuilding from the faces table",
-                    snapshot_name(collection.collection_id, shard),
+                    collection.collection_id,
                     warm.change_seq + 1,
                     collection.change_seq,
                 )
-                warm, changes = _rebuild(collection, warm.index, faces, log, shard)
+                warm, changes = rebuild(collection, warm.index, faces, log)
         if warm is None:
-            index = self._engine.new(collection, shard)
-            warm, changes = _rebuild(collection, index, faces, log, shard)
-        name = snapshot_name(collection.collection_id, shard, warm.index)
+            index = self._engines.new(collection)
+            warm, changes = rebuild(collection, index, faces, log)
+        name = collection.collection_id
         self._unpublished[name] = self._unpublished.get(name, 0) + changes
         if self._should_publish(name, warm.index):
             self._publishing.add(name)
@@ -183,80 +190,48 @@ class IndexSync:
                 self._publish(name, warm, None)
         return warm
 
-    def _suits(self, warm: WarmCollection, collection: Collection, shard: int | None) -> bool:
-        return warm.created_at == collection.created_at and self._engine.suits(warm.index, collection, shard)
+    def _suits(self, warm: WarmCollection, collection: Collection) -> bool:
+        return warm.created_at == collection.created_at and self._engines.suits(warm.index, collection)
 
-    def _adopted(self, warm: WarmCollection, collection: Collection, shard: int | None) -> WarmCollection | None:
-        """`warm`, or its index made to suit (a collection that outgrew the search function's process); None for
-        another collection under the same id, or an index that cannot be made to suit."""
+    def _adopted(self, warm: WarmCollection, collection: Collection) -> WarmCollection | None:
+        """`warm`, or its index made to suit (a collection migrated to another engine); None for another
+        collection under the same id, or an index that cannot be made to suit."""
         if warm.created_at != collection.created_at:
             return None
-        if self._engine.suits(warm.index, collection, shard):
+        if self._engines.suits(warm.index, collection):
             return warm
-        index = self._engine.adopt(warm.index, collection, shard)
+        index = self._engines.adopt(warm.index, collection)
         if index is None:
             return None
-        # Its snapshot goes under another name now (snapshot_name): published with the next load.
-        self._unpublished[snapshot_name(collection.collection_id, shard, index)] = len(index)
+        self._unpublished[collection.collection_id] = len(index)  # its snapshot is of the other engine's index
         return WarmCollection(warm.created_at, warm.change_seq, index, warm.faces)
 
-    def _from_snapshot(self, collection: Collection, faces: FaceRepository, shard: int | None) -> WarmCollection | None:
+    def _from_snapshot(self, collection: Collection, faces: FaceRepository) -> WarmCollection | None:
         if self._snapshots is None:
             return None
-        collection_id = collection.collection_id
-        only = self._engine.snapshot_files(collection, shard)
-        warm = None
-        if only:  # the face directory alone: its own snapshot, or the one the search function kept every shard in
-            warm = self._fetched(f"{collection_id}/directory", collection, faces, shard, only)
-        if warm is None:
-            warm = self._fetched(snapshot_name(collection_id, shard), collection, faces, shard, only)
-        if warm is None and shard is not None:
-            # A shard with no snapshot of its own yet starts from its part of the collection's, published while
-            # the search function held every shard: faces keep their shards, so that part is exactly this shard.
-            part = (SNAPSHOT_FACES_FILE, f"shard-{shard:04d}/")
-            warm = self._fetched(collection_id, collection, faces, shard, part, part=shard)
-        return warm
-
-    def _fetched(
-        self,
-        name: str,
-        collection: Collection,
-        faces: FaceRepository,
-        shard: int | None,
-        only: tuple[str, ...],
-        part: int | None = None,
-    ) -> WarmCollection | None:
+        name = collection.collection_id
         assert self._snapshots is not None
         self._fetches += 1
         directory = self._work_dir / f"fetched-{self._fetches}"
         try:
-            if not self._snapshots.fetch(name, directory, only):
+            if not self._snapshots.fetch(name, directory, self._engines.snapshot_files(collection)):
                 return None
-            if part is not None and not (directory / f"shard-{part:04d}" / "index.json").is_file():
-                shutil.rmtree(directory, ignore_errors=True)
-                return None  # the collection's snapshot holds no vectors of its own (its shards' functions do)
             state = json.loads((directory / SNAPSHOT_FACES_FILE).read_text())
             if state["created_at"] != collection.created_at:
                 raise ValueError("the snapshot is of an earlier collection under the same id")
             rows = state["faces"]
-            if part is None:
-                index = self._engine.load(directory, collection, shard, [row[0] for row in rows])
-            else:
-                index = load_index(directory / f"shard-{part:04d}")
-                rows = [row for row in rows if row[0] in index]
+            index = self._engines.load(directory, collection, [row[0] for row in rows])
             entries = CollectionFaces(faces, ((row[0], FaceEntry(*row)) for row in rows))
             warm = WarmCollection(collection.created_at, int(state["change_seq"]), index, entries)
-            if not self._suits(warm, collection, shard):
-                raise ValueError("the collection outgrew the place its snapshot's index is kept")
+            if not self._suits(warm, collection):
+                raise ValueError("the snapshot's index is of another engine than the collection's")
         except Exception:
-            # A broken, foreign or half-fetched snapshot costs a rebuild from the table, never a wrong answer.
+            # A broken, foreign, other-engine or half-fetched snapshot costs a rebuild, never a wrong answer.
             logger.exception("snapshot %s could not be loaded; rebuilding from the table", name)
             shutil.rmtree(directory, ignore_errors=True)
             return None
-        # Counted under the name this process publishes to, which a shard's first snapshot does not come from.
-        own = snapshot_name(collection.collection_id, shard, index)
-        self._unpublished[own] = 0 if part is None else len(index)
-        self._published_at[own] = float(state.get("published_at", 0))
+        self._unpublished[name] = 0
+        self._published_at[name] = float(state.get("published_at", 0))
         return warm
 
     def republish(self, name: str, warm: WarmCollection) -> None:
@@ -277,7 +252,7 @@ class IndexSync:
             shutil.rmtree(directory, ignore_errors=True)
 
     def drop(self, name: str, with_children: bool = True) -> None:
-        """Deletes the snapshots under `name` (a collection's, with its shards', or one shard's)."""
+        """Deletes the snapshots under `name`."""
         if self._snapshots is not None:
             self._snapshots.delete(name, with_children)
 
@@ -320,23 +295,20 @@ def apply_changes(
     log: Sequence[IndexChange],
     faces: FaceRepository,
     collection_id: str,
-    shard: int | None = None,
 ) -> int:
     """Applies the log's entries to `warm`: the net effect per face (its last entry wins), with the added
-    faces' records read from the table now, so a face deleted since it was added is not added; with `shard`,
-    only the faces of that shard. Returns how many faces were added, removed or given another user."""
+    faces' records read from the table now, so a face deleted since it was added is not added. Returns how
+    many faces were added, removed or given another user."""
     final: dict[str, bool] = {}  # face id -> present after the log
     users: dict[str, str | None] = {}
     for change in log:
-        # A shard reads only its own faces; one that moved to another shard (enrolled again) leaves it.
-        mine = [s is None or shard is None or s == shard for s in _shards_of(change)]
-        final.update((face_id, keep) for face_id, keep in zip(change.added, mine, strict=True))
+        final.update(dict.fromkeys(change.added, True))
         final.update(dict.fromkeys(change.removed, False))
         users.update(change.users)
     added = [face_id for face_id, present in final.items() if present]
     records = faces.get_many(added) if added else {}
     fresh = [
-        records[face_id] for face_id in added if face_id in records and _belongs(records[face_id], collection_id, shard)
+        records[face_id] for face_id in added if face_id in records and records[face_id].collection_id == collection_id
     ]
     fetched = {face.face_id for face in fresh}
     # Removed, or added but gone from the table (or the collection) since: either way not searchable.
@@ -346,8 +318,8 @@ def apply_changes(
         warm.faces.pop(face_id, None)
     for start in range(0, len(fresh), _BLOCK):
         block = fresh[start : start + _BLOCK]
-        warm.index.add([face.face_id for face in block], np.stack([_vector(face) for face in block]), _shards(block))
-        warm.faces.update((face.face_id, FaceEntry.of(face)) for face in block)
+        _add(warm.index, block, faces)
+        warm.faces.update((face.face_id, FaceEntry.of(face)) for face in block if face.face_id in warm.index)
     regrouped = 0
     for face_id, user_id in users.items():
         entry = warm.faces.get(face_id)
@@ -369,66 +341,66 @@ def _persist(warm: WarmCollection, directory: Path) -> None:
     (directory / SNAPSHOT_FACES_FILE).write_text(json.dumps(state))
 
 
-def _rebuild(
+def rebuild(
     collection: Collection,
     index: VectorIndex,
     faces: FaceRepository,
     log: ChangeLog,
-    shard: int | None = None,
 ) -> tuple[WarmCollection, int]:
-    """`index` made to hold exactly the collection's faces (or one shard's) as the table lists them, plus the
-    latest entries of the log replayed. Returns the warm state and how many faces it changed."""
+    """`index` made to hold exactly the collection's faces as the table lists them, plus the latest entries of
+    the log replayed. Returns the warm state and how many faces it changed."""
     collection_id = collection.collection_id
     seq = collection.change_seq  # read before listing: the listing reflects at least these changes
     entries = CollectionFaces(faces)
     changes = 0
     block: list[FaceRecord] = []
-    listed = faces.list_collection(collection_id) if shard is None else faces.list_shard(collection_id, shard)
-    for face in listed:
+    for face in faces.list_collection(collection_id):
         entries[face.face_id] = FaceEntry.of(face)
         block.append(face)
         if len(block) >= _BLOCK:
-            changes += _refresh(index, block)
+            changes += _refresh(index, block, faces)
             block = []
-    changes += _refresh(index, block)
+    changes += _refresh(index, block, faces)
     gone = [face_id for face_id in index.face_ids() if face_id not in entries]
     index.remove(gone)
     warm = WarmCollection(collection.created_at, seq, index, entries)
     replay_from = max(0, seq - REBUILD_REPLAY_CHANGES)
     recent = log.changes(collection_id, replay_from, seq)
     if recent:
-        apply_changes(warm, recent, faces, collection_id, shard)
+        apply_changes(warm, recent, faces, collection_id)
     return warm, changes + len(gone)
 
 
-def _refresh(index: VectorIndex, block: Sequence[FaceRecord]) -> int:
+def _refresh(index: VectorIndex, block: Sequence[FaceRecord], faces: FaceRepository) -> int:
     """Adds the block's faces the index lacks, or holds with another vector; returns how many."""
     if not block:
         return 0
-    # Shards in other functions hold the vectors: a face they have is theirs to keep up to date.
-    known = [] if isinstance(index, RemoteShards) else [face for face in block if face.face_id in index]
+    # A shared index (S3 Vectors) is trusted for the faces it holds: reading every vector back would cost a
+    # GetVectors per 100 faces, and a face's vector changes only by a re-index, which logs it as added again.
+    known = [] if index.shared else [face for face in block if face.face_id in index]
     stored = index.vectors([face.face_id for face in known]) if known else np.empty((0, 0), dtype=np.float32)
     changed = {
         face.face_id for face, vector in zip(known, stored, strict=True) if not np.array_equal(vector, _vector(face))
     }
     added = [face for face in block if face.face_id not in index or face.face_id in changed]
-    if added:
-        index.add([face.face_id for face in added], np.stack([_vector(face) for face in added]), _shards(added))
+    _add(index, added, faces)
     return len(added)
 
 
-def _belongs(face: FaceRecord, collection_id: str, shard: int | None) -> bool:
-    return face.collection_id == collection_id and (shard is None or (face.shard or 0) == shard)
-
-
-def _shards(faces: Sequence[FaceRecord]) -> list[int] | None:
-    """The faces' shards, fixed at enrolment; None for faces enrolled before shards were recorded."""
-    shards = [face.shard for face in faces]
-    return None if any(shard is None for shard in shards) else [int(shard or 0) for shard in shards]
-
-
-def _shards_of(change: IndexChange) -> list[int | None]:
-    return list(change.shards) if len(change.shards) == len(change.added) else [None] * len(change.added)
+def _add(index: VectorIndex, block: Sequence[FaceRecord], faces: FaceRepository) -> None:
+    """Puts the faces' vectors (and what a match reports) into the index. A shared index is written by other
+    functions too: one that applied the face's deletion between our read of the record and our put would
+    see its delete undone, so the faces are checked against the table after the put and the gone ones deleted."""
+    if not block:
+        return
+    ids = [face.face_id for face in block]
+    metadata = [face_metadata(face.external_image_id, face.photo_id) for face in block]
+    index.add(ids, np.stack([_vector(face) for face in block]), metadata)
+    if index.shared:
+        present = faces.existing(ids)
+        gone = [face_id for face_id in ids if face_id not in present]
+        if gone:
+            index.remove(gone)
 
 
 def _vector(face: FaceRecord) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A vector index per collection: add, remove, search top-k above a cosine cut-off, persist, load.
 
-Three engines behind one interface (`VectorIndex`), chosen on measurements (docs/benchmarks.md, "Search
-index"):
+The in-function engines behind one interface (`VectorIndex`; the S3 Vectors engine, for collections too large
+for one function, is candor/index/s3vectors.py), chosen on measurements (docs/benchmarks.md, "Search index"):
 
 - `ExactVectorIndex`: float32 rows and one matrix product. Exact; the baseline, and the reference the others
   are measured against.
@@ -11,11 +11,8 @@ index"):
   Resident memory per face: the graph (int8 vector, 512 B, and links: ~790 B) + the face id and its maps
   (~470 B); the float32 vectors (2 KB per face) are read from a memory-mapped file once the index has been
   persisted and loaded.
-- `ShardedVectorIndex`: a collection's shards in one process, searched in parallel; the top-k are merged, so
-  the result is the same as one index's. A face goes to the shard it was given at enrolment (candor/index/shards.py
-  explains why, and how the shards of a large collection are searched by separate functions on AWS).
 
-Order is total: by cosine descending, then face id, so every engine, sharded or not, answers the same.
+Order is total: by cosine descending, then face id, so every engine answers the same.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,9 +53,16 @@ class Neighbour:
 
 
 class VectorIndex(Protocol):
-    def add(self, face_ids: Sequence[str], vectors: np.ndarray, shards: Sequence[int] | None = None) -> None:
-        """Adds (or replaces) faces; `shards`: the shard each face was given when enrolled, for an index that
-        has shards (the others ignore it)."""
+    """A collection's vectors, searchable (the vector-index port: in-function engines here, S3 Vectors in
+    candor/index/s3vectors.py). `engine` names it; `shared` is True for an index other functions write too."""
+
+    engine: str
+    shared: bool
+
+    def add(
+        self, face_ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """Adds (or replaces) faces; `metadata`: what an index that keeps it stores beside each vector."""
         ...
 
     def remove(self, face_ids: Sequence[str]) -> None: ...
@@ -87,19 +90,14 @@ def load_index(directory: Path) -> VectorIndex:
     loaders: dict[str, Callable[[Path], VectorIndex]] = {
         "exact": ExactVectorIndex.load,
         "hnsw": HnswVectorIndex.load,
-        "sharded": ShardedVectorIndex.load,
     }
+    if meta.get("engine") not in loaders:
+        raise ValueError(f"{directory}: no in-function index ({meta.get('engine')!r})")
     return loaders[meta["engine"]](Path(directory))
 
 
-def new_index(shard_size: int, dimension: int = EMBEDDING_SIZE) -> ShardedVectorIndex:
-    """The index a collection gets: HNSW shards of at most `shard_size` faces."""
-    return ShardedVectorIndex(shard_size, lambda: HnswVectorIndex(dimension), dimension)
-
-
 def exact_cosines(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-    # In float64, one row at a time (no BLAS blocking): the same face scores the same bits in every engine
-    # and every shard, which is what makes sharded and unsharded results identical.
+    # In float64, one row at a time (no BLAS blocking): the same face scores the same bits in every engine.
     return (np.asarray(rows, dtype=np.float64) * np.asarray(query, dtype=np.float64)).sum(axis=1)
 
 
@@ -164,6 +162,7 @@ class _KeyedIndex:
     """Face ids to stable integer keys (row numbers); a removed face's key is never reused."""
 
     engine = ""
+    shared = False
 
     def __init__(self, dimension: int, rows: _Rows | None = None, ids: list[str] | None = None) -> None:
         self._dimension = dimension
@@ -184,7 +183,9 @@ class _KeyedIndex:
     def vectors(self, face_ids: Sequence[str]) -> np.ndarray:
         return self._rows.take(np.array([self._key_of[face_id] for face_id in face_ids], dtype=np.int64))
 
-    def add(self, face_ids: Sequence[str], vectors: np.ndarray, shards: Sequence[int] | None = None) -> None:
+    def add(
+        self, face_ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
+    ) -> None:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self._dimension)
         if len(face_ids) != len(vectors):
             raise ValueError(f"{len(face_ids)} ids for {len(vectors)} vectors")
@@ -414,126 +415,6 @@ class HnswVectorIndex(_KeyedIndex):
             graph.load(str(directory / _GRAPH))
             index._graph = graph
         return index
-
-
-class ShardedVectorIndex:
-    """Shards of about `shard_size` faces (each face in the shard it was given), searched in parallel, their
-    top-k merged."""
-
-    engine = "sharded"
-
-    def __init__(
-        self,
-        shard_size: int,
-        new_shard: Callable[[], VectorIndex] | None = None,
-        dimension: int = EMBEDDING_SIZE,
-        shards: list[VectorIndex] | None = None,
-    ) -> None:
-        if shard_size < 1:
-            raise ValueError("shard_size must be at least 1")
-        self.shard_size = shard_size
-        self._dimension = dimension
-        self._new_shard = new_shard or (lambda: HnswVectorIndex(dimension))
-        self.shards: list[VectorIndex] = shards or []
-        self._shard_of = {face_id: n for n, shard in enumerate(self.shards) for face_id in shard.face_ids()}
-        self._pool: ThreadPoolExecutor | None = None
-
-    def __len__(self) -> int:
-        return len(self._shard_of)
-
-    def __contains__(self, face_id: object) -> bool:
-        return face_id in self._shard_of
-
-    def face_ids(self) -> list[str]:
-        return list(self._shard_of)
-
-    def vectors(self, face_ids: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(face_ids), self._dimension), dtype=np.float32)
-        by_shard: dict[int, list[int]] = {}
-        for position, face_id in enumerate(face_ids):
-            by_shard.setdefault(self._shard_of[face_id], []).append(position)
-        for n, positions in by_shard.items():
-            out[positions] = self.shards[n].vectors([face_ids[p] for p in positions])
-        return out
-
-    def add(self, face_ids: Sequence[str], vectors: np.ndarray, shards: Sequence[int] | None = None) -> None:
-        """Each face into the shard it was given (`shards`, fixed at enrolment: every function agrees where a
-        face is and a face never moves); without `shards`, into the last shard until it is full."""
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self._dimension)
-        if len(face_ids) != len(vectors):
-            raise ValueError(f"{len(face_ids)} ids for {len(vectors)} vectors")
-        if shards is not None and len(shards) != len(face_ids):
-            raise ValueError(f"{len(shards)} shards for {len(face_ids)} faces")
-        self.remove([face_id for face_id in face_ids if face_id in self._shard_of])
-        if shards is not None:
-            by_shard: dict[int, list[int]] = {}
-            for position, number in enumerate(shards):
-                by_shard.setdefault(int(number), []).append(position)
-            for n, positions in sorted(by_shard.items()):
-                while len(self.shards) <= n:
-                    self.shards.append(self._new_shard())
-                ids = [face_ids[p] for p in positions]
-                self.shards[n].add(ids, vectors[positions])
-                self._shard_of.update(dict.fromkeys(ids, n))
-            return
-        start = 0
-        while start < len(face_ids):
-            # Fill the last shard first; a new shard only when every one is full.
-            if not self.shards or len(self.shards[-1]) >= self.shard_size:
-                self.shards.append(self._new_shard())
-            shard = self.shards[-1]
-            end = start + min(self.shard_size - len(shard), len(face_ids) - start)
-            shard.add(face_ids[start:end], vectors[start:end])
-            self._shard_of.update((face_id, len(self.shards) - 1) for face_id in face_ids[start:end])
-            start = end
-
-    def remove(self, face_ids: Sequence[str]) -> None:
-        by_shard: dict[int, list[str]] = {}
-        for face_id in face_ids:
-            if face_id in self._shard_of:
-                by_shard.setdefault(self._shard_of.pop(face_id), []).append(face_id)
-        for n, ids in by_shard.items():
-            self.shards[n].remove(ids)
-
-    def search(self, queries: np.ndarray, k: int, min_cosine: float) -> list[list[Neighbour]]:
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self._dimension)
-        if len(self.shards) <= 1:
-            return self.shards[0].search(queries, k, min_cosine) if self.shards else [[] for _ in queries]
-        if self._pool is None:
-            # Locally the fan-out is a thread pool (numpy and usearch release the GIL); on AWS it is one
-            # invocation per shard (docs/benchmarks.md, "Search index").
-            self._pool = ThreadPoolExecutor(max_workers=min(len(self.shards), 2 * (os.cpu_count() or 1)))
-        per_shard = list(self._pool.map(lambda shard: shard.search(queries, k, min_cosine), self.shards))
-        return [merge_top_k([shard[q] for shard in per_shard], k) for q in range(len(queries))]
-
-    def set_expansion_search(self, expansion: int) -> None:
-        for shard in self.shards:
-            if isinstance(shard, HnswVectorIndex):
-                shard.set_expansion_search(expansion)
-
-    def memory_bytes(self) -> int:
-        return sum(shard.memory_bytes() for shard in self.shards) + _ids_bytes(list(self._shard_of))
-
-    def persist(self, directory: Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for n, shard in enumerate(self.shards):
-            shard.persist(directory / f"shard-{n:04d}")
-        meta = {"engine": self.engine, "shard_size": self.shard_size, "shards": len(self.shards)}
-        (directory / _META).write_text(json.dumps({"dimension": self._dimension, "count": len(self), **meta}))
-
-    @classmethod
-    def load(cls, directory: Path) -> ShardedVectorIndex:
-        directory = Path(directory)
-        meta = json.loads((directory / _META).read_text())
-        dimension = int(meta["dimension"])
-        shards = [load_index(directory / f"shard-{n:04d}") for n in range(int(meta["shards"]))]
-        return cls(int(meta["shard_size"]), lambda: HnswVectorIndex(dimension), dimension, shards)
-
-
-def merge_top_k(results: Sequence[Sequence[Neighbour]], k: int) -> list[Neighbour]:
-    """The k best of several shards' answers, in the one total order every engine uses."""
-    return heapq.nsmallest(k, (n for result in results for n in result), key=lambda n: (-n.cosine, n.face_id))
 
 
 def remove_directory(directory: Path) -> None:
