@@ -208,6 +208,9 @@ def test_every_problem_is_named_and_a_long_value_is_not_echoed(protocol: ModuleT
     )
     assert kind == "ValidationException" and message.startswith("3 validation errors detected: ")
     assert len(message) < 1000
+    kind, message = _refusal(protocol, "RekognitionService.DeleteFaces", {"CollectionId": "c", "FaceIds": ["x"] * 4096})
+    assert kind == "ValidationException" and message.startswith("4096 validation errors detected: ")
+    assert message.endswith("; and 4086 more") and len(message) < 3000
 
 
 @pytest.mark.parametrize(

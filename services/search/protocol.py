@@ -35,6 +35,7 @@ CANDOR_MODEL_FILE = Path(__file__).with_name("candor-service-2.json")
 AMZ_JSON = "application/x-amz-json-1.1"
 # Shown values are cut to this many characters: an error message never echoes a hostile payload back.
 SHOWN_VALUE_CHARS = 80
+SHOWN_PROBLEMS = 10
 
 # Candor's reason codes (candor/core/errors.py) and this module's, as the exception names boto3 raises.
 EXCEPTION_NAMES = {
@@ -131,12 +132,18 @@ def validate_request(operation: OperationModel, request: dict[str, Any]) -> dict
     problems = shape_problems(request, shape)
     wrong_types = [message for kind, message in problems if kind == "type"]
     if wrong_types:
-        raise SerializationError("; ".join(wrong_types))
+        raise SerializationError(_listed(wrong_types))
     if problems:
         count = len(problems)
         detected = f"{count} validation error{'s' if count > 1 else ''} detected: "
-        raise ValidationError(detected + "; ".join(message for _, message in problems))
+        raise ValidationError(detected + _listed([message for _, message in problems]))
     return request
+
+
+def _listed(messages: list[str]) -> str:
+    """The first few problems: 4,096 bad face ids make one line each, and the message would be megabytes."""
+    shown = "; ".join(messages[:SHOWN_PROBLEMS])
+    return shown if len(messages) <= SHOWN_PROBLEMS else f"{shown}; and {len(messages) - SHOWN_PROBLEMS} more"
 
 
 def shape_problems(value: dict[str, Any], shape: Shape) -> list[tuple[str, str]]:
