@@ -25,6 +25,7 @@ FUNCTIONS = {
     "DetectFunction": "services/detect",
     "EmbedFunction": "services/embed",
     "SearchFunction": "services/search",
+    "DigestFunction": "services/digest",
 }
 
 
@@ -289,6 +290,14 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
             "s3vectors:QueryVectors",
         },
     }
+    # The digest function reads the chains' heads and the collection ids, signs, and writes digests: it can
+    # neither change the audit table nor delete a digest.
+    assert grants("DigestFunction") == {
+        "AuditTable": {"dynamodb:Query"},
+        "CollectionsTable": {"dynamodb:Scan"},
+        "AuditDigestKey": {"kms:Sign"},
+        "AuditDigestBucket": {"s3:ListBucket", "s3:GetObject", "s3:PutObject"},
+    }
 
 
 def test_search_is_a_function_url_behind_iam(template: Template) -> None:
@@ -315,6 +324,7 @@ def test_the_local_runtime_deploys_everything_but_the_functions(template: Templa
         "AWS::DynamoDB::Table",
         "AWS::CloudWatch::Alarm",
         "AWS::Logs::LogGroup",
+        "AWS::KMS::Key",
         "AWS::S3Vectors::VectorBucket",
     }
     assert "SearchFunctionUrl" not in template.infrastructure()["Outputs"]

@@ -122,10 +122,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_digest(args: argparse.Namespace) -> int:
     """Runs DigestFunction once: locally in a process of its own, on AWS through Lambda."""
     session, endpoint = stack_session()
-    resources = physical_ids(session.client("cloudformation", endpoint_url=endpoint), args.stack_name)
-    if DIGEST_FUNCTION not in resources:
-        raise ValueError(f"stack {args.stack_name!r} has no {DIGEST_FUNCTION}: deploy the current template.yaml first")
-    if endpoint and is_loopback(endpoint):
+    if endpoint and is_loopback(endpoint):  # the local runtime plays the functions: run it as Lambda would
         from candor_local.emulator.runtime import LocalEnvironment
 
         environment = LocalEnvironment.attach(args.stack_name, endpoint)
@@ -134,6 +131,9 @@ def cmd_digest(args: argparse.Namespace) -> int:
         finally:
             environment.stop()
     else:
+        resources = physical_ids(session.client("cloudformation", endpoint_url=endpoint), args.stack_name)
+        if DIGEST_FUNCTION not in resources:
+            raise ValueError(f"stack {args.stack_name!r} has no {DIGEST_FUNCTION}: deploy the current template.yaml")
         response = session.client("lambda", endpoint_url=endpoint).invoke(
             FunctionName=resources[DIGEST_FUNCTION], Payload=json.dumps({"source": "candor audit digest"}).encode()
         )

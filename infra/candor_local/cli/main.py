@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from candor.core.settings import DEFAULT_FACE_MATCH_THRESHOLD
 from candor_local.cli import audit, bench, connection, dlq, face_api, migrate
 from candor_local.cli.client import CandorClient, CandorError, client_for
 
+# `candor up` keeps each stack's state in a folder of its own here (--data moves it, --ephemeral keeps none).
+DEFAULT_DATA_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "candor" / "data"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 DEMO_COLLECTION = "demo"
 
@@ -53,8 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     setup.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
     setup.set_defaults(run=cmd_setup)
 
-    up = commands.add_parser("up", help="start the stack from template.yaml and run every function until Ctrl-C")
+    up = commands.add_parser(
+        "up",
+        help="start the stack from template.yaml and run every function until Ctrl-C",
+        description="Starts moto server, deploys template.yaml on it and runs every function. The stack's state "
+        "(collections, photos, faces, users, the audit log and its digests) is kept in a data directory and "
+        "comes back after Ctrl-C, a kill or a reboot; messages in flight at a kill are redone on restart.",
+    )
     _stack_options(up)
+    up.add_argument(
+        "--data",
+        type=Path,
+        help=f"where the state is kept (default: {DEFAULT_DATA_ROOT}/<stack name>)",
+    )
+    up.add_argument("--ephemeral", action="store_true", help="keep nothing: start empty, forget everything at the end")
     up.set_defaults(run=cmd_up)
 
     demo = commands.add_parser("demo", help="start the embedded stack, enrol photos, search, print what was found")
@@ -127,11 +142,24 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    with _local_stack(args) as client:
+    data_dir = None if args.ephemeral else (args.data or DEFAULT_DATA_ROOT / args.stack_name).expanduser()
+    if data_dir is not None and not args.api_port:
+        # The same face API port as last time, so CANDOR_API in the user's shell stays right.
+        args.api_port = int(_saved_endpoint(data_dir).get("api_port", 0))
+    with _local_stack(args, data_dir) as (client, restored):
         stack = client.stack
         connection.save_state(stack)
+        if data_dir is not None:
+            _save_api_port(data_dir, stack.api_url)
         print(f"AWS_ENDPOINT_URL={stack.endpoint_url or ''}")
         print(f"CANDOR_API={stack.api_url.rstrip('/')}", flush=True)
+        if data_dir is None:
+            print("state: ephemeral (nothing is kept after Ctrl-C)", file=sys.stderr)
+        elif restored:
+            released = restored["messages_made_visible"]
+            print(f"state: restored from {data_dir} ({released} message(s) in flight redone)", file=sys.stderr)
+        else:
+            print(f"state: kept in {data_dir}", file=sys.stderr)
         print(f"upload bucket: {stack.bucket}   (Ctrl-C stops the stack)", file=sys.stderr)
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -188,7 +216,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     photos_dir = args.photos or _sample_photos()
     enrolment, probes, expected = _demo_photos(photos_dir, default_set=args.photos is None)
-    with _local_stack(args) as client:
+    with _local_stack(args) as (client, _):
         client.ensure_collection(DEMO_COLLECTION)
         outcomes = enrol(client, DEMO_COLLECTION, enrolment, consent="candor-demo", quiet=args.json)
         if not args.json:
@@ -351,16 +379,37 @@ def _demo_photos(folder: Path, default_set: bool) -> tuple[list[EnrolmentPhoto],
 
 
 @contextmanager
-def _local_stack(args: argparse.Namespace) -> Iterator[CandorClient]:
+def _local_stack(
+    args: argparse.Namespace, data_dir: Path | None = None
+) -> Iterator[tuple[CandorClient, dict[str, int] | None]]:
+    """The stack on the embedded endpoint, with what it restored from `data_dir` (None: it started empty)."""
     from candor_local.emulator.runtime import LocalEnvironment
     from candor_local.packaging.models import ensure_models
 
     model_dir = ensure_models()
     print("starting the stack from template.yaml ...", file=sys.stderr)
     with LocalEnvironment.start(
-        stack_name=args.stack_name, model_dir=model_dir, api_port=args.api_port, echo_logs=args.verbose
+        stack_name=args.stack_name,
+        model_dir=model_dir,
+        api_port=args.api_port,
+        echo_logs=args.verbose,
+        data_dir=data_dir,
     ) as env:
-        yield client_for(env)
+        yield client_for(env), env.restored
+
+
+def _saved_endpoint(data_dir: Path) -> dict[str, Any]:
+    from candor_local.emulator.persistence import DurableState
+
+    return DurableState(data_dir).saved_endpoint()
+
+
+def _save_api_port(data_dir: Path, api_url: str) -> None:
+    from candor_local.emulator.persistence import DurableState
+
+    port = urllib.parse.urlsplit(api_url).port
+    if port:
+        DurableState(data_dir).save_endpoint(api_port=port)
 
 
 if __name__ == "__main__":

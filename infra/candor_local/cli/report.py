@@ -74,6 +74,7 @@ def build_report(
     repeated = 0
     in_period = 0
     unreadable = 0
+    policy_changes: list[dict[str, Any]] = []
     for record in records:
         fields = readable_fields(record)
         when = entry_time(fields) if fields is not None else None
@@ -116,6 +117,8 @@ def build_report(
             # How many faces, never which: the ids themselves stay in the log.
             row["faces_enrolled"] += len(face_ids - chain_enrolled)
             chain_enrolled |= face_ids
+        elif event == AuditEvent.COLLECTION and isinstance(fields.get("policy"), dict):
+            policy_changes.append(_policy_change(record.chain, fields, until))
         elif event == AuditEvent.DELETION:
             chain_enrolled -= face_ids
         elif event == AuditEvent.ERASURE:
@@ -156,6 +159,8 @@ def build_report(
         "searches_by_caller": dict(_ranked(searches_by_caller)),
         "refusals_by_reason": dict(_ranked(refusals_by_reason)),
         "refusals_by_caller": dict(_ranked(refusals_by_caller)),
+        # Every policy set or changed in the period; a loosening says what it loosens and when it takes effect.
+        "policy_changes": sorted(policy_changes, key=lambda change: (change["time"], change["collection"])),
         "collections": [
             {
                 "collection": chain,
@@ -171,6 +176,25 @@ def build_report(
             }
             for chain, row in sorted(collections.items())
         ],
+    }
+
+
+def _policy_change(chain: str, fields: Mapping[str, Any], until: datetime) -> dict[str, Any]:
+    pending = fields["policy"].get("pending") if isinstance(fields["policy"].get("pending"), dict) else None
+    effective_at = str(pending.get("effective_at")) if pending else None
+    try:
+        waiting = effective_at is not None and datetime.fromisoformat(effective_at) > until
+    except ValueError:
+        waiting = False
+    loosens = fields.get("loosens")
+    return {
+        "collection": chain,
+        "time": str(fields.get("time")),
+        "operation": str(fields.get("operation") or UNKNOWN),
+        "caller": str(fields.get("caller") or UNKNOWN),
+        "loosens": [str(item) for item in loosens] if isinstance(loosens, list) else [],
+        "effective_at": effective_at,
+        "pending_at_end_of_period": waiting,
     }
 
 
@@ -344,6 +368,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h2>Searches by caller</h2>" + _bars(report["searches_by_caller"]),
         "<h2>Refusals by reason</h2>" + _bars(report["refusals_by_reason"], kind="refusal"),
         "<h2>Refusals by caller</h2>" + _bars(report["refusals_by_caller"], kind="refusal"),
+        "<h2>Policy changes</h2>"
+        "<p class='period'>A change that loosens a policy takes effect only after the stack's delay, and can be "
+        "cancelled until then.</p>" + _policy_table(report.get("policy_changes", [])),
         "<h2>Collections</h2>" + _collections_table(report["collections"]),
         "<h2>Audit chains</h2>" + _chains_table(report["log"]["chains"]),
     ]
@@ -434,6 +461,26 @@ def _collections_table(rows: list[Mapping[str, Any]]) -> str:
         f"<td class='num'>{row['enrolments']}</td><td class='num'>{row['faces_enrolled']}</td>"
         f"<td class='num'>{row['deletions']}</td><td class='num'>{row['erasures']}</td></tr>"
         for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _policy_table(changes: list[Mapping[str, Any]]) -> str:
+    if not changes:
+        return "<p class='empty'>no policy was set or changed in this period</p>"
+    head = "<tr><th>time</th><th>collection</th><th>operation</th><th>caller</th><th>loosens</th><th>in force</th></tr>"
+
+    def in_force(change: Mapping[str, Any]) -> str:
+        if not change["effective_at"]:
+            return "at once"
+        waiting = " (pending)" if change["pending_at_end_of_period"] else ""
+        return f"from {_e(change['effective_at'])}{waiting}"
+
+    body = "".join(
+        f"<tr><td>{_e(change['time'])}</td><td><code>{_e(change['collection'])}</code></td>"
+        f"<td>{_e(change['operation'])}</td><td>{_e(change['caller'])}</td>"
+        f"<td>{_e('; '.join(change['loosens']) or '-')}</td><td>{in_force(change)}</td></tr>"
+        for change in changes
     )
     return f"<table>{head}{body}</table>"
 

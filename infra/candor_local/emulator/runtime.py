@@ -161,13 +161,15 @@ class LocalEnvironment:
         parameter_overrides: Mapping[str, str] | None = None,
         echo_logs: bool = False,
         ready_timeout_s: float = 120.0,
+        data_dir: Path | None = None,
     ) -> LocalEnvironment:
         """Start an endpoint if needed, deploy the stack, start one worker per function and return once
-        every worker has initialised (imported its handler) and polls; the Function URL then answers."""
+        every worker has initialised (imported its handler) and polls; the Function URL then answers. With `data_dir`, the embedded endpoint keeps its state there and
+        comes back with it."""
         emulator: MotoEmulator | None = None
         run_dir = Path(tempfile.mkdtemp(prefix="candor-local-"))
         try:
-            endpoint, emulator = _connect(endpoint_url)
+            endpoint, emulator = _connect(endpoint_url, data_dir)
             template = load_template(template_path, parameter_overrides, endpoint.region)
             stack = deploy_stack(template, stack_name, endpoint, parameter_overrides)
             # Logs outlive the environment (the run folder does not): they are what explains a failure.
@@ -384,6 +386,11 @@ class LocalEnvironment:
         return self.stack.region
 
     @property
+    def restored(self) -> dict[str, int] | None:
+        """What the embedded endpoint brought back from its data directory (None: it started empty)."""
+        return self._emulator.restored if self._emulator is not None else None
+
+    @property
     def resources(self) -> dict[str, str]:
         """Logical id → physical id of every deployed resource (bucket name, table names, queue URLs)."""
         return dict(self.stack.physical_ids)
@@ -485,11 +492,11 @@ class LocalEnvironment:
         self.stop()
 
 
-def _connect(endpoint_url: str | None) -> tuple[Endpoint, MotoEmulator | None]:
+def _connect(endpoint_url: str | None, data_dir: Path | None = None) -> tuple[Endpoint, MotoEmulator | None]:
     """The endpoint to use (see the module docstring), starting moto when nothing else is configured."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     if endpoint_url is None and not os.environ.get("AWS_ENDPOINT_URL"):
-        emulator = MotoEmulator()
+        emulator = MotoEmulator(data_dir=data_dir)
         url = emulator.start()
         session = boto3.session.Session(
             aws_access_key_id=EMULATOR_CREDENTIALS["AWS_ACCESS_KEY_ID"],

@@ -1,13 +1,20 @@
 """The rules a collection is searched and enrolled under: its declared purposes, whether it is used for
 identification (and so its threshold floor), and its search quotas. Safe by default: a collection created
 without a policy may be searched for the purpose `general` only, at similarity 80 or more, at most
-DEFAULT_SEARCHES_PER_CALLER searches a minute per caller.
+DEFAULT_SEARCHES_PER_CALLER identifications a minute per caller.
+
+A change that tightens a policy is in force at once. One that loosens it (a purpose added, identification
+dropped, a floor lowered, a quota or the false-match risk limit raised) waits for the stack's delay
+(default 24 h): until then the tightest of the old and the new policy is in force and the new one is
+visible as pending, so that a loosening can be seen, questioned and cancelled before it lets anyone search
+more.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from candor.core.errors import InvalidParameterError
@@ -40,6 +47,8 @@ class CollectionPolicy:
     searches_per_minute: int = DEFAULT_SEARCHES_PER_COLLECTION
     # MaxFalseMatchRisk; None: DEFAULT_IDENTIFICATION_MAX_RISK for identification, no limit otherwise.
     max_false_match_risk: float | None = None
+    # A loosening waiting for its delay; in force from its effective_at on (see in_force).
+    pending: PendingPolicy | None = None
 
     @property
     def floor(self) -> float:
@@ -53,13 +62,114 @@ class CollectionPolicy:
         return DEFAULT_IDENTIFICATION_MAX_RISK if self.identification else None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, pending=None))
         data["purposes"] = list(self.purposes)
+        del data["pending"]
+        if self.pending is not None:
+            data["pending"] = {
+                "policy": self.pending.policy.to_dict(),
+                "effective_at": self.pending.effective_at.isoformat(),
+                "requested_by": self.pending.requested_by,
+            }
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CollectionPolicy:
-        return cls() if not data else parse_policy(data, api_names=False)
+        if not data:
+            return cls()
+        fields = {name: value for name, value in data.items() if name != "pending"}
+        # Stored: an empty list is a policy whose purposes were all withdrawn while a loosening waits.
+        policy = parse_policy(fields, api_names=False) if fields.get("purposes") != [] else _without_purposes(fields)
+        pending = data.get("pending")
+        if not pending:
+            return policy
+        return replace(
+            policy,
+            pending=PendingPolicy(
+                CollectionPolicy.from_dict(pending["policy"]),
+                datetime.fromisoformat(pending["effective_at"]),
+                str(pending.get("requested_by", "")),
+            ),
+        )
+
+    def in_force(self, now: datetime) -> CollectionPolicy:
+        """The policy searches follow at `now`: the pending one once its time has come."""
+        if self.pending is not None and now >= self.pending.effective_at:
+            return self.pending.policy
+        return self
+
+    def loosenings(self, new: CollectionPolicy) -> list[str]:
+        """What `new` allows that this policy does not, one phrase each; empty when it only tightens."""
+        found = []
+        added = [purpose for purpose in new.purposes if purpose not in self.purposes]
+        if added:
+            found.append(f"adds the purpose(s) {', '.join(added)}")
+        if self.identification and not new.identification:
+            found.append("drops identification")
+        if new.floor < self.floor:
+            found.append(f"lowers the match threshold floor from {self.floor:g} to {new.floor:g}")
+        if new.searches_per_caller_per_minute > self.searches_per_caller_per_minute:
+            found.append(
+                f"raises the quota per caller from {self.searches_per_caller_per_minute} to "
+                f"{new.searches_per_caller_per_minute} a minute"
+            )
+        if new.searches_per_minute > self.searches_per_minute:
+            found.append(f"raises the collection's quota from {self.searches_per_minute} to {new.searches_per_minute}")
+        old_risk, new_risk = self.max_risk, new.max_risk
+        if old_risk is not None and (new_risk is None or new_risk > old_risk):
+            limit = "removes" if new_risk is None else f"raises it to {new_risk:.2%}, from"
+            found.append(f"{limit} the false-match risk limit of {old_risk:.2%}")
+        return found
+
+
+@dataclass(frozen=True)
+class PendingPolicy:
+    """A loosening asked for, in force from `effective_at` (UTC) unless cancelled before then."""
+
+    policy: CollectionPolicy
+    effective_at: datetime
+    requested_by: str
+
+
+def tightest(a: CollectionPolicy, b: CollectionPolicy) -> CollectionPolicy:
+    """What both policies allow, and no more: the policy in force while a loosening waits."""
+    risks = [risk for risk in (a.max_risk, b.max_risk) if risk is not None]
+    return CollectionPolicy(
+        purposes=tuple(purpose for purpose in a.purposes if purpose in b.purposes),
+        identification=a.identification or b.identification,
+        min_match_threshold=max(a.min_match_threshold, b.min_match_threshold),
+        searches_per_caller_per_minute=min(a.searches_per_caller_per_minute, b.searches_per_caller_per_minute),
+        searches_per_minute=min(a.searches_per_minute, b.searches_per_minute),
+        max_false_match_risk=min(risks) if risks else None,
+    )
+
+
+def change_policy(
+    stored: CollectionPolicy, new: CollectionPolicy, now: datetime, delay: timedelta, requested_by: str
+) -> CollectionPolicy:
+    """The policy to store when `new` is asked for at `now`: `new` itself when it only tightens what is in
+    force (a pending loosening is then dropped too), else the tightest of both with `new` pending for
+    `delay`."""
+    current = replace(stored.in_force(now), pending=None)
+    if not current.loosenings(new) or delay <= timedelta(0):
+        return replace(new, pending=None)
+    return replace(tightest(current, new), pending=PendingPolicy(replace(new, pending=None), now + delay, requested_by))
+
+
+def cancel_pending(stored: CollectionPolicy, now: datetime) -> CollectionPolicy:
+    """The stored policy without its pending loosening; refused once that is in force."""
+    if stored.pending is None:
+        raise InvalidParameterError("the collection has no pending policy change to cancel")
+    if now >= stored.pending.effective_at:
+        raise InvalidParameterError(
+            f"the policy change of {stored.pending.effective_at.isoformat()} is already in force; "
+            "tighten the policy instead"
+        )
+    return replace(stored, pending=None)
+
+
+def _without_purposes(fields: dict[str, Any]) -> CollectionPolicy:
+    return replace(parse_policy({**fields, "purposes": [GENERAL_PURPOSE]}, api_names=False), purposes=())
 
 
 def parse_policy(data: Any, *, api_names: bool = True) -> CollectionPolicy:

@@ -10,7 +10,7 @@ it: if the audit log cannot be written, the search fails.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -30,20 +30,36 @@ QUOTA_WINDOW_S = 60
 
 
 class QuotaCounter(Protocol):
-    def consume(self, key: str, limit: int, expires_at: int) -> bool:
-        """Counts one use of `key`; False (and nothing counted) when `limit` uses were already counted."""
+    def consume(self, key: str, limit: int, expires_at: int, amount: int = 1) -> bool:
+        """Counts `amount` uses of `key`; False (and nothing counted) when that would pass `limit`."""
         ...
+
+    def release(self, key: str, amount: int) -> None:
+        """Gives back `amount` uses counted before and not used."""
+        ...
+
+
+@dataclass
+class QuotaReservation:
+    """Identifications counted against the quotas before a search: the most it can name. What the search
+    did not name is given back when it is recorded."""
+
+    keys: tuple[str, ...] = ()
+    reserved: int = 0
 
 
 @dataclass(frozen=True)
 class SearchAuthorization:
-    """An allowed search: its threshold, the false-match rate that threshold stands for, and the chance
-    that one searched face matches a stranger among the collection's `faces` faces."""
+    """An allowed search: its threshold, the false-match rate that threshold stands for, the chance that
+    one searched face matches a stranger among the collection's `faces` faces, and its quota reservation."""
 
     threshold: float
     faces: int
     false_match_rate: float
     false_match_risk: float
+    reservation: QuotaReservation = field(default_factory=QuotaReservation)
+    collection_id: str = ""
+    policy: CollectionPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +94,19 @@ class Accountability:
         threshold: float | None,
         probe: bytes | None = None,
         faces: int = 0,
+        identifications: int = 1,
     ) -> SearchAuthorization:
         """The threshold the search runs at (the floor when none was given) and its false-match risk against
-        the collection's `faces` faces; refusals are audited, then raised."""
+        the collection's `faces` faces, with `identifications` (the most people the search can name)
+        counted against the quotas; refusals are audited, then raised. A search that learns how many it
+        can name only later (every face of a photo) passes 0 here and calls `reserve` when it knows."""
+        stored, policy = policy, policy.in_force(self._clock())
         try:
+            if not policy.purposes and stored.pending is not None:
+                raise PurposeNotDeclaredError(
+                    f"collection {collection_id!r} may be searched for no purpose until its policy change "
+                    f"takes effect at {stored.pending.effective_at.isoformat()}"
+                )
             if caller.purpose not in policy.purposes:
                 raise PurposeNotDeclaredError(
                     f"collection {collection_id!r} may be searched for {', '.join(policy.purposes)} only, "
@@ -108,11 +133,32 @@ class Accountability:
                     f"with probability {risk:.2%}; its MaxFalseMatchRisk is {limit:.2%}. The lowest threshold "
                     f"that passes is {lowest:.2f}"
                 )
-            self._consume_quotas(collection_id, policy, caller)
+            reservation = self._reserve(collection_id, policy, caller, identifications, QuotaReservation())
         except CandorError as error:
             self.refuse(collection_id, caller, operation, error, probe=probe, threshold=threshold, faces=faces)
             raise
-        return SearchAuthorization(effective, faces, rate, risk)
+        return SearchAuthorization(effective, faces, rate, risk, reservation, collection_id, policy)
+
+    def reserve(
+        self, authorization: SearchAuthorization, caller: Caller, operation: str, count: int, probe: bytes | None
+    ) -> None:
+        """Counts `count` more identifications for an allowed search before it matches (refused, audited,
+        when that passes a quota: the search then returns nothing rather than part of its answer)."""
+        if authorization.policy is None:
+            raise RuntimeError("reserve() takes an authorization from authorize_search()")
+        try:
+            self._reserve(authorization.collection_id, authorization.policy, caller, count, authorization.reservation)
+        except CandorError as error:
+            self.refuse(
+                authorization.collection_id,
+                caller,
+                operation,
+                error,
+                probe=probe,
+                threshold=authorization.threshold,
+                faces=authorization.faces,
+            )
+            raise
 
     def record_search(
         self,
@@ -132,6 +178,7 @@ class Accountability:
         risk is recorded per searched face and for all the faces the search compared."""
         risk: dict[str, Any] = {}
         if authorization is not None:
+            self._settle(authorization.reservation, identified=sum(1 for face in matches if face))
             risk = {
                 "collection_faces": authorization.faces,
                 "false_match_rate": authorization.false_match_rate,
@@ -156,24 +203,44 @@ class Accountability:
             **risk,
         )
 
-    def _consume_quotas(self, collection_id: str, policy: CollectionPolicy, caller: Caller) -> None:
+    def _reserve(
+        self, collection_id: str, policy: CollectionPolicy, caller: Caller, count: int, reservation: QuotaReservation
+    ) -> QuotaReservation:
+        """Counts `count` identifications against the caller's and the collection's quota of this minute."""
         if self._quotas is None:
             raise RuntimeError("searches are authorized only where quotas are counted (the face API)")
+        if count <= 0:
+            return reservation
         now = int(self._clock().timestamp())
         window = now - now % QUOTA_WINDOW_S
         expires_at = window + 2 * QUOTA_WINDOW_S
-        if not self._quotas.consume(
-            f"{collection_id}|caller|{caller.identity}|{window}", policy.searches_per_caller_per_minute, expires_at
-        ):
+        caller_key, collection_key = (
+            f"{collection_id}|caller|{caller.identity}|{window}",
+            f"{collection_id}|all|{window}",
+        )
+        if not self._quotas.consume(caller_key, policy.searches_per_caller_per_minute, expires_at, count):
             raise QuotaExceededError(
-                f"you have made {policy.searches_per_caller_per_minute} searches of {collection_id!r} this minute, "
-                "its limit per caller; try again in the next minute"
+                f"this search could name {count} {'person' if count == 1 else 'people'}, which would pass your "
+                f"{policy.searches_per_caller_per_minute} identifications of {collection_id!r} a minute; "
+                "try again in the next minute"
             )
-        if not self._quotas.consume(f"{collection_id}|all|{window}", policy.searches_per_minute, expires_at):
+        if not self._quotas.consume(collection_key, policy.searches_per_minute, expires_at, count):
+            self._quotas.release(caller_key, count)
             raise QuotaExceededError(
-                f"collection {collection_id!r} has been searched {policy.searches_per_minute} times this minute, "
-                "its limit; try again in the next minute"
+                f"this search could name {count} {'person' if count == 1 else 'people'}, which would pass the "
+                f"{policy.searches_per_minute} identifications a minute {collection_id!r} allows; "
+                "try again in the next minute"
             )
+        reservation.keys, reservation.reserved = (caller_key, collection_key), reservation.reserved + count
+        return reservation
+
+    def _settle(self, reservation: QuotaReservation, identified: int) -> None:
+        """Gives back what a recorded search reserved and did not name (once)."""
+        unused = reservation.reserved - identified
+        if self._quotas is not None and unused > 0:
+            for key in reservation.keys:
+                self._quotas.release(key, unused)
+        reservation.reserved = min(reservation.reserved, identified)
 
     # --- enrolment, deletion, erasure, refusals ----------------------------------------------------------
 
@@ -210,8 +277,19 @@ class Accountability:
     def record_deletion(self, collection_id: str, caller: Caller, operation: str, **details: Any) -> None:
         self._allowed(collection_id, AuditEvent.DELETION, caller, operation, **details)
 
-    def record_collection(self, collection_id: str, caller: Caller, operation: str, policy: CollectionPolicy) -> None:
-        self._allowed(collection_id, AuditEvent.COLLECTION, caller, operation, policy=policy.to_dict())
+    def record_collection(
+        self, collection_id: str, caller: Caller, operation: str, policy: CollectionPolicy, loosens: Sequence[str] = ()
+    ) -> None:
+        """A policy set or changed (`policy` as stored: with its pending loosening, if any, and when that takes
+        effect), with what it loosens."""
+        self._allowed(
+            collection_id,
+            AuditEvent.COLLECTION,
+            caller,
+            operation,
+            policy=policy.to_dict(),
+            loosens=list(loosens) or None,
+        )
 
     def record_reindex(self, collection_id: str, caller: Caller, operation: str, **details: Any) -> None:
         self._allowed(collection_id, AuditEvent.COLLECTION, caller, operation, **details)

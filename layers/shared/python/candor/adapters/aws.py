@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from candor.accountability.audit import AuditRecord
+from candor.accountability.digests import SIGNING_ALGORITHM, SignedDigest
 from candor.accountability.policy import CollectionPolicy
 from candor.adapters.records import (
     change_from_dict,
@@ -719,16 +720,135 @@ class DynamoQuotaCounter:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
         self._table = (resource or _resource("dynamodb")).Table(table_name)
 
-    def consume(self, key: str, limit: int, expires_at: int) -> bool:
+    def consume(self, key: str, limit: int, expires_at: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
         try:
             self._table.update_item(
                 Key={"quota_key": key},
-                UpdateExpression="ADD used :one SET expires_at = :e",
-                ConditionExpression="attribute_not_exists(used) OR used < :limit",
-                ExpressionAttributeValues={":one": 1, ":e": expires_at, ":limit": limit},
+                UpdateExpression="ADD used :amount SET expires_at = :e",
+                # used + amount <= limit, as DynamoDB conditions can say it: used <= limit - amount.
+                ConditionExpression="attribute_not_exists(used) OR used <= :room",
+                ExpressionAttributeValues={":amount": amount, ":e": expires_at, ":room": limit - amount},
             )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
             raise
         return True
+
+    def release(self, key: str, amount: int) -> None:
+        self._table.update_item(
+            Key={"quota_key": key},
+            UpdateExpression="ADD used :minus",
+            ConditionExpression="attribute_exists(used)",
+            ExpressionAttributeValues={":minus": -amount},
+        )
+
+
+class KmsDigestSigner:
+    """Signs audit digests with an asymmetric KMS key (ECC_NIST_P256): the private key never leaves KMS."""
+
+    def __init__(self, key_id: str, client: Any | None = None) -> None:
+        self._key_id = key_id
+        self._kms = client or _client("kms")
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def sign(self, message: bytes) -> bytes:
+        response = self._kms.sign(
+            KeyId=self._key_id, Message=message, MessageType="RAW", SigningAlgorithm=SIGNING_ALGORITHM
+        )
+        return bytes(response["Signature"])
+
+    def public_key(self) -> bytes:
+        """The key's public half (DER SubjectPublicKeyInfo), for checking signatures anywhere without KMS."""
+        return bytes(self._kms.get_public_key(KeyId=self._key_id)["PublicKey"])
+
+
+class S3DigestStore:
+    """Audit digests as objects `audit-digests/<number>.json` in a bucket under Object Lock, written only if
+    the key is free (If-None-Match). `latest.json` names the newest number; it is a hint only: the listing
+    after it is checked too, and the verifier reads every digest and every version."""
+
+    PREFIX = "audit-digests/"
+    LATEST = "audit-digests/latest.json"
+
+    def __init__(self, bucket: str, client: Any | None = None) -> None:
+        self._bucket = bucket
+        self._s3 = client or _client("s3")
+
+    @classmethod
+    def key(cls, number: int) -> str:
+        return f"{cls.PREFIX}{number:010d}.json"
+
+    def latest(self) -> SignedDigest | None:
+        hint = 0
+        try:
+            body = self._s3.get_object(Bucket=self._bucket, Key=self.LATEST)["Body"].read()
+            hint = int(json.loads(body)["number"])
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": self.PREFIX}
+        if hint:
+            params["StartAfter"] = self.key(hint - 1)
+        newest = None
+        while True:
+            page = self._s3.list_objects_v2(**params)
+            numbered = [o["Key"] for o in page.get("Contents", []) if o["Key"] != self.LATEST]
+            newest = numbered[-1] if numbered else newest
+            if not page.get("IsTruncated"):
+                break
+            params["ContinuationToken"] = page["NextContinuationToken"]
+        if newest is None:
+            return None
+        return SignedDigest.from_json(self._s3.get_object(Bucket=self._bucket, Key=newest)["Body"].read())
+
+    def put_new(self, digest: SignedDigest) -> bool:
+        try:
+            self._s3.put_object(
+                Bucket=self._bucket,
+                Key=self.key(digest.number),
+                Body=digest.to_json(),
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        latest = json.dumps({"number": digest.number}).encode()
+        self._s3.put_object(Bucket=self._bucket, Key=self.LATEST, Body=latest, ContentType="application/json")
+        return True
+
+    def stored(self) -> list[tuple[str, bytes]]:
+        """Every version of every digest object, as (key and version, content): an overwritten digest shows
+        as two versions of one number."""
+        stored = []
+        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": self.PREFIX}
+        while True:
+            page = self._s3.list_object_versions(**params)
+            for version in page.get("Versions", []):
+                if version["Key"] == self.LATEST:
+                    continue
+                got = self._s3.get_object(Bucket=self._bucket, Key=version["Key"], VersionId=version["VersionId"])
+                stored.append((f"{version['Key']} version {version['VersionId']}", got["Body"].read()))
+            if not page.get("IsTruncated"):
+                return stored
+            params["KeyMarker"] = page["NextKeyMarker"]
+            params["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+    def deleted(self) -> list[str]:
+        """Digest keys whose newest version is a delete marker (the locked versions remain below it)."""
+        markers = []
+        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": self.PREFIX}
+        while True:
+            page = self._s3.list_object_versions(**params)
+            markers += [m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest")]
+            if not page.get("IsTruncated"):
+                return markers
+            params["KeyMarker"] = page["NextKeyMarker"]
+            params["VersionIdMarker"] = page["NextVersionIdMarker"]

@@ -111,6 +111,9 @@ class Settings:
     retention_days: int = DEFAULT_RETENTION_DAYS
     # The vector bucket (its ARN) holding one S3 Vectors index per collection on that engine; empty: none.
     vector_bucket: str = ""
+    # Where the signed audit digests go and the KMS key that signs them (candor/accountability/digests.py).
+    audit_digest_bucket: str = ""
+    audit_digest_key: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -134,4 +137,6 @@ class Settings:
             model_threads=int(env.get("MODEL_THREADS", "0")),
             retention_days=int(env.get("RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))),
             vector_bucket=env.get("VECTOR_BUCKET", ""),
+            audit_digest_bucket=env.get("AUDIT_DIGEST_BUCKET", ""),
+            audit_digest_key=env.get("AUDIT_DIGEST_KEY", ""),
         )
