@@ -249,6 +249,9 @@ def test_operations_are_found_by_their_target(protocol: ModuleType) -> None:
         with pytest.raises(protocol.UnknownOperationError):
             protocol.operation_model(target)
     assert protocol.error_body(protocol.UnknownOperationError("x"))["__type"] == "UnknownOperationException"
+    with pytest.raises(protocol.UnknownOperationError) as unknown:
+        protocol.operation_model("RekognitionService." + "X" * 8000)
+    assert len(unknown.value.message) < 200
 
 
 def test_the_models_load_in_a_small_part_of_a_cold_start() -> None:

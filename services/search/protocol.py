@@ -96,7 +96,8 @@ def operation_model(target: str) -> OperationModel:
     prefix, _, name = target.partition(".")
     model = MODELS.get(prefix)
     if model is None or name not in model.operation_names:
-        raise UnknownOperationError(f"{target or '(no X-Amz-Target)'} is not an operation Candor serves")
+        named = target if len(target) <= SHOWN_VALUE_CHARS else target[:SHOWN_VALUE_CHARS] + "..."
+        raise UnknownOperationError(f"{named or '(no X-Amz-Target)'} is not an operation Candor serves")
     return model.operation_model(name)
 
 
