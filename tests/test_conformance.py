@@ -66,6 +66,15 @@ def search(model_dir: Path) -> Iterator[ModuleType]:
             yield _import_search()
 
 
+def _protocol() -> ModuleType:
+    """services/search/protocol.py, as the handler imports it (the same module once the handler is loaded)."""
+    sys.path.insert(0, str(SEARCH))
+    try:
+        return importlib.import_module("protocol")
+    finally:
+        sys.path.remove(str(SEARCH))
+
+
 def _import_search() -> ModuleType:
     sys.path.insert(0, str(SEARCH))
     try:
@@ -192,7 +201,7 @@ def _normal(value: Any) -> Any:
 
 def conformance_problems(target: str, body: bytes) -> list[str]:
     """What in a response boto3 would not read as Candor sent it, or what breaks the output shape."""
-    protocol = sys.modules["protocol"]
+    protocol = _protocol()
     output = protocol.operation_model(target).output_shape
     sent = {key: value for key, value in json.loads(body).items() if key not in EXTENSIONS.get(target, set())}
     parsed = create_parser("json").parse({"status_code": 200, "headers": {}, "body": body}, output)
