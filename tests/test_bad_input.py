@@ -154,10 +154,12 @@ def run(env: LocalEnvironment, faces_dir: Path, models: Any) -> dict[str, Any]:
     bucket = env.resources["UploadBucket"]
     events = list(MALFORMED_EVENTS.items())
     message_ids = {}
-    # DetectFunction is paused while everything arrives, so that its batches are full (10) and mixed.
-    detect = env.worker_pid("DetectFunction")
-    assert detect is not None
-    os.kill(detect, signal.SIGSTOP)
+    # DetectFunction (every instance) is paused while everything arrives, so that its batches are full (10)
+    # and mixed.
+    detect = env.worker_pids("DetectFunction")
+    assert None not in detect
+    for pid in detect:
+        os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
     try:
         for i, case in enumerate(cases):
             s3.put_object(Bucket=bucket, Key=case.key, Body=case.data)
@@ -166,7 +168,8 @@ def run(env: LocalEnvironment, faces_dir: Path, models: Any) -> dict[str, Any]:
                 sent = sqs.send_message(QueueUrl=env.resources["DetectQueue"], MessageBody=body)
                 message_ids[name] = sent["MessageId"]
     finally:
-        os.kill(detect, signal.SIGCONT)
+        for pid in detect:
+            os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
     env.wait_idle(timeout=240)
     table = env.session.resource("dynamodb", endpoint_url=env.endpoint_url).Table(env.resources["PhotosTable"])
     records = {}

@@ -187,9 +187,18 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env: Loc
     keys = [f"crash/{i:02d}-{sources[i % 3].name}" for i in range(12)] + ["enroll/crash/biden/biden.jpg"]
     log = env.log_path("EmbedFunction")
     offset = log.stat().st_size
-    for i, key in enumerate(keys):
-        body = sources[i % 3].read_bytes() if i < 12 else sources[1].read_bytes()
-        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=CONSENTED if key.startswith("enroll/") else {})
+    # EmbedFunction is paused until every photo is detected, so that its batches are full (5 photos each).
+    paused = env.worker_pids("EmbedFunction")
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
+    try:
+        for i, key in enumerate(keys):
+            body = sources[i % 3].read_bytes() if i < 12 else sources[1].read_bytes()
+            s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=CONSENTED if key.startswith("enroll/") else {})
+        _wait_for(lambda: _count(env, "EmbedQueue") == len(keys), 60, "every photo detected")
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
 
     # Kill EmbedFunction's process once an invocation has embedded one photo of its batch and not finished.
     killed: str | None = None
@@ -207,20 +216,27 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env: Loc
                 for e in entries
                 if e.get("function_request_id") == running[-1] and e.get("message") == "faces embedded"
             ]
-            pid = env.worker_pid("EmbedFunction")
-            if done and pid is not None:
-                # Freeze it, then make sure the invocation has not ended meanwhile, then kill it.
-                os.kill(pid, signal.SIGSTOP)
-                time.sleep(0.1)  # what it wrote before stopping reaches the log file
+            pids = env.worker_pids("EmbedFunction")
+            if done and None not in pids:
+                # Freeze every instance (whichever runs it), make sure the invocation has not ended
+                # meanwhile, then kill them all.
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
+                time.sleep(0.1)  # what they wrote before stopping reaches the log file
                 if f"END RequestId: {running[-1]}" in log.read_text(encoding="utf-8")[offset:]:
-                    os.kill(pid, signal.SIGCONT)
+                    for pid in pids:
+                        os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
                     continue
-                os.kill(pid, signal.SIGKILL)
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
                 killed, done_in_killed = running[-1], done
         time.sleep(0.01)
     assert killed is not None, "never caught EmbedFunction in the middle of a batch"
 
-    _wait_for(lambda: env.worker_pid("EmbedFunction") not in (None, pid), 30, "a new EmbedFunction instance")
+    def replaced() -> bool:
+        return not set(env.worker_pids("EmbedFunction")) & {None, *pids}
+
+    _wait_for(replaced, 30, "new EmbedFunction instances")
     _wait_for_photos(env, keys, timeout=120)
     text = log.read_text(encoding="utf-8")[offset:]
     assert f"END RequestId: {killed}" not in text

@@ -28,6 +28,7 @@ from candor.core.errors import MalformedEventError
 from candor.core.faces import PhotoStatus
 from candor.core.settings import DETECTOR_FILE, Settings
 from candor.pipeline import detect_photo
+from candor.vision.embedder import default_embedder_model
 from candor.vision.model_files import model_dir_with
 from candor.vision.models import load_detector
 
@@ -43,6 +44,8 @@ images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 collections = DynamoCollectionRepository(settings.collections_table)
 embed_queue = SqsPublisher(settings.embed_queue_url)
+# The embed stage's model: its crops are cut here, from the photo decoded once (candor/pipeline.py).
+crop_model = default_embedder_model()
 accountability = Accountability(AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)))
 
 
@@ -67,6 +70,7 @@ def record_handler(record: SQSRecord) -> None:
             min_confidence=settings.min_detection_confidence,
             accountability=accountability,
             retention_days=settings.retention_days,
+            crop_model=crop_model,
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         metrics.add_metric(name="DetectionLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)

@@ -1,5 +1,6 @@
 """The whole service on one machine: an AWS endpoint (embedded moto unless told otherwise), the template's
-stack deployed on it, and one worker process per function playing Lambda.
+stack deployed on it, and worker processes playing Lambda: as many instances of a function as its SQS event
+source's ScalingConfig.MaximumConcurrency allows (one without it), all polling the same queue.
 
     with LocalEnvironment.start() as env:
         env.client("s3").put_object(Bucket=env.resources["UploadBucket"], Key="photo.jpg", Body=data)
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +36,7 @@ from candor.core.settings import DEFAULT_MODEL_DIR
 from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS, EMULATOR_REGION, MotoEmulator
 from candor_local.emulator.stack import DeployedStack, Endpoint, deploy_stack
 from candor_local.emulator.template import DEFAULT_REGION, DEFAULT_TEMPLATE_PATH, FunctionSpec, Template, load_template
+from candor_local.emulator.worker import log_stream_name
 from candor_local.emulator.worker_config import QueueSource, UrlConfig, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,28 @@ _SUPERVISE_EVERY_S = 0.5
 _STOP_GRACE_S = 8.0
 
 
+class _FunctionLog:
+    """A function's log file (its log group): every instance's lines, whole lines each, interleaved."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+
+    def write(self, line: bytes) -> None:
+        with self._lock:
+            if self._file is None:
+                self._file = self.path.open("ab")
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 @dataclass
 class _Worker:
     """One function instance: its process, its log, and how often it had to be restarted."""
@@ -54,7 +79,7 @@ class _Worker:
     config: WorkerConfig
     config_path: Path
     env: dict[str, str]
-    log_path: Path
+    log: _FunctionLog
     echo: bool
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -66,6 +91,8 @@ class _Worker:
         ready = Path(self.config.ready_file)
         ready.unlink(missing_ok=True)
         self.config.dump(self.config_path)
+        # Each instance, a replacement too, writes a log stream of its own within the function's log group.
+        self.env["AWS_LAMBDA_LOG_STREAM_NAME"] = log_stream_name()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "candor_local.emulator.worker", str(self.config_path)],
             env=self.env,
@@ -78,11 +105,20 @@ class _Worker:
         self.started_at = time.monotonic()
         self._pump = threading.Thread(
             target=_pump_output,
-            args=(self.process.stdout, self.log_path, self.spec.logical_id, self.echo),
-            name=f"log-{self.spec.logical_id}",
+            args=(self.process.stdout, self.log, self.name, self.echo),
+            name=f"log-{self.name}",
             daemon=True,
         )
         self._pump.start()
+
+    @property
+    def name(self) -> str:
+        """The instance's name in logs: the logical id, with #n when the function runs several."""
+        return self.config.instance_name or self.spec.logical_id
+
+    @property
+    def log_path(self) -> Path:
+        return self.log.path
 
     def ready_details(self) -> dict[str, Any] | None:
         ready = Path(self.config.ready_file)
@@ -104,24 +140,22 @@ class _Worker:
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop within %.0f s; killing it", self.spec.logical_id, timeout_s)
+            logger.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
             self.process.kill()
             self.process.wait()
         if self._pump is not None:
             self._pump.join(timeout=2.0)
 
 
-def _pump_output(stream: IO[bytes] | None, log_path: Path, name: str, echo: bool) -> None:
-    """Copy a worker's stdout/stderr to its log file (and the console when asked), line by line."""
+def _pump_output(stream: IO[bytes] | None, log: _FunctionLog, name: str, echo: bool) -> None:
+    """Copy a worker's stdout/stderr to its function's log file (and the console when asked), line by line."""
     if stream is None:
         return
-    with log_path.open("ab") as log:
-        for line in iter(stream.readline, b""):
-            log.write(line)
-            log.flush()
-            if echo:
-                sys.stderr.write(f"[{name}] {line.decode('utf-8', 'replace')}")
-                sys.stderr.flush()
+    for line in iter(stream.readline, b""):
+        log.write(line)
+        if echo:
+            sys.stderr.write(f"[{name}] {line.decode('utf-8', 'replace')}")
+            sys.stderr.flush()
 
 
 class LocalEnvironment:
@@ -163,9 +197,9 @@ class LocalEnvironment:
         ready_timeout_s: float = 120.0,
         data_dir: Path | None = None,
     ) -> LocalEnvironment:
-        """Start an endpoint if needed, deploy the stack, start one worker per function and return once
-        every worker has initialised (imported its handler) and polls; the Function URL then answers. With `data_dir`, the embedded endpoint keeps its state there and
-        comes back with it."""
+        """Start an endpoint if needed, deploy the stack, start each function's instances (FunctionSpec.instances)
+        and return once every one has initialised (imported its handler) and polls; the Function URL then
+        answers. With `data_dir`, the embedded endpoint keeps its state there and comes back with it."""
         emulator: MotoEmulator | None = None
         run_dir = Path(tempfile.mkdtemp(prefix="candor-local-"))
         try:
@@ -199,17 +233,12 @@ class LocalEnvironment:
                 logger.info("%s is invoked only by other functions: not started locally", spec.logical_id)
                 continue
             port = api_port if url_functions and spec.logical_id == url_functions[0] else 0
-            config = self._worker_config(spec, port)
-            env = {**base_env, **self._function_env(spec, config, model_dir)}
-            worker = _Worker(
-                spec,
-                config,
-                self._run_dir / f"{spec.logical_id}.json",
-                env,
-                self.log_dir / f"{spec.logical_id}.log",
-                echo,
-            )
-            self._workers[spec.logical_id] = worker
+            log = _FunctionLog(self.log_dir / f"{spec.logical_id}.log")
+            for number in range(1, spec.instances + 1):
+                name = spec.logical_id if spec.instances == 1 else f"{spec.logical_id}#{number}"
+                config = self._worker_config(spec, port, name)
+                env = {**base_env, **self._function_env(spec, config, model_dir)}
+                self._workers[name] = _Worker(spec, config, self._run_dir / f"{name}.json", env, log, echo)
         local = f"python{sys.version_info.major}.{sys.version_info.minor}"
         runtimes = {w.spec.runtime for w in self._workers.values()} - {local}
         if runtimes:
@@ -219,7 +248,9 @@ class LocalEnvironment:
         self._await_ready(ready_timeout_s)
         self._supervisor = threading.Thread(target=self._supervise, name="candor-local-supervisor", daemon=True)
         self._supervisor.start()
-        logger.info("local environment ready: %d worker(s), logs in %s", len(self._workers), self.log_dir)
+        counts = Counter(worker.spec.logical_id for worker in self._workers.values())
+        started = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in sorted(counts.items()))
+        logger.info("local environment ready: %s; logs in %s", started, self.log_dir)
 
     @classmethod
     def attach(
@@ -259,7 +290,7 @@ class LocalEnvironment:
             raise RuntimeError(f"{logical_id} failed (exit code {completed.returncode}); its log is above")
         return json.loads(result_path.read_text(encoding="utf-8"))
 
-    def _worker_config(self, spec: FunctionSpec, port: int) -> WorkerConfig:
+    def _worker_config(self, spec: FunctionSpec, port: int, instance_name: str = "") -> WorkerConfig:
         stack = self.stack
         queues = [
             QueueSource(
@@ -290,9 +321,10 @@ class LocalEnvironment:
             timeout_s=spec.timeout_s,
             memory_mb=spec.memory_mb,
             region=stack.region,
-            ready_file=str(self._run_dir / f"{spec.logical_id}.ready"),
+            ready_file=str(self._run_dir / f"{instance_name or spec.logical_id}.ready"),
             queues=queues,
             function_url=url,
+            instance_name=instance_name,
         )
 
     def _function_env(self, spec: FunctionSpec, config: WorkerConfig, model_dir: Path) -> dict[str, str]:
@@ -323,7 +355,7 @@ class LocalEnvironment:
         deadline = time.monotonic() + timeout_s
         pending = dict(self._workers)
         while pending:
-            for logical_id, worker in list(pending.items()):
+            for name, worker in list(pending.items()):
                 details = worker.ready_details()
                 if details is not None:
                     if "port" in details and worker.config.function_url is not None:
@@ -332,11 +364,11 @@ class LocalEnvironment:
                             worker.config,
                             function_url=replace(worker.config.function_url, port=details["port"]),
                         )
-                    del pending[logical_id]
+                    del pending[name]
                 elif worker.exited() is not None:
                     worker.wait(1.0)
                     log = _tail(worker.log_path)
-                    raise RuntimeError(f"{logical_id} exited with code {worker.exited()} while starting:\n{log}")
+                    raise RuntimeError(f"{name} exited with code {worker.exited()} while starting:\n{log}")
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(f"workers not ready after {timeout_s:.0f} s: {sorted(pending)}")
             time.sleep(0.05)
@@ -359,7 +391,7 @@ class LocalEnvironment:
                         worker.next_start = now + delay
                         logger.warning(
                             "%s exited with code %s; starting a new instance in %.1f s (log: %s)",
-                            worker.spec.logical_id,
+                            worker.name,
                             code,
                             delay,
                             worker.log_path,
@@ -370,7 +402,7 @@ class LocalEnvironment:
                         worker.start()
                         logger.info(
                             "%s: new instance started (pid %s)",
-                            worker.spec.logical_id,
+                            worker.name,
                             worker.process.pid if worker.process else "?",
                         )
 
@@ -380,6 +412,11 @@ class LocalEnvironment:
     def endpoint_url(self) -> str | None:
         """The AWS endpoint in use; None when it is AWS itself."""
         return self.stack.endpoint.url
+
+    @property
+    def embeds_endpoint(self) -> bool:
+        """Whether the endpoint is the moto server this process runs (its CPU time is this process's)."""
+        return self._emulator is not None
 
     @property
     def region(self) -> str:
@@ -398,8 +435,8 @@ class LocalEnvironment:
     @property
     def function_urls(self) -> dict[str, str]:
         return {
-            logical_id: f"http://{w.config.function_url.host}:{w.config.function_url.port}/"
-            for logical_id, w in self._workers.items()
+            w.spec.logical_id: f"http://{w.config.function_url.host}:{w.config.function_url.port}/"
+            for w in self._workers.values()
             if w.config.function_url is not None
         }
 
@@ -431,9 +468,15 @@ class LocalEnvironment:
         return self.log_dir / f"{logical_id}.log"
 
     def worker_pid(self, logical_id: str) -> int | None:
-        """The process id of the function's current instance (None while it is being replaced)."""
-        worker = self._workers[logical_id]
-        return worker.process.pid if worker.process is not None and worker.process.poll() is None else None
+        """The process id of the function's first instance (None while it is being replaced)."""
+        return self.worker_pids(logical_id)[0]
+
+    def worker_pids(self, logical_id: str) -> list[int | None]:
+        """The process id of each instance of the function, in order (None while one is being replaced)."""
+        workers = [w for w in self._workers.values() if w.spec.logical_id == logical_id]
+        if not workers:
+            raise KeyError(f"{logical_id} is not running here")
+        return [w.process.pid if w.process is not None and w.process.poll() is None else None for w in workers]
 
     def wait_idle(self, timeout: float = 60.0, settle_s: float = 1.0) -> None:
         """Return once every queue a function consumes has been empty, nothing in flight or delayed, for
@@ -475,6 +518,8 @@ class LocalEnvironment:
                 worker.terminate()
             for worker in self._workers.values():
                 worker.wait(_STOP_GRACE_S)
+            for worker in self._workers.values():
+                worker.log.close()
         if self._emulator is not None:
             self._emulator.stop()
             self._emulator = None

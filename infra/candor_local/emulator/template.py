@@ -72,6 +72,8 @@ class SqsEventSource:
     batch_size: int
     maximum_batching_window_s: int
     report_batch_item_failures: bool
+    # ScalingConfig.MaximumConcurrency: how many instances the mapping invokes at once (None: no cap).
+    maximum_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,15 @@ class FunctionSpec:
     @property
     def has_function_url(self) -> bool:
         return self.function_url_auth is not None
+
+    @property
+    def instances(self) -> int:
+        """How many instances the local runtime starts: the largest ScalingConfig.MaximumConcurrency of
+        its SQS event sources, else one. A function with a Function URL runs one (the URL is one port)."""
+        if self.has_function_url:
+            return 1
+        caps = [source.maximum_concurrency for source in self.sqs_sources if source.maximum_concurrency]
+        return max(caps, default=1)
 
     @property
     def python_path(self) -> list[Path]:
@@ -275,6 +286,18 @@ def _artifact_dir(location: Any, local_dirs: Mapping[str, Path], what: str) -> P
     return local_dirs[key]
 
 
+def _maximum_concurrency(scaling: Any) -> int | None:
+    """An SQS mapping's ScalingConfig.MaximumConcurrency as a number (literal values only, 2 to 1000)."""
+    if not scaling or "MaximumConcurrency" not in scaling:
+        return None
+    value = scaling["MaximumConcurrency"]
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise TemplateError(f"ScalingConfig.MaximumConcurrency must be a number, not {value!r}")
+    if not 2 <= int(value) <= 1000:
+        raise TemplateError(f"ScalingConfig.MaximumConcurrency is {value}; Lambda accepts 2 to 1000")
+    return int(value)
+
+
 def _describe_function(logical_id: str, resources: Mapping[str, Any], local_dirs: Mapping[str, Path]) -> FunctionSpec:
     properties = resources[logical_id]["Properties"]
     layer_dirs: list[Path] = []
@@ -299,6 +322,7 @@ def _describe_function(logical_id: str, resources: Mapping[str, Any], local_dirs
                     batch_size=int(other.get("BatchSize", 10)),
                     maximum_batching_window_s=int(other.get("MaximumBatchingWindowInSeconds", 0)),
                     report_batch_item_failures="ReportBatchItemFailures" in other.get("FunctionResponseTypes", []),
+                    maximum_concurrency=_maximum_concurrency(other.get("ScalingConfig")),
                 )
             )
         elif resource["Type"] == "AWS::Lambda::Url" and other.get("TargetFunctionArn") == {"Ref": logical_id}:

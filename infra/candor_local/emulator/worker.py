@@ -8,8 +8,10 @@ not report in batchItemFailures (none when it raises or times out). Failed messa
 queue's visibility timeout, and the queue's RedrivePolicy moves them to the dead-letter queue. A Function
 URL, if the function has one, is served by `candor_local.emulator.function_url`.
 
-One invocation runs at a time, as in a Lambda instance. An invocation that outlives the function's Timeout
-ends the process (Lambda discards the sandbox too); the runtime starts a new one.
+One invocation runs at a time, as in a Lambda instance; a function that may run several at once
+(ScalingConfig.MaximumConcurrency) gets several processes, each polling the queue as here. An invocation
+that outlives the function's Timeout ends the process (Lambda discards the sandbox too); the runtime
+starts a new one.
 """
 
 from __future__ import annotations
@@ -302,7 +304,7 @@ def run(config: WorkerConfig) -> int:
     started = time.perf_counter()
     handler = load_handler(config.handler, config.python_path)  # Lambda's init phase
     invoke = Invoker(handler, config)
-    logger.info("%s initialised in %.0f ms", config.function_name, (time.perf_counter() - started) * 1000)
+    logger.info("%s initialised in %.0f ms", config.name, (time.perf_counter() - started) * 1000)
 
     threads: list[threading.Thread] = []
     details: dict[str, Any] = {}
@@ -323,7 +325,7 @@ def run(config: WorkerConfig) -> int:
     _write_ready(config.ready_file, **details)
     logger.info(
         "%s ready (%d queue(s)%s)",
-        config.function_name,
+        config.name,
         len(config.queues),
         f", Function URL on port {details['port']}" if "port" in details else "",
     )
@@ -335,7 +337,7 @@ def run(config: WorkerConfig) -> int:
             break
         if os.getppid() != parent:
             # The runtime is gone (killed without stopping us): an orphan would poll forever.
-            logger.warning("%s: the runtime exited; stopping", config.function_name)
+            logger.warning("%s: the runtime exited; stopping", config.name)
             orphaned = True
             break
     stop.set()
@@ -344,7 +346,7 @@ def run(config: WorkerConfig) -> int:
     for thread in threads:
         # A stop lets the invocation in flight finish; an orphan has no one left to finish it for.
         thread.join(timeout=0 if orphaned else POLL_WAIT_S + 5)
-    logger.info("%s stopped", config.function_name)
+    logger.info("%s stopped", config.name)
     return 0
 
 
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(config)
     except Exception:
         # An init error: Lambda reports it and tries a fresh instance; so does the runtime's supervisor.
-        logger.exception("%s failed to start", config.function_name)
+        logger.exception("%s failed to start", config.name)
         return 1
 
 

@@ -40,6 +40,12 @@ class WorkerConfig:
     ready_file: str
     queues: list[QueueSource] = field(default_factory=list)
     function_url: UrlConfig | None = None
+    # The instance's name in logs (EmbedFunction#2) when the function runs several; empty otherwise.
+    instance_name: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.instance_name or self.function_name
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")

@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from candor.core.enrolment import face_id_for, validate_collection_id, validate_external_image_id
 from candor.core.errors import InvalidParameterError, ResourceNotFoundError
 from candor.core.faces import DetectedFace, Enrolment, FaceRecord
@@ -33,6 +35,38 @@ def embed_and_store(
     first `enrol_count` of them into the enrolment's collection, whose warm indexes then reload. The others
     are kept until `expires_at` (candor/retention.py)."""
     vectors = embedder.embed_faces(image.pixels, [face.scaled(1.0 / image.scale) for face in faces])
+    return store_faces(
+        vectors,
+        photo_id,
+        faces,
+        face_ids,
+        image_size=(image.width, image.height),
+        enrolment=enrolment,
+        enrol_count=enrol_count,
+        model_version=embedder.version,
+        face_repository=face_repository,
+        collections=collections,
+        expires_at=expires_at,
+    )
+
+
+def store_faces(
+    vectors: np.ndarray,
+    photo_id: str,
+    faces: Sequence[DetectedFace],
+    face_ids: Sequence[str],
+    *,
+    image_size: tuple[int, int],
+    enrolment: Enrolment | None,
+    enrol_count: int,
+    model_version: str,
+    face_repository: FaceRepository,
+    collections: CollectionRepository,
+    expires_at: int | None = None,
+) -> list[FaceRecord]:
+    """embed_and_store's second half, for faces already embedded (`vectors`, one row per face, by the model
+    `model_version`): the embed stage embeds the faces of a whole batch of photos in one model call."""
+    image_width, image_height = image_size
     if enrolment is not None and enrol_count and collections.get(enrolment.collection_id) is None:
         raise ResourceNotFoundError(f"collection {enrolment.collection_id!r} does not exist")
     records = []
@@ -45,12 +79,12 @@ def embed_and_store(
                 bounding_box=face.bounding_box,
                 confidence=face.confidence,
                 embedding=vector,
-                model_version=embedder.version,
+                model_version=model_version,
                 collection_id=enrolled.collection_id if enrolled else None,
                 external_image_id=enrolled.external_image_id if enrolled else None,
                 consent_reference=enrolled.consent_reference if enrolled else None,
-                image_width=image.width,
-                image_height=image.height,
+                image_width=image_width,
+                image_height=image_height,
                 expires_at=None if enrolled else expires_at,
             )
         )

@@ -126,4 +126,15 @@ class FaceEmbedder:
         """Align each detected face of `image` (in that image's pixels) and embed them."""
         if not faces:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        return self.embed(align_faces(image, faces, self.alignment, self.model.face_size))
+        return self.embed(face_crops(image, faces, self.model, self.alignment))
+
+
+def face_crops(
+    image: np.ndarray | Image.Image,
+    faces: Sequence[DetectedFace],
+    model: EmbedderModel,
+    alignment: Alignment | None = None,
+) -> np.ndarray:
+    """The crops `model` embeds (N x size x size x 3, float32 holding 0..255 integers): what the detect stage
+    cuts from the photo it decoded, so that the embed stage need not decode it again."""
+    return align_faces(image, faces, alignment or model.alignment, model.face_size)
