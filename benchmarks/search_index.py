@@ -284,8 +284,9 @@ def _bench_s3vectors(
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        client.create_vector_bucket(vectorBucketName="candor-bench")
-        arn = client.get_vector_bucket(vectorBucketName="candor-bench")["vectorBucket"]["vectorBucketArn"]
+        bucket = f"candor-bench-{len(ids)}-{os.getpid()}"  # moto's state outlives one server in a process
+        client.create_vector_bucket(vectorBucketName=bucket)
+        arn = client.get_vector_bucket(vectorBucketName=bucket)["vectorBucket"]["vectorBucketArn"]
         store = S3VectorStore(arn, client)
         store.create_index("bench", vectors.shape[1])
         index = S3VectorsIndex(store, "bench", EMBEDDER_VERSION, dimension=vectors.shape[1])
@@ -296,6 +297,8 @@ def _bench_s3vectors(
         answers, seconds = _timed_single(_searcher(index, k), probes[: min(len(probes), 50)])
         found = [[n.face_id for n in hits[0]] for hits in answers]
         p50, p99 = _percentiles(seconds)
+        store.delete_index("bench")
+        client.delete_vector_bucket(vectorBucketName=bucket)
     figures = {
         "s3v_ingest_s": ingest_s,
         "s3v_p50_ms": p50,

@@ -249,6 +249,18 @@ def test_faces_that_enrol_nobody_never_reach_s3_vectors(tmp_path: Path) -> None:
     assert stack.stored_keys() == {r.face_id for r in records[:2]}
 
 
+def test_an_in_function_collection_past_the_limit_is_told_to_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("candor.search.IN_FUNCTION_MAX_FACES", 5)
+    for engine, warned in ((IN_FUNCTION, True), (S3VECTORS, False)):
+        caplog.clear()
+        stack = Stack(tmp_path / engine, engine)
+        stack.enrol(enrolled_people(3, 2, seed=34)[0])
+        stack.indexes.get("staff")
+        assert ("candor migrate staff --engine s3vectors" in caplog.text) is warned
+
+
 @pytest.mark.parametrize("target", [S3VECTORS, IN_FUNCTION])
 def test_a_migration_loses_nothing_and_the_collection_is_searched_throughout(tmp_path: Path, target: str) -> None:
     source = IN_FUNCTION if target == S3VECTORS else S3VECTORS

@@ -96,6 +96,11 @@ class CandorClient:
         self.statement: dict[str, str] = {}
         self.rekognition.meta.events.register("before-sign.rekognition", self._add_statement)
 
+    @property
+    def session(self) -> boto3.session.Session:
+        """The session the client signs with (the emulator's credentials on a loopback endpoint)."""
+        return self._session
+
     def state(self, purpose: str | None = None, case: str | None = None, consent: str | None = None) -> None:
         """Send X-Candor-Purpose, X-Candor-Case and X-Candor-Consent with every following request."""
         values = {"X-Candor-Purpose": purpose, "X-Candor-Case": case, "X-Candor-Consent": consent}

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--photos", type=Path, help="a labelled folder: enroll/<identity>/*, probe/* (default: samples)")
     demo.add_argument("--threshold", type=float, default=DEFAULT_FACE_MATCH_THRESHOLD, help="similarity 0-100")
     demo.add_argument("--json", action="store_true", help="one JSON object per probe photo")
+    demo.add_argument(
+        "--engine", choices=migrate.ENGINES, default="in-function", help="the demo collection's index engine"
+    )
     _stack_options(demo)
     demo.set_defaults(run=cmd_demo)
 
@@ -218,6 +221,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     enrolment, probes, expected = _demo_photos(photos_dir, default_set=args.photos is None)
     with _local_stack(args) as (client, _):
         client.ensure_collection(DEMO_COLLECTION)
+        if args.engine != "in-function":
+            migrate.migrate_for_client(client, args.stack_name, DEMO_COLLECTION, args.engine, progress=lambda _: None)
         outcomes = enrol(client, DEMO_COLLECTION, enrolment, consent="candor-demo", quiet=args.json)
         if not args.json:
             enrolled = [o for o in outcomes if o["status"] == "COMPLETE"]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from typing import Any
+
+import boto3
 
 from candor.adapters.aws import (
     DynamoChangeLog,
@@ -16,8 +19,9 @@ from candor.adapters.aws import (
     S3VectorStore,
 )
 from candor.index.engines import ENGINES
-from candor.index.migration import migrate_collection
+from candor.index.migration import Migration, migrate_collection
 from candor_local.cli import connection
+from candor_local.cli.client import CandorClient
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -35,21 +39,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     session, endpoint = connection.stack_session()
     resources = connection.physical_ids(session.client("cloudformation", endpoint_url=endpoint), args.stack_name)
-    dynamodb = session.resource("dynamodb", endpoint_url=endpoint)
-    s3vectors = session.client("s3vectors", endpoint_url=endpoint)
-    vector_bucket = resources.get("VectorBucket", "")
-    if not vector_bucket.startswith("arn:"):
-        # Locally the emulator makes the vector bucket itself (moto's CloudFormation cannot): found by its name.
-        name = f"{args.stack_name}-vectorbucket".lower()
-        vector_bucket = s3vectors.get_vector_bucket(vectorBucketName=name)["vectorBucket"]["vectorBucketArn"]
-    changes = DynamoChangeLog(resources["CollectionChangesTable"], dynamodb)
-    result = migrate_collection(
+    result = migrate_in_stack(
         args.collection,
         args.engine,
-        collections=DynamoCollectionRepository(resources["CollectionsTable"], changes, dynamodb),
-        faces=DynamoFaceRepository(resources["FacesTable"], dynamodb),
-        vector_store=S3VectorStore(vector_bucket, s3vectors),
-        snapshots=S3IndexSnapshotStore(resources["IndexBucket"], session.client("s3", endpoint_url=endpoint)),
+        session=session,
+        endpoint_url=endpoint,
+        resources=resources,
+        stack_name=args.stack_name,
         progress=(lambda line: None) if args.json else print,
     )
     if args.json:
@@ -57,3 +53,54 @@ def _run(args: argparse.Namespace) -> int:
     elif not result.moved:
         print(f"{args.collection} is on {args.engine} already")
     return 0
+
+
+def migrate_for_client(
+    client: CandorClient,
+    stack_name: str,
+    collection_id: str,
+    engine: str,
+    progress: Callable[[str], None] = print,
+) -> Migration:
+    """The migration on the stack a client talks to (the demo's embedded one, or AWS_ENDPOINT_URL's)."""
+    session, endpoint = client.session, client.stack.endpoint_url
+    resources = connection.physical_ids(session.client("cloudformation", endpoint_url=endpoint), stack_name)
+    return migrate_in_stack(
+        collection_id,
+        engine,
+        session=session,
+        endpoint_url=endpoint,
+        resources=resources,
+        stack_name=stack_name,
+        progress=progress,
+    )
+
+
+def migrate_in_stack(
+    collection_id: str,
+    engine: str,
+    *,
+    session: boto3.session.Session,
+    endpoint_url: str | None,
+    resources: dict[str, str],
+    stack_name: str,
+    progress: Callable[[str], None] = print,
+) -> Migration:
+    """The migration, on the stack's own tables, index bucket and vector bucket."""
+    dynamodb = session.resource("dynamodb", endpoint_url=endpoint_url)
+    s3vectors = session.client("s3vectors", endpoint_url=endpoint_url)
+    vector_bucket = resources.get("VectorBucket", "")
+    if not vector_bucket.startswith("arn:"):
+        # Locally the stack step makes the vector bucket itself (moto's CloudFormation cannot): found by name.
+        name = f"{stack_name}-vectorbucket".lower()
+        vector_bucket = s3vectors.get_vector_bucket(vectorBucketName=name)["vectorBucket"]["vectorBucketArn"]
+    changes = DynamoChangeLog(resources["CollectionChangesTable"], dynamodb)
+    return migrate_collection(
+        collection_id,
+        engine,
+        collections=DynamoCollectionRepository(resources["CollectionsTable"], changes, dynamodb),
+        faces=DynamoFaceRepository(resources["FacesTable"], dynamodb),
+        vector_store=S3VectorStore(vector_bucket, s3vectors),
+        snapshots=S3IndexSnapshotStore(resources["IndexBucket"], session.client("s3", endpoint_url=endpoint_url)),
+        progress=progress,
+    )

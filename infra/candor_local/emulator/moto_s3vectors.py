@@ -30,7 +30,8 @@ MAX_TOP_K = 100
 # Whether moto answered QueryVectors before this module added it: the test that fails when it does reads this.
 MOTO_HAS_QUERY_VECTORS = hasattr(S3VectorsResponse, "query_vectors")
 _ADDED = "_candor_query_vectors"
-_lock = threading.Lock()
+_lock = threading.RLock()
+_CACHE = "_candor_matrix"
 
 
 def add_query_vectors() -> None:
@@ -40,12 +41,41 @@ def add_query_vectors() -> None:
         return
     S3VectorsResponse.query_vectors = _query_vectors  # type: ignore[attr-defined]
     s3vectors_urls.url_paths.setdefault("{0}/QueryVectors$", S3VectorsResponse.dispatch)
-    s3vectors_models.S3VectorsBackend.get_vectors = _get_vectors  # type: ignore[method-assign]
+    backend = s3vectors_models.S3VectorsBackend
+    backend.get_vectors = _get_vectors  # type: ignore[method-assign]
+    backend.put_vectors = _changing(backend.put_vectors)  # type: ignore[method-assign]
+    backend.delete_vectors = _changing(backend.delete_vectors)  # type: ignore[method-assign]
     setattr(S3VectorsResponse, _ADDED, True)
 
 
 def moto_version() -> str:
     return str(moto.__version__)
+
+
+def _changing(write: Any) -> Any:
+    """A write that also drops the index's cached matrix (the next query rebuilds it)."""
+
+    def changed(self: s3vectors_models.S3VectorsBackend, *args: Any, **kwargs: Any) -> Any:
+        index = self.get_index(
+            kwargs.get("vector_bucket_name", ""), kwargs.get("index_name", ""), kwargs.get("index_arn", "")
+        )
+        with _lock:
+            result = write(self, *args, **kwargs)
+            index.__dict__.pop(_CACHE, None)
+        return result
+
+    return changed
+
+
+def _matrix(index: Any) -> tuple[list[Any], np.ndarray]:
+    """The index's vectors as one float64 matrix, kept until the next write (queries are many, writes few)."""
+    with _lock:
+        cached = index.__dict__.get(_CACHE)
+        if cached is None:
+            vectors = list(index.vectors.values())
+            rows = np.asarray([v.data["float32"] for v in vectors], dtype=np.float64).reshape(len(vectors), -1)
+            cached = index.__dict__[_CACHE] = (vectors, rows)
+        return cached
 
 
 def _get_vectors(
@@ -68,17 +98,23 @@ def _query_vectors(self: S3VectorsResponse) -> ActionResult:
     where = self._get_param("filter")
     token = self._get_param("nextToken")
     start = int(base64.b64decode(token).decode()) if token else 0
-    with _lock:
-        vectors = [v for v in index.vectors.values() if matches(v.metadata or {}, where)]
+    every, matrix = _matrix(index)
+    chosen = [n for n, v in enumerate(every) if matches(v.metadata or {}, where)]
+    vectors = [every[n] for n in chosen]
     if vectors:
         keys = [v.key for v in vectors]
-        rows = np.asarray([v.data["float32"] for v in vectors], dtype=np.float64)
+        rows = matrix[chosen] if len(chosen) < len(every) else matrix
         if index.distance_metric == "cosine":
             norms = np.linalg.norm(rows, axis=1) * float(np.linalg.norm(query))
             distances = 1.0 - (rows @ query) / np.where(norms > 0, norms, 1.0)
         else:
             distances = np.linalg.norm(rows - query, axis=1)
-        order = sorted(range(len(vectors)), key=lambda n: (distances[n], keys[n]))
+        # Nearest first, ties by key; only the first pages need sorting.
+        wanted = min(len(vectors), start + top_k)
+        nearest = np.argpartition(distances, wanted - 1)[:wanted] if wanted < len(vectors) else np.arange(len(vectors))
+        cutoff = distances[nearest].max()
+        tied = np.flatnonzero(distances <= cutoff)  # every vector as near as the last wanted one: ties by key
+        order = sorted(tied.tolist(), key=lambda n: (distances[n], keys[n]))[:wanted]
     else:
         order, distances = [], np.empty(0)
     page = order[start : start + top_k]
@@ -91,6 +127,6 @@ def _query_vectors(self: S3VectorsResponse) -> ActionResult:
             hit["metadata"] = vectors[n].metadata or {}
         found.append(hit)
     result: dict[str, Any] = {"vectors": found, "distanceMetric": index.distance_metric}
-    if start + top_k < len(order):
+    if start + top_k < len(vectors):
         result["nextToken"] = base64.b64encode(str(start + top_k).encode()).decode()
     return ActionResult(result=result)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from candor.core.enrolment import validate_collection_id
 from candor.core.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
 from candor.core.faces import DetectedFace, Match
-from candor.core.settings import EMBEDDER_VERSION, MAX_FACES, MAX_REQUEST_IMAGE_BYTES
+from candor.core.settings import EMBEDDER_VERSION, IN_FUNCTION_MAX_FACES, MAX_FACES, MAX_REQUEST_IMAGE_BYTES
 from candor.core.similarity import cosine_from_similarity, similarity_from_cosine
+from candor.index.engines import IN_FUNCTION
 from candor.index.s3vectors import index_name
 from candor.index.sync import CollectionFaces, IndexSync, WarmCollection
 from candor.index.vectors import VectorIndex
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, FaceRepository
 from candor.vision.images import DecodedImage, decode_image
 from candor.vision.quality import QualityFilter, assess_face, quality_reasons
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +73,15 @@ class CollectionIndexes:
                 # The warm index is updated in place, never rebuilt: only the faces that changed are applied.
                 warm = self._sync.load(collection, warm, self._faces, self._collections, self._lock)
                 self._warm[collection_id] = warm
+                if collection.index_engine == IN_FUNCTION and len(warm.index) > IN_FUNCTION_MAX_FACES:
+                    logger.warning(
+                        "collection %s has %d faces, past the in-function engine's %d: move it to S3 Vectors "
+                        "(candor migrate %s --engine s3vectors)",
+                        collection_id,
+                        len(warm.index),
+                        IN_FUNCTION_MAX_FACES,
+                        collection_id,
+                    )
         return collection, warm.index, warm.faces
 
     def require_model(self, collection: Collection) -> None:
@@ -111,9 +125,11 @@ def search_image(
     min_confidence: float,
     largest_face_only: bool = False,
     quality_filter: QualityFilter = QualityFilter.NONE,
+    before_matching: Callable[[int], None] | None = None,
 ) -> ImageSearchResult:
     """Every face in the photo (or only the largest) with its enrolled matches at or above the threshold.
-    Faces below `quality_filter`'s bar are not searched (Rekognition's QualityFilter)."""
+    Faces below `quality_filter`'s bar are not searched (Rekognition's QualityFilter). `before_matching`
+    hears how many faces are about to be searched, before any is (it may refuse by raising: the quota)."""
     if not 0.0 <= face_match_threshold <= 100.0:
         raise InvalidParameterError("FaceMatchThreshold must be between 0 and 100")
     if max_matches < 1:
@@ -131,6 +147,8 @@ def search_image(
             raise InvalidParameterError(f"no face in the search photo passes the quality filter {quality_filter}")
     if largest_face_only:
         found = found[:1]
+    if before_matching is not None:
+        before_matching(len(found))
     vectors = embedder.embed_faces(image.pixels, found)
     neighbours = index.search(vectors, max_matches, cosine_from_similarity(face_match_threshold))
     alive = records.existing(hit.face_id for hits in neighbours for hit in hits)
