@@ -3,6 +3,7 @@ burst, where its time goes, end-to-end latency at a steady upload rate, and sear
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -116,6 +117,8 @@ class Tracker:
 class StageProfile:
     invocations: int
     busy_s: float  # sum of REPORT durations
+    instances: int = 1  # worker processes (the template's ScalingConfig.MaximumConcurrency)
+    cpu_s: float | None = None  # CPU time of all its instances during the burst (None where /proc is missing)
 
 
 @dataclass
@@ -124,6 +127,10 @@ class Throughput:
     wall_s: float
     stages: dict[str, StageProfile]
     calls_ms: dict[str, float]  # one call to the endpoint, from this process, median
+    # CPU time of this process during the burst: the embedded emulator (moto's threads), the uploads and the
+    # tracker's polls. None when the endpoint is not embedded here.
+    runtime_cpu_s: float | None = None
+    cores: int = 1
 
     @property
     def photos_per_s(self) -> float:
@@ -144,17 +151,40 @@ class Latency:
         ]
 
 
+def _process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far, from /proc (Linux); 0 when it cannot be read."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stage_cpu_s(env: LocalEnvironment) -> dict[str, float]:
+    return {name: sum(_process_cpu_s(pid) for pid in env.worker_pids(name)) for name in STAGES}
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def _log_offsets(env: LocalEnvironment) -> dict[str, int]:
     return {name: env.log_path(name).stat().st_size if env.log_path(name).exists() else 0 for name in STAGES}
 
 
-def _stage_profiles(env: LocalEnvironment, offsets: dict[str, int]) -> dict[str, StageProfile]:
+def _stage_profiles(
+    env: LocalEnvironment, offsets: dict[str, int], cpu_s: dict[str, float | None]
+) -> dict[str, StageProfile]:
     profiles = {}
     for name in STAGES:
         with env.log_path(name).open("rb") as log:
             log.seek(offsets[name])
             durations = report_durations_ms(log.read().decode("utf-8", "replace"))
-        profiles[name] = StageProfile(len(durations), sum(durations) / 1000)
+        instances = env.template.functions[name].instances
+        profiles[name] = StageProfile(len(durations), sum(durations) / 1000, instances, cpu_s[name])
     return profiles
 
 
@@ -220,6 +250,7 @@ def measure_throughput(
     bucket = env.resources["UploadBucket"]
     uploads = [Upload(f"bench/{run}/t{r}/{name}", path) for r in range(rounds) for name, path in photos]
     bodies = {path: path.read_bytes() for _, path in photos}
+    stage_cpu, own_cpu = _stage_cpu_s(env), _own_cpu_s()
     started = time.monotonic()
     for upload in uploads:
         upload.sent = time.monotonic()
@@ -227,13 +258,18 @@ def measure_throughput(
         tracker.add(upload)
     tracker.wait(len(uploads))
     finished = max(u.complete for u in uploads if u.complete is not None)
+    # A worker replaced during the burst would count its predecessor's time as negative: then no figure.
+    cpu: dict[str, float | None] = {
+        name: used - stage_cpu[name] if used >= stage_cpu[name] else None for name, used in _stage_cpu_s(env).items()
+    }
+    runtime_cpu = _own_cpu_s() - own_cpu if env.embeds_endpoint else None
     env.wait_idle(timeout=60.0, settle_s=0.5)  # every REPORT line written
-    stages = _stage_profiles(env, offsets)
+    stages = _stage_profiles(env, offsets, cpu)
     failed = [u.key for u in uploads if u.status != "COMPLETE"]
     if failed:
         raise RuntimeError(f"{len(failed)} photo(s) FAILED in the pipeline: {failed[:3]}")
     calls = _call_latencies(env, photos[0][1])
-    return Throughput(len(uploads), finished - started, stages, calls)
+    return Throughput(len(uploads), finished - started, stages, calls, runtime_cpu, os.cpu_count() or 1)
 
 
 def measure_latency(

@@ -116,3 +116,59 @@ def test_only_its_own_section_of_the_notes_is_rewritten() -> None:
     assert updated == "# Benchmarks\n\n## Search index\n\nkept\n\n## Speed\n\nnew\n\n## Later\n\nkept\n"
     appended = replace_section("# Benchmarks\n\n## Search index\n\nkept\n", "Speed", "new")
     assert appended == "# Benchmarks\n\n## Search index\n\nkept\n\n## Speed\n\nnew\n"
+
+
+def _pipeline_figures(cpu_s: float | None) -> tuple[dict[str, object], dict[str, object]]:
+    summary = {
+        "pipeline_efficiency": 0.6,
+        "pipeline_photos_per_s": 9.0,
+        "compute_photos_per_s": 15.0,
+        "candor_cpu_s_per_photo": 0.08,
+        "load_average": [0.3, 0.4],
+    }
+    stage = {"invocations": 8, "busy_s": 9.0, "instances": 2, "cpu_s": cpu_s}
+    pipe = {
+        "wall_s": 6.0,
+        "photos": 56,
+        "rounds": 2,
+        "embed_photos": 48,
+        "calls_ms": {
+            name: 3.0
+            for name in (
+                "S3 GetObject",
+                "DynamoDB PutItem",
+                "DynamoDB GetItem",
+                "SQS SendMessage",
+                "SQS ReceiveMessage",
+            )
+        },
+        "stages": {"DetectFunction": stage, "EmbedFunction": {**stage, "busy_s": 10.0}},
+        "compute_detect_s": 1.5,
+        "compute_embed_s": 2.5,
+        "load": 1.0,
+        "runtime_cpu_s": 3.0 if cpu_s is not None else None,
+        "cores": 2,
+    }
+    return summary, pipe
+
+
+def test_the_pipeline_section_names_the_instances_and_where_the_cpu_went() -> None:
+    from benchmarks.side_by_side import _pipeline_section
+
+    summary, pipe = _pipeline_figures(cpu_s=2.5)
+    text = "\n".join(_pipeline_section(summary, pipe))
+
+    assert "DetectFunction x2, EmbedFunction x2 worker processes" in text
+    assert "| EmbedFunction | 2 | 48 / 8 | 10.00 s (83%) | 2.50 s |" in text
+    # 2.5 + 2.5 + 3.0 s of CPU for 56 photos: 143 ms each, so 2 cores make at most 14.0 photos a second.
+    assert "143 ms of CPU" in text and "at most 14.0 photos per second here (0.93 of the compute limit" in text
+    assert "What holds it back: with every core busy" in text and "The machine was shared" not in text
+
+
+def test_the_pipeline_section_says_so_when_the_cpu_time_cannot_be_read() -> None:
+    from benchmarks.side_by_side import _pipeline_section
+
+    summary, pipe = _pipeline_figures(cpu_s=None)
+    text = "\n".join(_pipeline_section(summary, pipe))
+
+    assert "The CPU time of the processes could not be read here" in text
