@@ -201,9 +201,8 @@ class IndexSnapshotStore(Protocol):
         one before is kept for readers still fetching it unless `keep_previous` is False."""
         ...
 
-    def delete(self, collection_id: str, with_children: bool = True) -> None:
-        """Removes every snapshot under the name, and (`with_children`) those of the names below it:
-        embeddings must not outlive what they were taken from."""
+    def delete(self, collection_id: str) -> None:
+        """Removes every snapshot of the collection: embeddings must not outlive what they were taken from."""
         ...
 
 

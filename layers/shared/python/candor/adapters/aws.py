@@ -460,24 +460,19 @@ class S3IndexSnapshotStore:
         manifest: dict[str, Any] = json.loads(response["Body"].read())
         return manifest
 
-    def delete(self, collection_id: str, with_children: bool = True) -> None:
-        # The manifests first: a search starting meanwhile finds no snapshot and builds from the table.
+    def delete(self, collection_id: str) -> None:
+        # The manifests first: a search starting meanwhile finds no snapshot and builds from the table. Those
+        # under latest/<collection id>/ are the shards' and directory's of the release that had shards.
         self._s3.delete_object(Bucket=self._bucket, Key=f"latest/{collection_id}.json")
-        if with_children:
-            self._delete_keys(self._keys(f"latest/{collection_id}/"))  # its shards' and its directory's
-            self._delete_snapshots(collection_id, keep=set())
-        else:
-            self._delete_snapshots(collection_id, keep={""})  # its own snapshots only
+        self._delete_keys(self._keys(f"latest/{collection_id}/"))
+        self._delete_snapshots(collection_id, keep=set())
 
     def _delete_snapshots(self, collection_id: str, keep: set[str]) -> None:
+        """Every snapshot of the collection but those in `keep` (the shard snapshots of the release that had
+        shards included: they hold vectors too)."""
         prefix = f"snapshots/{collection_id}/"
-
-        def stale(key: str) -> bool:
-            snapshot = key[len(prefix) :].split("/", 1)[0]
-            # A collection's clean-up leaves its shards' and its directory's snapshots alone; deleting it takes all.
-            return not keep or (snapshot not in keep and not snapshot.startswith(("shard-", "directory")))
-
-        self._delete_keys([key for key in self._keys(prefix) if stale(key)])
+        stale = [key for key in self._keys(prefix) if key[len(prefix) :].split("/", 1)[0] not in keep]
+        self._delete_keys(stale)
 
     def _keys(self, prefix: str) -> list[str]:
         pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix)
@@ -494,9 +489,10 @@ class S3VectorStore:
 
     Within S3 Vectors' limits (docs.aws.amazon.com/AmazonS3/latest/userguide/s3-vectors-limitations.html): at
     most 500 vectors per PutVectors or DeleteVectors, 100 keys per GetVectors, topK of 100 per QueryVectors
-    (a larger one is paged with nextToken), 1,000 keys per ListVectors page. Writes beyond an index's rate
-    (about 2,500 vectors/s) come back as 429 TooManyRequestsException: retried here with exponential backoff
-    and jitter, beyond the client's own retries."""
+    (a larger one is paged with nextToken), 1,000 keys per ListVectors page. Writes are paced to an index's
+    rate (2,500 vectors inserted or deleted per second, `vectors_per_second`) within this process; beyond it
+    (several writers at once) S3 Vectors answers 429 TooManyRequestsException, retried here with exponential
+    backoff and jitter, beyond the client's own retries."""
 
     max_top_k = 100
     PUT_BATCH = 500
@@ -505,10 +501,25 @@ class S3VectorStore:
         {"TooManyRequestsException", "ThrottlingException", "SlowDown", "ServiceUnavailableException"}
     )
 
-    def __init__(self, bucket_arn: str, client: Any | None = None, max_attempts: int = 8) -> None:
+    def __init__(
+        self,
+        bucket_arn: str,
+        client: Any | None = None,
+        max_attempts: int = 8,
+        vectors_per_second: float = 2_500.0,
+    ) -> None:
         self._client = client or _client("s3vectors")
         self._bucket_arn = bucket_arn
         self._max_attempts = max_attempts
+        self._rate = vectors_per_second
+        self._next_write: dict[str, float] = {}  # index -> when its next batch may go (time.monotonic)
+
+    def _pace(self, name: str, count: int) -> None:
+        now = time.monotonic()
+        due = max(now, self._next_write.get(name, now))
+        if due > now:
+            time.sleep(due - now)
+        self._next_write[name] = due + count / self._rate
 
     def _index_arn(self, name: str) -> str:
         return f"{self._bucket_arn}/index/{name}"
@@ -566,11 +577,13 @@ class S3VectorStore:
         ]
         for start in range(0, len(rows), self.PUT_BATCH):
             batch = rows[start : start + self.PUT_BATCH]
+            self._pace(name, len(batch))
             self._call(lambda: self._client.put_vectors(indexArn=self._index_arn(name), vectors=batch))  # noqa: B023 (called at once)
 
     def delete(self, name: str, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), self.PUT_BATCH):
             batch = list(keys[start : start + self.PUT_BATCH])
+            self._pace(name, len(batch))
             self._call(lambda: self._client.delete_vectors(indexArn=self._index_arn(name), keys=batch))  # noqa: B023
 
     def get(self, name: str, keys: Sequence[str]) -> dict[str, np.ndarray]:

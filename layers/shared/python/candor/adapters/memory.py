@@ -190,10 +190,8 @@ class MemoryIndexSnapshotStore:
             path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*") if path.is_file()
         }
 
-    def delete(self, collection_id: str, with_children: bool = True) -> None:
-        below = [name for name in self.snapshots if with_children and name.startswith(collection_id + "/")]
-        for name in [collection_id, *below]:
-            self.snapshots.pop(name, None)
+    def delete(self, collection_id: str) -> None:
+        self.snapshots.pop(collection_id, None)
 
 
 class MemoryPublisher:

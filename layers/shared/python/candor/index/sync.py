@@ -251,11 +251,6 @@ class IndexSync:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def drop(self, name: str, with_children: bool = True) -> None:
-        """Deletes the snapshots under `name`."""
-        if self._snapshots is not None:
-            self._snapshots.delete(name, with_children)
-
     def _should_publish(self, name: str, index: VectorIndex) -> bool:
         unpublished = self._unpublished.get(name, 0)
         # A snapshot behind by a few changes is published again once it is half as old as the log's entries
