@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -226,7 +226,7 @@ class LocalEnvironment:
 
     def _start_workers(self, model_dir: Path, api_port: int, echo: bool, ready_timeout_s: float) -> None:
         base_env = _worker_base_env(self.stack.endpoint)
-        url_functions = sorted(f.logical_id for f in self.template.functions.values() if f.has_function_url)
+        url_functions = _face_api_first(f.logical_id for f in self.template.functions.values() if f.has_function_url)
         for spec in self.template.functions.values():
             if not spec.sqs_sources and not spec.has_function_url:
                 # A function no event or URL invokes is not run locally.
@@ -446,7 +446,7 @@ class LocalEnvironment:
         urls = self.function_urls
         if not urls:
             raise LookupError("no function of the template has a Function URL")
-        return urls[sorted(urls)[0]]
+        return urls[_face_api_first(urls)[0]]
 
     @property
     def session(self) -> boto3.session.Session:
@@ -535,6 +535,14 @@ class LocalEnvironment:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# The face API (CANDOR_API, api_port) is SearchFunction's URL; any other URL function (AdminFunction) comes after.
+FACE_API_FUNCTION = "SearchFunction"
+
+
+def _face_api_first(logical_ids: Iterable[str]) -> list[str]:
+    return sorted(logical_ids, key=lambda logical_id: (logical_id != FACE_API_FUNCTION, logical_id))
 
 
 def _connect(endpoint_url: str | None, data_dir: Path | None = None) -> tuple[Endpoint, MotoEmulator | None]:
