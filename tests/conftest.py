@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from candor.core.settings import DEFAULT_MODEL_DIR
+from candor_local.emulator.moto_kms import honour_key_spec
+
+# moto in this process (mock_aws) creates the template's signing key as the emulator's moto does.
+honour_key_spec()
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"

@@ -252,14 +252,18 @@ def test_quotas_count_people_identified_not_requests(stack: Stack) -> None:
     """A crowd photo costs one unit per face it names; what a search reserved and did not name comes back;
     a search that could pass the quota is refused before it runs, audited, with nothing answered."""
     policy = parse_policy({"SearchesPerCallerPerMinute": 5})
-    crowd = stack.accountability.authorize_search("people", policy, ALICE, "SearchAllFacesByImage", None, identifications=0)
+    crowd = stack.accountability.authorize_search(
+        "people", policy, ALICE, "SearchAllFacesByImage", None, identifications=0
+    )
     stack.accountability.reserve(crowd, ALICE, "SearchAllFacesByImage", 4, b"crowd")
     named = [[Returned("f1", 99.0)], [Returned("f2", 99.1)], [Returned("f3", 98.0)], []]  # 3 of 4 faces named
     stack.accountability.record_search(
         "people", ALICE, "SearchAllFacesByImage", threshold=80, matches=named, authorization=crowd
     )
     # 3 used of 5: a photo of 3 faces would pass the quota, so it is refused before it is searched.
-    again = stack.accountability.authorize_search("people", policy, ALICE, "SearchAllFacesByImage", None, identifications=0)
+    again = stack.accountability.authorize_search(
+        "people", policy, ALICE, "SearchAllFacesByImage", None, identifications=0
+    )
     with pytest.raises(QuotaExceededError, match="could name 3 people, which would pass your 5"):
         stack.accountability.reserve(again, ALICE, "SearchAllFacesByImage", 3, b"other crowd")
     one = stack.accountability.authorize_search("people", policy, ALICE, "SearchFaces", None)

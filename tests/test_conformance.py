@@ -121,7 +121,13 @@ class Calls:
         self.responses: dict[str, list[bytes]] = {}
 
     def __call__(self, target: str, request: dict[str, Any], **headers: str) -> dict[str, Any]:
-        status, body = invoke(self.search, target, json.dumps(request), **headers)
+        # The policy administration is AdminFunction's: the same handler with FACE_API_ROLE=admin.
+        face_api = self.search.face_api
+        face_api.role = "admin" if target in sys.modules["rekognition"].ADMIN_OPERATIONS else "search"
+        try:
+            status, body = invoke(self.search, target, json.dumps(request), **headers)
+        finally:
+            face_api.role = "search"
         assert status == 200, (target, body)
         self.responses.setdefault(target, []).append(body)
         return json.loads(body)
@@ -170,6 +176,11 @@ def responses(search: ModuleType, faces_dir: Path) -> dict[str, list[bytes]]:
     policy = {"Purposes": ["general", "fraud"], "MinFaceMatchThreshold": 85, "MaxFalseMatchRisk": 0.5}
     call(candor + "CreateCollection", {"CollectionId": "conformance-policy", "Policy": policy})
     call(candor + "PutCollectionPolicy", {"CollectionId": COLLECTION, "Policy": {"Purposes": ["general"]}})
+    # A loosening waits, pending; cancelled, the policy in force stays.
+    loosened = {"Purposes": ["general", "fraud"], "SearchesPerMinute": 5000}
+    assert "PendingPolicy" in call(candor + "PutCollectionPolicy", {"CollectionId": COLLECTION, "Policy": loosened})
+    assert "PendingPolicy" in call(candor + "DescribeCollectionPolicy", {"CollectionId": COLLECTION})
+    assert "PendingPolicy" not in call(candor + "CancelCollectionPolicyChange", {"CollectionId": COLLECTION})
     call(candor + "DescribeCollectionPolicy", {"CollectionId": COLLECTION})
     call(candor + "DescribeCollectionPolicy", {"CollectionId": "conformance-policy"})
     call(candor + "SearchAllFacesByImage", {"CollectionId": COLLECTION, "Image": two_people, "MaxFaces": 3})

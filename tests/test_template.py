@@ -25,6 +25,7 @@ FUNCTIONS = {
     "DetectFunction": "services/detect",
     "EmbedFunction": "services/embed",
     "SearchFunction": "services/search",
+    "AdminFunction": "services/search",
     "DigestFunction": "services/digest",
 }
 
@@ -300,12 +301,27 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
     }
 
 
-def test_search_is_a_function_url_behind_iam(template: Template) -> None:
-    (url,) = _resources(template, "AWS::Lambda::Url").values()
-    assert url["Properties"]["AuthType"] == "AWS_IAM"
-    assert url["Properties"]["TargetFunctionArn"] == {"Ref": "SearchFunction"}
-    assert template.functions["SearchFunction"].function_url_auth == "AWS_IAM"
-    assert template.cfn["Outputs"]["SearchFunctionUrl"]["Value"] == {"Fn::GetAtt": ["SearchFunctionUrl", "FunctionUrl"]}
+def test_search_and_admin_are_function_urls_behind_iam_each_invoked_by_its_own_role(template: Template) -> None:
+    urls = {
+        url["Properties"]["TargetFunctionArn"]["Ref"]: url for url in _resources(template, "AWS::Lambda::Url").values()
+    }
+    assert set(urls) == {"SearchFunction", "AdminFunction"}
+    for name, url in urls.items():
+        assert url["Properties"]["AuthType"] == "AWS_IAM"
+        assert template.functions[name].function_url_auth == "AWS_IAM"
+        assert template.cfn["Outputs"][f"{name}Url"]["Value"] == {"Fn::GetAtt": [f"{name}Url", "FunctionUrl"]}
+    # The same code; only the admin one serves the policy administration.
+    search, admin = template.functions["SearchFunction"], template.functions["AdminFunction"]
+    assert search.code_dir == admin.code_dir and admin.environment["FACE_API_ROLE"] == "admin"
+    invokes = {}
+    for name in ("FaceApiSearchRole", "PolicyAdminRole"):
+        (policy,) = template.resources[name]["Properties"]["Policies"]
+        (statement,) = policy["PolicyDocument"]["Statement"]
+        invokes[name] = (statement["Action"], statement["Resource"])
+    assert invokes == {
+        "FaceApiSearchRole": ("lambda:InvokeFunctionUrl", {"Fn::GetAtt": ["SearchFunction", "Arn"]}),
+        "PolicyAdminRole": ("lambda:InvokeFunctionUrl", {"Fn::GetAtt": ["AdminFunction", "Arn"]}),
+    }
 
 
 def test_outputs_name_every_bucket_table_and_queue(template: Template) -> None:

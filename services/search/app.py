@@ -1,4 +1,5 @@
-"""SearchFunction: the face API behind a Function URL, speaking Amazon Rekognition's JSON protocol."""
+"""SearchFunction and AdminFunction: the face API behind a Function URL each, speaking Amazon Rekognition's
+JSON protocol. AdminFunction (FACE_API_ROLE=admin) serves the policy administration, SearchFunction the rest."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -73,6 +75,9 @@ face_api = FaceApi(
         DynamoQuotaCounter(settings.quotas_table),
     ),
     photos=DynamoPhotoRepository(settings.photos_table),
+    # SearchFunction or AdminFunction (template.yaml): the same code, each serving its own operations.
+    role=settings.face_api_role,
+    loosening_delay=timedelta(hours=settings.policy_loosening_delay_hours),
 )
 
 

@@ -51,6 +51,7 @@ EXCEPTION_NAMES = {
     "InvalidPaginationToken": "InvalidPaginationTokenException",
     "ConsentRequired": "AccessDeniedException",
     "PurposeNotDeclared": "AccessDeniedException",
+    "AdminOperation": "AccessDeniedException",
     "ThresholdBelowFloor": "InvalidParameterException",
     "QuotaExceeded": "LimitExceededException",
     "FalseMatchRiskTooHigh": "InvalidParameterException",

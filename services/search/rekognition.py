@@ -15,7 +15,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -23,17 +23,19 @@ from protocol import UnknownOperationError, operation_model, validate_request
 
 from candor import collection_service as service
 from candor.accountability.audit import ACCOUNT_CHAIN
-from candor.accountability.policy import Caller, CollectionPolicy, parse_policy
+from candor.accountability.policy import Caller, CollectionPolicy, cancel_pending, change_policy, parse_policy
 from candor.accountability.rules import Accountability, Returned, SearchAuthorization
 from candor.collection_service import CollectionStore, UserMatch
 from candor.core.enrolment import COLLECTION_ID_PATTERN
 from candor.core.errors import (
+    AdminOperationError,
     CandorError,
     ImageTooLargeError,
     InvalidPaginationTokenError,
     InvalidParameterError,
     InvalidS3ObjectError,
     NoFaceError,
+    QuotaExceededError,
     ResourceNotFoundError,
     ThresholdBelowFloorError,
 )
@@ -76,6 +78,11 @@ class FaceApi:
     photos: PhotoRepository
     # Who asks, with the purpose, case and consent they state: set per request by `dispatch`.
     caller: Caller = field(default_factory=lambda: Caller("anonymous"))
+    # "search" (SearchFunction) serves all but the policy administration; "admin" (AdminFunction) only that.
+    role: str = "search"
+    # How long a loosened policy waits before it is in force (template.yaml, PolicyLooseningDelayHours).
+    loosening_delay: timedelta = timedelta(hours=24)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Runs the operation `target` names on a decoded request body, once it conforms to the operation's model."""
@@ -83,6 +90,14 @@ class FaceApi:
         handler = SERVICES[operation.metadata["targetPrefix"]].get(operation.name)
         if handler is None:  # in the model, not served: video, labels, text, ...
             raise UnknownOperationError(f"{target} is not an operation Candor serves")
+        qualified = f"{operation.metadata['targetPrefix']}.{operation.name}"
+        if self.role == "search" and qualified in ADMIN_OPERATIONS:
+            raise AdminOperationError(
+                f"{qualified} changes the rules searches follow: send it to the admin Function URL "
+                "(AdminFunctionUrl; locally CANDOR_ADMIN_API) with the policy admin's credentials"
+            )
+        if self.role == "admin" and qualified not in ADMIN_OPERATIONS | ADMIN_READS:
+            raise AdminOperationError(f"the admin Function URL serves policy administration only, not {qualified}")
         return handler(replace(self, caller=caller or self.caller), validate_request(operation, request))
 
     def image_bytes(self, image: Any) -> bytes:
@@ -125,15 +140,44 @@ def create_collection(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def put_collection_policy(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    collection_id = request["CollectionId"]
-    policy = parse_policy(request["Policy"])
-    api.collections.set_policy(collection_id, policy)
-    api.accountability.record_collection(collection_id, api.caller, "PutCollectionPolicy", policy)
-    return {"Policy": policy_shape(policy)}
+    """Tightening is in force at once; a loosening waits `api.loosening_delay` (the tightest of the old and
+    the new policy holds meanwhile) and is answered as PendingPolicy."""
+    collection = _collection(api, request)
+    now = api.clock()
+    in_force = replace(collection.policy.in_force(now), pending=None)
+    wanted = parse_policy(request["Policy"])
+    stored = change_policy(collection.policy, wanted, now, api.loosening_delay, api.caller.identity)
+    api.collections.set_policy(collection.collection_id, stored)
+    loosens = in_force.loosenings(wanted) if stored.pending is not None else []
+    api.accountability.record_collection(collection.collection_id, api.caller, "PutCollectionPolicy", stored, loosens)
+    return _policy_response(stored, now)
+
+
+def cancel_collection_policy_change(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(api, request)
+    now = api.clock()
+    stored = cancel_pending(collection.policy, now)
+    api.collections.set_policy(collection.collection_id, stored)
+    api.accountability.record_collection(collection.collection_id, api.caller, "CancelCollectionPolicyChange", stored)
+    return _policy_response(stored, now)
 
 
 def describe_collection_policy(api: FaceApi, request: dict[str, Any]) -> dict[str, Any]:
-    return {"Policy": policy_shape(_collection(api, request).policy)}
+    return _policy_response(_collection(api, request).policy, api.clock())
+
+
+def _policy_response(stored: CollectionPolicy, now: datetime) -> dict[str, Any]:
+    """The policy in force now and, while it waits, the pending one with when it takes effect."""
+    in_force = stored.in_force(now)
+    response: dict[str, Any] = {"Policy": policy_shape(in_force)}
+    if in_force is stored and stored.pending is not None:
+        response["PendingPolicy"] = {
+            "Policy": policy_shape(stored.pending.policy),
+            "EffectiveAt": stored.pending.effective_at.timestamp(),
+            "RequestedBy": stored.pending.requested_by,
+            "Loosens": replace(stored, pending=None).loosenings(stored.pending.policy),
+        }
+    return response
 
 
 def policy_shape(policy: CollectionPolicy) -> dict[str, Any]:
@@ -629,8 +673,16 @@ def _search(
     max_matches = request.get("MaxFaces", 1 if largest_face_only else 5)
     quality_filter = parse_quality_filter(request.get("QualityFilter"), QualityFilter.NONE)
     probe = api.image_bytes(request["Image"])
-    collection_id, authorized = _authorize(api, request, operation, "FaceMatchThreshold", probe)
+    # Every face of a photo may name someone: counted once the faces are found, before any is searched.
+    collection_id, authorized = _authorize(
+        api, request, operation, "FaceMatchThreshold", probe, identifications=1 if largest_face_only else 0
+    )
     threshold = authorized.threshold
+
+    def count_faces(faces: int) -> None:
+        if not largest_face_only:
+            api.accountability.reserve(authorized, api.caller, operation, faces, probe)
+
     result = _audited(
         api,
         collection_id,
@@ -647,6 +699,7 @@ def _search(
             min_confidence=api.min_confidence,
             largest_face_only=largest_face_only,
             quality_filter=quality_filter,
+            before_matching=count_faces,
         ),
         lambda result: [[Returned(m.face_id, m.similarity) for m in face.matches] for face in result.faces],
         probe=probe,
@@ -656,15 +709,27 @@ def _search(
 
 
 def _authorize(
-    api: FaceApi, request: dict[str, Any], operation: str, threshold_name: str, probe: bytes | None = None
+    api: FaceApi,
+    request: dict[str, Any],
+    operation: str,
+    threshold_name: str,
+    probe: bytes | None = None,
+    identifications: int = 1,
 ) -> tuple[str, SearchAuthorization]:
     """The collection's rules for this caller: the threshold to search at and its false-match risk against
-    the collection's faces, or a refusal (audited)."""
+    the collection's faces, with `identifications` counted against its quotas, or a refusal (audited)."""
     # The warm index gives the collection (one read, as the search itself makes) and its size.
     collection, index, _ = api.indexes.get(request["CollectionId"])
     asked = float(request[threshold_name]) if threshold_name in request else None
     authorized = api.accountability.authorize_search(
-        collection.collection_id, collection.policy, api.caller, operation, asked, probe, faces=len(index)
+        collection.collection_id,
+        collection.policy,
+        api.caller,
+        operation,
+        asked,
+        probe,
+        faces=len(index),
+        identifications=identifications,
     )
     return collection.collection_id, authorized
 
@@ -694,6 +759,8 @@ def _audited(
     )
     try:
         result = run()
+    except QuotaExceededError:
+        raise  # refused before it searched, and audited as a refusal
     except CandorError as error:
         record(matches=[], error=error)
         raise
@@ -835,5 +902,23 @@ CANDOR_OPERATIONS: dict[str, Operation] = {
     "DescribeCollectionPolicy": describe_collection_policy,
     "ErasePerson": erase_person_operation,
     "ReindexCollection": reindex_collection_operation,
+    "CancelCollectionPolicyChange": cancel_collection_policy_change,
 }
+# Served by AdminFunction only: what changes the rules searches follow, or removes a collection whole.
+ADMIN_OPERATIONS = frozenset(
+    {
+        "CandorService.CreateCollection",
+        "CandorService.PutCollectionPolicy",
+        "CandorService.CancelCollectionPolicyChange",
+        "RekognitionService.DeleteCollection",
+    }
+)
+# What AdminFunction also answers, to see what it administers.
+ADMIN_READS = frozenset(
+    {
+        "CandorService.DescribeCollectionPolicy",
+        "RekognitionService.DescribeCollection",
+        "RekognitionService.ListCollections",
+    }
+)
 SERVICES: dict[str, dict[str, Operation]] = {"RekognitionService": OPERATIONS, "CandorService": CANDOR_OPERATIONS}

@@ -99,3 +99,9 @@ class QuotaExceededError(CandorError):
     """More searches in the current minute than the collection allows a caller (or all callers)."""
 
     code = "QuotaExceeded"
+
+
+class AdminOperationError(CandorError):
+    """An operation of the other face API: policy administration on the search URL, or a search on the admin one."""
+
+    code = "AdminOperation"

@@ -87,6 +87,10 @@ CHANGE_LOG_DAYS = 7
 CHANGE_LOG_ENTRY_FACES = 1_000
 
 
+# A policy change that loosens a collection's rules waits this long (template.yaml, PolicyLooseningDelayHours).
+DEFAULT_POLICY_LOOSENING_DELAY_HOURS = 24.0
+
+
 @dataclass(frozen=True)
 class Settings:
     model_dir: Path
@@ -114,6 +118,9 @@ class Settings:
     # Where the signed audit digests go and the KMS key that signs them (candor/accountability/digests.py).
     audit_digest_bucket: str = ""
     audit_digest_key: str = ""
+    # Which operations this face API serves ("search" or "admin") and how long a policy's loosening waits.
+    face_api_role: str = "search"
+    policy_loosening_delay_hours: float = DEFAULT_POLICY_LOOSENING_DELAY_HOURS
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -139,4 +146,8 @@ class Settings:
             vector_bucket=env.get("VECTOR_BUCKET", ""),
             audit_digest_bucket=env.get("AUDIT_DIGEST_BUCKET", ""),
             audit_digest_key=env.get("AUDIT_DIGEST_KEY", ""),
+            face_api_role=env.get("FACE_API_ROLE", "search"),
+            policy_loosening_delay_hours=float(
+                env.get("POLICY_LOOSENING_DELAY_HOURS", str(DEFAULT_POLICY_LOOSENING_DELAY_HOURS))
+            ),
         )
