@@ -274,3 +274,24 @@ def test_two_digests_cannot_take_one_number(parts: Parts) -> None:
     digest = parts.digest("staff")
     assert parts.digests.put_new(digest) is False
     assert parts.digests.latest() == digest
+
+
+def test_the_digest_schedule_runs_locally_as_eventbridge_would() -> None:
+    from candor_local.emulator.runtime import schedule_period_s, scheduled_functions
+    from candor_local.emulator.stack import DeployedStack, Endpoint
+    from candor_local.emulator.template import load_template
+
+    assert schedule_period_s("rate(1 hour)") == 3600
+    assert schedule_period_s("rate(5 minutes)") == 300
+    assert schedule_period_s("cron(0 * * * ? *)") is None
+    template = load_template(ROOT / "template.yaml", {"AuditDigestSchedule": "rate(10 minutes)"}, "us-east-1")
+    # Resolving a parameter needs no deployed resource.
+    stack = DeployedStack(
+        name="candor",
+        stack_id="arn:aws:cloudformation:us-east-1:000000000000:stack/candor/1",
+        endpoint=Endpoint(session=boto3.session.Session(region_name="us-east-1"), url=None),
+        template=template,
+        parameters={"AuditDigestSchedule": "rate(10 minutes)"},
+        physical_ids={},
+    )
+    assert scheduled_functions(template, stack) == [("DigestFunction", "rate(10 minutes)", 600)]

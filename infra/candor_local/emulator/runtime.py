@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -229,8 +232,8 @@ class LocalEnvironment:
         url_functions = _face_api_first(f.logical_id for f in self.template.functions.values() if f.has_function_url)
         for spec in self.template.functions.values():
             if not spec.sqs_sources and not spec.has_function_url:
-                # A function no event or URL invokes is not run locally.
-                logger.info("%s is invoked only by other functions: not started locally", spec.logical_id)
+                # No worker for a function no queue or URL invokes: a schedule invokes it (below), or nothing.
+                logger.info("%s polls no queue and serves no URL: no worker of its own", spec.logical_id)
                 continue
             port = api_port if url_functions and spec.logical_id == url_functions[0] else 0
             log = _FunctionLog(self.log_dir / f"{spec.logical_id}.log")
@@ -248,6 +251,18 @@ class LocalEnvironment:
         self._await_ready(ready_timeout_s)
         self._supervisor = threading.Thread(target=self._supervise, name="candor-local-supervisor", daemon=True)
         self._supervisor.start()
+        for logical_id, expression, period_s in scheduled_functions(self.template, self.stack):
+            if period_s is None:
+                logger.warning("%s runs on %s: only rate() schedules run locally", logical_id, expression)
+                continue
+            thread = threading.Thread(
+                target=self._run_on_schedule,
+                args=(logical_id, expression, period_s, model_dir),
+                name=f"schedule-{logical_id}",
+                daemon=True,
+            )
+            thread.start()
+            logger.info("%s runs every %.0f s (%s), as EventBridge would invoke it", logical_id, period_s, expression)
         counts = Counter(worker.spec.logical_id for worker in self._workers.values())
         started = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in sorted(counts.items()))
         logger.info("local environment ready: %s; logs in %s", started, self.log_dir)
@@ -374,6 +389,22 @@ class LocalEnvironment:
             time.sleep(0.05)
 
     # ------------------------------------------------------------------------------------------- supervise
+
+    def _run_on_schedule(self, logical_id: str, expression: str, period_s: float, model_dir: Path) -> None:
+        """Invokes the function once a period with EventBridge's scheduled event, until the environment stops."""
+        while not self._stopping.wait(period_s):
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "detail": {},
+            }
+            try:
+                self.invoke(logical_id, event, model_dir)
+            except Exception:  # a failed run is logged, as Lambda's Errors metric would show it; the next one runs
+                logger.exception("the scheduled run of %s (%s) failed", logical_id, expression)
 
     def _supervise(self) -> None:
         """A worker that dies is replaced, as Lambda starts a new instance; a crash loop backs off."""
@@ -543,6 +574,33 @@ FACE_API_FUNCTION = "SearchFunction"
 
 def _face_api_first(logical_ids: Iterable[str]) -> list[str]:
     return sorted(logical_ids, key=lambda logical_id: (logical_id != FACE_API_FUNCTION, logical_id))
+
+
+_RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)")
+_UNIT_S = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def schedule_period_s(expression: str) -> float | None:
+    """Seconds between runs of an EventBridge rate() expression; None for cron() (not run locally)."""
+    match = _RATE.fullmatch(expression.strip())
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNIT_S[match.group(2).rstrip("s")]
+
+
+def scheduled_functions(template: Template, stack: DeployedStack) -> list[tuple[str, str, float | None]]:
+    """(function, schedule expression, period) for each EventBridge rule of the template that targets a function."""
+    found = []
+    for resource in template.resources.values():
+        if resource["Type"] != "AWS::Events::Rule" or "ScheduleExpression" not in resource.get("Properties", {}):
+            continue
+        expression = str(stack.resolve(resource["Properties"]["ScheduleExpression"]))
+        for target in resource["Properties"].get("Targets", []):
+            arn = target.get("Arn", {})
+            attribute = arn.get("Fn::GetAtt") if isinstance(arn, dict) else None
+            if isinstance(attribute, list) and attribute[0] in template.functions:
+                found.append((str(attribute[0]), expression, schedule_period_s(expression)))
+    return found
 
 
 def _connect(endpoint_url: str | None, data_dir: Path | None = None) -> tuple[Endpoint, MotoEmulator | None]:
