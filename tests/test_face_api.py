@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from PIL import Image, ImageFilter
 
 from candor.core.settings import EMBEDDER_VERSION
+from candor_local.cli.migrate import migrate_in_stack
 from candor_local.emulator.function_url import MAX_REQUEST_BYTES, invoke_function_url
 from candor_local.emulator.runtime import LocalEnvironment
 
@@ -57,11 +58,22 @@ def rekognition(env: LocalEnvironment) -> Any:
     return _stating_consent(env.session.client("rekognition", endpoint_url=env.api_url), CONSENT)
 
 
-@pytest.fixture(scope="module")
-def people(env: LocalEnvironment, rekognition: Any, faces_dir: Path) -> dict[str, Any]:
-    """A collection filled both ways: portraits through IndexFaces, and biden2.jpg uploaded to the bucket."""
+@pytest.fixture(scope="module", params=["in-function", "s3vectors"])
+def people(request: pytest.FixtureRequest, env: LocalEnvironment, rekognition: Any, faces_dir: Path) -> dict[str, Any]:
+    """A collection filled both ways: portraits through IndexFaces, and biden2.jpg uploaded to the bucket; once
+    with its vectors in the search function, once on S3 Vectors (every test that uses it runs on both)."""
     collection = f"people-{uuid.uuid4().hex[:8]}"
     rekognition.create_collection(CollectionId=collection)
+    if request.param != "in-function":
+        migrate_in_stack(
+            collection,
+            request.param,
+            session=env.session,
+            endpoint_url=env.endpoint_url,
+            resources=env.resources,
+            stack_name="candor-api",
+            progress=lambda line: None,
+        )
     face_ids: dict[str, list[str]] = {}
     for person, photos in PORTRAITS.items():
         for photo in photos:
