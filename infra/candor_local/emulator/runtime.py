@@ -36,11 +36,12 @@ from typing import IO, Any
 import boto3
 
 from candor.core.settings import DEFAULT_MODEL_DIR
+from candor_local.emulator.local_credentials import ADMIN_ROLE, SEARCH_ROLE, local_credentials
 from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS, EMULATOR_REGION, MotoEmulator
 from candor_local.emulator.stack import DeployedStack, Endpoint, deploy_stack
 from candor_local.emulator.template import DEFAULT_REGION, DEFAULT_TEMPLATE_PATH, FunctionSpec, Template, load_template
 from candor_local.emulator.worker import log_stream_name
-from candor_local.emulator.worker_config import QueueSource, UrlConfig, WorkerConfig
+from candor_local.emulator.worker_config import LocalCredential, QueueSource, UrlConfig, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -172,12 +173,15 @@ class LocalEnvironment:
         emulator: MotoEmulator | None,
         log_dir: Path,
         run_dir: Path,
+        credentials: Mapping[str, LocalCredential] | None = None,
     ) -> None:
         self.template = template
         self.stack = stack
         self._emulator = emulator
         self.log_dir = log_dir
         self._run_dir = run_dir
+        # Key id -> secret and role: what the Function URLs verify signatures against (local_credentials.py).
+        self.credentials = dict(credentials) if credentials is not None else _credentials(stack, run_dir)
         self._workers: dict[str, _Worker] = {}
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -199,10 +203,14 @@ class LocalEnvironment:
         echo_logs: bool = False,
         ready_timeout_s: float = 120.0,
         data_dir: Path | None = None,
+        admin_port: int = 0,
+        credentials: Iterable[LocalCredential] = (),
     ) -> LocalEnvironment:
         """Start an endpoint if needed, deploy the stack, start each function's instances (FunctionSpec.instances)
         and return once every one has initialised (imported its handler) and polls; the Function URL then
-        answers. With `data_dir`, the embedded endpoint keeps its state there and comes back with it."""
+        answers. With `data_dir`, the embedded endpoint keeps its state there and comes back with it, and the
+        admin credentials are kept there too. The face API listens on `api_port`, the policy administration
+        on `admin_port` (0: a free port); `credentials` are local keys beside the defaults."""
         emulator: MotoEmulator | None = None
         run_dir = Path(tempfile.mkdtemp(prefix="candor-local-"))
         try:
@@ -212,30 +220,31 @@ class LocalEnvironment:
             # Logs outlive the environment (the run folder does not): they are what explains a failure.
             logs = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="candor-logs-"))
             logs.mkdir(parents=True, exist_ok=True)
-            environment = cls(template, stack, emulator, logs, run_dir)
+            keys = _credentials(stack, data_dir or run_dir, credentials)
+            environment = cls(template, stack, emulator, logs, run_dir, keys)
         except BaseException:
             if emulator is not None:
                 emulator.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         try:
+            ports = {FACE_API_FUNCTION: api_port, ADMIN_API_FUNCTION: admin_port}
             environment._start_workers(
-                Path(model_dir) if model_dir else DEFAULT_MODEL_DIR, api_port, echo_logs, ready_timeout_s
+                Path(model_dir) if model_dir else DEFAULT_MODEL_DIR, ports, echo_logs, ready_timeout_s
             )
         except BaseException:
             environment.stop()
             raise
         return environment
 
-    def _start_workers(self, model_dir: Path, api_port: int, echo: bool, ready_timeout_s: float) -> None:
+    def _start_workers(self, model_dir: Path, ports: Mapping[str, int], echo: bool, ready_timeout_s: float) -> None:
         base_env = _worker_base_env(self.stack.endpoint)
-        url_functions = _face_api_first(f.logical_id for f in self.template.functions.values() if f.has_function_url)
         for spec in self.template.functions.values():
             if not spec.sqs_sources and not spec.has_function_url:
                 # No worker for a function no queue or URL invokes: a schedule invokes it (below), or nothing.
                 logger.info("%s polls no queue and serves no URL: no worker of its own", spec.logical_id)
                 continue
-            port = api_port if url_functions and spec.logical_id == url_functions[0] else 0
+            port = ports.get(spec.logical_id, 0)
             log = _FunctionLog(self.log_dir / f"{spec.logical_id}.log")
             for number in range(1, spec.instances + 1):
                 name = spec.logical_id if spec.instances == 1 else f"{spec.logical_id}#{number}"
@@ -317,16 +326,20 @@ class LocalEnvironment:
             )
             for source in spec.sqs_sources
         ]
-        url = (
-            UrlConfig(
+        url = None
+        if spec.has_function_url:
+            # Only the secrets of the roles that may invoke the URL; a URL no role names, any local key.
+            invokers = self.template.url_invokers(spec.logical_id)
+            allowed = [c for c in self.credentials.values() if not invokers or c.role in invokers]
+            url = UrlConfig(
                 host="127.0.0.1",
                 port=port,
                 auth_type=str(spec.function_url_auth),
                 account_id=stack.account_id,
+                function_arn=stack.function_arn(spec.logical_id),
+                credentials=allowed,
+                other_keys={key: c.role_name for key, c in self.credentials.items() if c not in allowed},
             )
-            if spec.has_function_url
-            else None
-        )
         return WorkerConfig(
             logical_id=spec.logical_id,
             function_name=stack.function_name(spec.logical_id),
@@ -473,11 +486,24 @@ class LocalEnvironment:
 
     @property
     def api_url(self) -> str:
-        """The Function URL (of the first function that has one, by logical id)."""
+        """The face API's Function URL: SearchFunction's, else the first function's that has one, by logical id."""
         urls = self.function_urls
         if not urls:
             raise LookupError("no function of the template has a Function URL")
         return urls[_face_api_first(urls)[0]]
+
+    @property
+    def admin_url(self) -> str:
+        """The policy administration's Function URL (AdminFunction's)."""
+        urls = self.function_urls
+        if ADMIN_API_FUNCTION not in urls:
+            raise LookupError(f"the template has no {ADMIN_API_FUNCTION} with a Function URL")
+        return urls[ADMIN_API_FUNCTION]
+
+    @property
+    def admin_credentials(self) -> LocalCredential:
+        """The local key that plays PolicyAdminRole (kept in the data directory, else made for this run)."""
+        return next(c for c in self.credentials.values() if c.role == ADMIN_ROLE)
 
     @property
     def session(self) -> boto3.session.Session:
@@ -570,6 +596,8 @@ class LocalEnvironment:
 
 # The face API (CANDOR_API, api_port) is SearchFunction's URL; any other URL function (AdminFunction) comes after.
 FACE_API_FUNCTION = "SearchFunction"
+# The policy administration (CANDOR_ADMIN_API, admin_port).
+ADMIN_API_FUNCTION = "AdminFunction"
 
 
 def _face_api_first(logical_ids: Iterable[str]) -> list[str]:
@@ -626,6 +654,19 @@ def _connect(endpoint_url: str | None, data_dir: Path | None = None) -> tuple[En
         session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=region)
     logger.info("using the AWS endpoint %s (region %s)", url, region)
     return Endpoint(session=session, url=url), None
+
+
+def _credentials(
+    stack: DeployedStack, folder: Path, more: Iterable[LocalCredential] = ()
+) -> dict[str, LocalCredential]:
+    """The local keys, and the endpoint's own (a LocalStack user's, say) as a search key when it has a static
+    one: what the runtime signs its own requests with keeps working."""
+    own: list[LocalCredential] = []
+    frozen = stack.endpoint.session.get_credentials()
+    if frozen is not None:
+        keys = frozen.get_frozen_credentials()
+        own.append(LocalCredential(str(keys.access_key), str(keys.secret_key), SEARCH_ROLE))
+    return local_credentials(stack.name, folder, [*own, *more])
 
 
 def _credential_env(session: boto3.session.Session) -> dict[str, str]:

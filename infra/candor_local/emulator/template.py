@@ -127,6 +127,19 @@ class Template:
             name: str(spec["Default"]) for name, spec in self.sam.get("Parameters", {}).items() if "Default" in spec
         }
 
+    def url_invokers(self, function_id: str) -> list[str]:
+        """The roles (logical ids) whose inline policies allow lambda:InvokeFunctionUrl on the function's Arn,
+        as IAM would read them; empty when no role of the template names it."""
+        invokers = []
+        for logical_id, resource in self.cfn["Resources"].items():
+            if resource["Type"] != "AWS::IAM::Role":
+                continue
+            policies = (resource.get("Properties") or {}).get("Policies") or []
+            statements = [s for p in policies for s in _as_list((p.get("PolicyDocument") or {}).get("Statement"))]
+            if any(_allows_url_invocation(statement, function_id) for statement in statements):
+                invokers.append(logical_id)
+        return sorted(invokers)
+
     def infrastructure(self) -> dict[str, Any]:
         """The translated template minus what the local runtime plays itself (functions, roles, layers,
         mappings, permissions, URLs): what is deployed as a stack on any endpoint."""
@@ -237,6 +250,24 @@ def referenced_resources(node: Any) -> set[str]:
                 if not name.startswith("AWS::"):
                     found.add(name.split(".", 1)[0])
     return found
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _allows_url_invocation(statement: Any, function_id: str) -> bool:
+    """An Allow statement with lambda:InvokeFunctionUrl (or a wildcard over it) on the function's Arn."""
+    if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
+        return False
+    actions = {str(action).lower() for action in _as_list(statement.get("Action"))}
+    if not actions & {"lambda:invokefunctionurl", "lambda:*", "*"}:
+        return False
+    arn = {"Fn::GetAtt": [function_id, "Arn"]}
+    for resource in _as_list(statement.get("Resource")):
+        if resource in (arn, {"Fn::GetAtt": f"{function_id}.Arn"}, {"Fn::Sub": f"${{{function_id}.Arn}}"}):
+            return True
+    return False
 
 
 def _intrinsics(node: Any) -> Iterator[tuple[str, Any]]:

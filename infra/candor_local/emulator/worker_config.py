@@ -18,11 +18,29 @@ class QueueSource:
 
 
 @dataclass(frozen=True)
+class LocalCredential:
+    """A local access key: its secret, and the template's role (logical id) whoever signs with it plays."""
+
+    access_key_id: str
+    secret_access_key: str
+    role: str
+    # The role's name in the caller's ARN (arn:aws:sts::<account>:assumed-role/<role_name>/<key id>);
+    # empty: the stack's name for the role.
+    role_name: str = ""
+
+
+@dataclass(frozen=True)
 class UrlConfig:
     host: str
     port: int
     auth_type: str
     account_id: str
+    # The function's ARN, for the refusals that name it.
+    function_arn: str = ""
+    # The credentials whose role may invoke this URL (AWS_IAM): the only secrets this URL is given.
+    credentials: list[LocalCredential] = field(default_factory=list)
+    # Every other local key id -> the role name it plays: refused with AccessDeniedException, not as unknown.
+    other_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,5 +72,8 @@ class WorkerConfig:
     def load(cls, path: Path) -> WorkerConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
         raw["queues"] = [QueueSource(**queue) for queue in raw.get("queues", [])]
-        raw["function_url"] = UrlConfig(**raw["function_url"]) if raw.get("function_url") else None
+        url = raw.get("function_url")
+        if url:
+            url["credentials"] = [LocalCredential(**credential) for credential in url.get("credentials", [])]
+        raw["function_url"] = UrlConfig(**url) if url else None
         return cls(**raw)
