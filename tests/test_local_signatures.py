@@ -6,6 +6,10 @@ stack: the search key refused on the admin URL, the admin key served there, `tes
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from candor_local.cli.connection import ADMIN_VARIABLES
 from candor_local.emulator.function_url import SignatureRefused, authenticate, invoke_function_url
 from candor_local.emulator.local_credentials import (
     ADMIN_CREDENTIALS_FILE,
@@ -283,3 +288,88 @@ def test_a_tampered_body_is_refused_before_the_function_runs(env: Any) -> None:
         urllib.request.urlopen(sent, timeout=30)
     assert refused.value.code == 403
     assert json.loads(refused.value.read())["__type"] == "InvalidSignatureException"
+
+
+# --- `candor up` and the CLI's admin commands -------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _candor_up(cache: Path, data_dir: Path, model_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`candor up --data DIR` in a process of its own; the lines it prints on stdout, in order."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "MODEL_DIR": str(model_dir), "CANDOR_STACK": "signed"}
+    for name in ("AWS_ENDPOINT_URL", "CANDOR_API", *ADMIN_VARIABLES):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "candor_local.cli.main", "up", "--data", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    lines = [process.stdout.readline().strip() for _ in range(5)]
+    return process, dict(line.split("=", 1) for line in lines if "=" in line) | {"order": ",".join(lines)}
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+@pytest.mark.integration
+def test_candor_up_prints_the_admin_pair_and_the_cli_administers_with_it(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from candor_local.cli import connection
+    from candor_local.cli import main as cli
+
+    cache, data_dir = tmp_path / "cache", tmp_path / "data"
+    process, printed = _candor_up(cache, data_dir, model_dir)
+    try:
+        names = [line.split("=", 1)[0] for line in printed["order"].split(",")]
+        assert names == [
+            "AWS_ENDPOINT_URL",
+            "CANDOR_API",
+            "CANDOR_ADMIN_API",
+            "CANDOR_ADMIN_ACCESS_KEY_ID",
+            "CANDOR_ADMIN_SECRET_ACCESS_KEY",
+        ], printed
+        assert printed["CANDOR_ADMIN_API"] != printed["CANDOR_API"]
+        assert printed["CANDOR_ADMIN_ACCESS_KEY_ID"].startswith("CANDORADMIN")
+        state_file = cache / "candor" / "up.json"
+        assert state_file.stat().st_mode & 0o077 == 0
+        state = json.loads(state_file.read_text())
+        assert state["admin_api_url"].rstrip("/") == printed["CANDOR_ADMIN_API"]
+        assert state["admin_secret_access_key"] == printed["CANDOR_ADMIN_SECRET_ACCESS_KEY"]
+
+        monkeypatch.setattr(connection, "STATE_FILE", state_file)
+        for name in ("AWS_ENDPOINT_URL", "CANDOR_API", "CANDOR_PURPOSE", "CANDOR_CASE", *ADMIN_VARIABLES):
+            monkeypatch.delenv(name, raising=False)
+        assert cli.main(["collections", "create", "cases", "--purpose", "fraud"]) == 0
+        assert cli.main(["collections", "policy", "cases", "--min-threshold", "90"]) == 0
+        assert "match threshold at least 90" in capsys.readouterr().out
+        assert cli.main(["collections", "policy", "cases", "--json"]) == 0  # read on the face API
+        assert json.loads(capsys.readouterr().out)["Policy"]["Purposes"] == ["fraud"]
+
+        monkeypatch.setenv("CANDOR_ADMIN_SECRET_ACCESS_KEY", "not-the-secret")
+        assert cli.main(["collections", "delete", "cases"]) == 1
+        assert "InvalidSignatureException" in capsys.readouterr().err
+        monkeypatch.setenv("CANDOR_ADMIN_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("CANDOR_ADMIN_SECRET_ACCESS_KEY", "test")
+        assert cli.main(["collections", "delete", "cases"]) == 1
+        refused = capsys.readouterr().err
+        assert "AccessDeniedException" in refused and "FaceApiSearchRole" in refused
+        for name in ADMIN_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        assert cli.main(["collections", "delete", "cases"]) == 0
+    finally:
+        _stop(process)
+
+    # A restart with the same data directory keeps the ports and the admin pair.
+    process, again = _candor_up(cache, data_dir, model_dir)
+    try:
+        assert again == printed
+    finally:
+        _stop(process)

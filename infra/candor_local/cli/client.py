@@ -1,8 +1,10 @@
 """What the CLI talks to: the upload bucket and tables on an AWS endpoint, and the face API.
 
-The face API is spoken through boto3's own Rekognition client; Candor's one extra operation
-(SearchAllFacesByImage) goes over the same protocol, signed the same way (SigV4, as an IAM-authorised
-Function URL requires on AWS).
+The face API is spoken through boto3's own Rekognition client; Candor's own operations
+(SearchAllFacesByImage, the policies) go over the same protocol, signed the same way (SigV4, as an
+IAM-authorised Function URL requires, locally too). The policy administration (creating a collection with a
+policy, changing a policy, deleting a collection) goes to the admin Function URL, signed with the admin's
+credentials: locally the pair `candor up` prints, on AWS your own (PolicyAdminRole's).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,10 @@ class StackEndpoints:
     bucket: str
     photos_table: str
     region: str = "us-east-1"
+    # The policy administration's Function URL, and the key it is signed with (None: the client's own).
+    admin_api_url: str | None = None
+    admin_access_key_id: str | None = None
+    admin_secret_access_key: str | None = None
 
 
 def deployed_stack(stack_name: str, endpoint_url: str | None = None) -> StackEndpoints:
@@ -55,6 +61,7 @@ def deployed_stack(stack_name: str, endpoint_url: str | None = None) -> StackEnd
         bucket=outputs["UploadBucketName"],
         photos_table=outputs["PhotosTableName"],
         region=session.region_name or "us-east-1",
+        admin_api_url=outputs.get("AdminFunctionUrl"),
     )
 
 
@@ -172,10 +179,33 @@ class CandorClient:
         return self.call("CandorService.SearchAllFacesByImage", request)
 
     def call(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One operation of the face API (`CandorService.SearchAllFacesByImage`, ...), signed with the client's
+        credentials."""
+        return self._post(self.stack.api_url, self._session, target, request)
+
+    def admin_call(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One operation of the policy administration (`CandorService.PutCollectionPolicy`,
+        `RekognitionService.DeleteCollection`, ...), on the admin URL with the admin's credentials."""
+        if not self.stack.admin_api_url:
+            raise CandorError(
+                "AccessDeniedException",
+                f"{target} is policy administration, and no admin Function URL is known: set CANDOR_ADMIN_API "
+                "(AdminFunctionUrl), or restart `candor up`",
+            )
+        session = self._session
+        if self.stack.admin_access_key_id and self.stack.admin_secret_access_key:
+            session = boto3.session.Session(
+                aws_access_key_id=self.stack.admin_access_key_id,
+                aws_secret_access_key=self.stack.admin_secret_access_key,
+                region_name=self.stack.region,
+            )
+        return self._post(self.stack.admin_api_url, session, target, request)
+
+    def _post(self, url: str, session: boto3.session.Session, target: str, request: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(request).encode()
         headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target, **self.statement}
-        signed = AWSRequest(method="POST", url=self.stack.api_url.rstrip("/") + "/", data=body, headers=headers)
-        credentials = self._session.get_credentials()
+        signed = AWSRequest(method="POST", url=url.rstrip("/") + "/", data=body, headers=headers)
+        credentials = session.get_credentials()
         if credentials is not None:
             SigV4Auth(credentials.get_frozen_credentials(), "lambda", self.stack.region).add_auth(signed)
         http_request = urllib.request.Request(str(signed.url), data=body, headers=dict(signed.headers), method="POST")
@@ -196,4 +226,12 @@ def client_for(env: LocalEnvironment) -> CandorClient:
         photos_table=env.resources["PhotosTable"],
         region=env.region,
     )
+    if "AdminFunction" in env.function_urls:
+        admin = env.admin_credentials
+        stack = replace(
+            stack,
+            admin_api_url=env.admin_url,
+            admin_access_key_id=admin.access_key_id,
+            admin_secret_access_key=admin.secret_access_key,
+        )
     return CandorClient(stack, env.session)

@@ -4,6 +4,9 @@ Each command talks to the stack `candor up` runs (or CANDOR_API / AWS_ENDPOINT_U
 Rekognition client, prints a short human summary, or with `--json` the API's response as it came.
 Each states what the request is for with --purpose, --case and --consent (or CANDOR_PURPOSE, CANDOR_CASE,
 CANDOR_CONSENT), sent as the X-Candor-* headers the API checks every search and enrolment against.
+Creating a collection with a policy, changing a policy and deleting a collection go to the admin Function
+URL with the admin's key (CANDOR_ADMIN_API, CANDOR_ADMIN_ACCESS_KEY_ID, CANDOR_ADMIN_SECRET_ACCESS_KEY, or
+what `candor up` recorded); reading a policy stays on the face API.
 """
 
 from __future__ import annotations
@@ -307,8 +310,8 @@ def cmd_collection_create(args: argparse.Namespace, client: CandorClient) -> Non
         response = _api(client).create_collection(CollectionId=args.collection)
         _print(args, response, [f"created {response['CollectionArn']}"])
         return
-    # Rekognition's CreateCollection takes no policy: Candor's own operation does.
-    response = client.call("CandorService.CreateCollection", {"CollectionId": args.collection, "Policy": policy})
+    # Rekognition's CreateCollection takes no policy: Candor's own operation does, on the admin URL.
+    response = client.admin_call("CandorService.CreateCollection", {"CollectionId": args.collection, "Policy": policy})
     described = client.call("CandorService.DescribeCollectionPolicy", {"CollectionId": args.collection})
     _print(args, response, [f"created {response['CollectionArn']}", *_policy_lines(described["Policy"])])
 
@@ -321,7 +324,9 @@ def cmd_collection_policy(args: argparse.Namespace, client: CandorClient) -> Non
         return
     # A policy is put whole: the flags change their fields, the others keep their current values.
     policy = {**current["Policy"], **changes}
-    response = client.call("CandorService.PutCollectionPolicy", {"CollectionId": args.collection, "Policy": policy})
+    response = client.admin_call(
+        "CandorService.PutCollectionPolicy", {"CollectionId": args.collection, "Policy": policy}
+    )
     _print(args, response, [f"{args.collection}: policy changed", *_policy_lines(response["Policy"])])
 
 
@@ -393,7 +398,8 @@ def cmd_collection_reindex(args: argparse.Namespace, client: CandorClient) -> No
 
 
 def cmd_collection_delete(args: argparse.Namespace, client: CandorClient) -> None:
-    response = _api(client).delete_collection(CollectionId=args.collection)
+    # Deleting a collection is policy administration: the admin URL, with the admin's credentials.
+    response = client.admin_call("RekognitionService.DeleteCollection", {"CollectionId": args.collection})
     _print(args, response, [f"deleted {args.collection} with its faces and users"])
 
 

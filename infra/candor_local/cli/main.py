@@ -146,16 +146,24 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = None if args.ephemeral else (args.data or DEFAULT_DATA_ROOT / args.stack_name).expanduser()
-    if data_dir is not None and not args.api_port:
-        # The same face API port as last time, so CANDOR_API in the user's shell stays right.
-        args.api_port = int(_saved_endpoint(data_dir).get("api_port", 0))
+    if data_dir is not None:
+        # The same ports as last time, so CANDOR_API and CANDOR_ADMIN_API in the user's shell stay right.
+        saved = _saved_endpoint(data_dir)
+        args.api_port = args.api_port or int(saved.get("api_port", 0))
+        args.admin_port = int(saved.get("admin_port", 0))
     with _local_stack(args, data_dir) as (client, restored):
         stack = client.stack
         connection.save_state(stack)
         if data_dir is not None:
-            _save_api_port(data_dir, stack.api_url)
+            _save_ports(data_dir, stack.api_url, stack.admin_api_url)
+        # These two lines first and as they are: other tools read them.
         print(f"AWS_ENDPOINT_URL={stack.endpoint_url or ''}")
-        print(f"CANDOR_API={stack.api_url.rstrip('/')}", flush=True)
+        print(f"CANDOR_API={stack.api_url.rstrip('/')}")
+        if stack.admin_api_url:
+            print(f"CANDOR_ADMIN_API={stack.admin_api_url.rstrip('/')}")
+            print(f"CANDOR_ADMIN_ACCESS_KEY_ID={stack.admin_access_key_id}")
+            print(f"CANDOR_ADMIN_SECRET_ACCESS_KEY={stack.admin_secret_access_key}")
+        sys.stdout.flush()
         if data_dir is None:
             print("state: ephemeral (nothing is kept after Ctrl-C)", file=sys.stderr)
         elif restored:
@@ -397,6 +405,7 @@ def _local_stack(
         stack_name=args.stack_name,
         model_dir=model_dir,
         api_port=args.api_port,
+        admin_port=getattr(args, "admin_port", 0),
         echo_logs=args.verbose,
         data_dir=data_dir,
     ) as env:
@@ -409,12 +418,13 @@ def _saved_endpoint(data_dir: Path) -> dict[str, Any]:
     return DurableState(data_dir).saved_endpoint()
 
 
-def _save_api_port(data_dir: Path, api_url: str) -> None:
+def _save_ports(data_dir: Path, api_url: str, admin_url: str | None) -> None:
     from candor_local.emulator.persistence import DurableState
 
-    port = urllib.parse.urlsplit(api_url).port
-    if port:
-        DurableState(data_dir).save_endpoint(api_port=port)
+    ports = {"api_port": urllib.parse.urlsplit(api_url).port}
+    if admin_url:
+        ports["admin_port"] = urllib.parse.urlsplit(admin_url).port
+    DurableState(data_dir).save_endpoint(**{name: port for name, port in ports.items() if port})
 
 
 if __name__ == "__main__":
