@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -49,6 +50,9 @@ SEARCH_URL = UrlConfig(
     other_keys={ADMIN.access_key_id: ADMIN.role_name},
 )
 BODY = b'{"CollectionId": "staff"}'
+# Two more search keys, each a caller of its own.
+ALICE = LocalCredential("AKIDEXAMPLEALICE", "alice-secret", SEARCH_ROLE)
+BOB = LocalCredential("AKIDEXAMPLEBOB", "bob-secret", SEARCH_ROLE)
 
 
 def _signed(
@@ -144,7 +148,9 @@ def test_a_key_whose_role_may_not_invoke_the_url_is_denied_naming_role_and_funct
 
 
 def test_scope_service_and_region_must_be_the_urls() -> None:
-    assert "service: 'lambda'" in _refusal(_signed(service="rekognition")).message
+    assert "service: 'lambda'" in _refusal(_signed(service="s3")).message
+    # What a plain boto3 Rekognition client signs for, which the face API accepts as it promises.
+    assert authenticate(SEARCH_URL, REGION, "POST", "/", _signed(service="rekognition"), BODY) == SEARCH
     assert "valid region" in _refusal(_signed(region="eu-west-1")).message
 
 
@@ -203,7 +209,10 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     from candor_local.emulator.runtime import LocalEnvironment
 
     with LocalEnvironment.start(
-        stack_name="candor-signatures", model_dir=model_dir, log_dir=tmp_path_factory.mktemp("logs")
+        stack_name="candor-signatures",
+        model_dir=model_dir,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        credentials=[ALICE, BOB],
     ) as environment:
         yield environment
 
@@ -260,6 +269,14 @@ def test_the_search_key_is_refused_on_the_admin_url_and_the_admin_key_is_served(
         env, env.api_url, "CandorService.DescribeCollectionPolicy", {"CollectionId": collection}, "test", "test"
     )
     assert status == 200 and described["Policy"]["Purposes"] == ["general", "fraud"]
+
+    # boto3's own Rekognition client deletes the collection on the admin URL with the admin session only.
+    with pytest.raises(ClientError) as refused:
+        _rekognition(env, env.admin_url, "test", "test").delete_collection(CollectionId=collection)
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    admin_client = env.admin_session.client("rekognition", endpoint_url=env.admin_url)
+    assert admin_client.delete_collection(CollectionId=collection)["StatusCode"] == 200
+    assert collection not in rekognition.list_collections()["CollectionIds"]
 
 
 @pytest.mark.integration
@@ -373,3 +390,40 @@ def test_candor_up_prints_the_admin_pair_and_the_cli_administers_with_it(
         assert again == printed
     finally:
         _stop(process)
+
+
+@pytest.mark.integration
+def test_per_caller_quotas_count_per_key(env: Any, faces_dir: Path) -> None:
+    admin = env.admin_credentials
+    collection = "signed-quotas"
+    policy = {"CollectionId": collection, "Policy": {"SearchesPerCallerPerMinute": 1}}
+    status, _ = _call(
+        env, env.admin_url, "CandorService.CreateCollection", policy, admin.access_key_id, admin.secret_access_key
+    )
+    assert status == 200
+    enrolling = _rekognition(env, env.api_url, "test", "test")
+    enrolling.meta.events.register(
+        "before-sign.rekognition", lambda request, **_: request.headers.__setitem__("X-Candor-Consent", "FORM-1")
+    )
+    face_ids = [
+        enrolling.index_faces(
+            CollectionId=collection,
+            Image={"Bytes": (faces_dir / "enroll" / "obama" / name).read_bytes()},
+            ExternalImageId="obama",
+        )["FaceRecords"][0]["Face"]["FaceId"]
+        for name in ("obama.jpg", "obama2.jpg")
+    ]
+    alice, bob = (_rekognition(env, env.api_url, c.access_key_id, c.secret_access_key) for c in (ALICE, BOB))
+    # One person a minute for each key; the minute may turn between calls, so try again once if it did.
+    for _ in range(2):
+        minute = int(time.time()) // 60
+        outcomes = []
+        for client in (alice, alice, bob):
+            try:
+                found = client.search_faces(CollectionId=collection, FaceId=face_ids[0])
+                outcomes.append(len(found["FaceMatches"]))
+            except ClientError as error:
+                outcomes.append(error.response["Error"]["Code"])
+        if int(time.time()) // 60 == minute:
+            break
+    assert outcomes == [1, "LimitExceededException", 1]

@@ -10,6 +10,8 @@ x-amzn-ErrorType where AWS names the error):
 
 - no signature: `Forbidden`;
 - a key id the stack does not know: UnrecognizedClientException;
+- a scope other than the URL's region and the service `lambda` (or `rekognition`, what a plain boto3
+  Rekognition client signs for): InvalidSignatureException;
 - a signature that does not match (a wrong secret, a changed body, header or path): InvalidSignatureException;
 - an X-Amz-Date more than 15 minutes from now: InvalidSignatureException, `Signature expired` (or `not yet
   current`);
@@ -76,7 +78,9 @@ _ALGORITHM = "AWS4-HMAC-SHA256"
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 # How far a request's X-Amz-Date may be from the server's clock, as AWS allows.
 SIGNATURE_SKEW = timedelta(minutes=15)
-_SIGNING_SERVICE = "lambda"
+# What a Function URL checks signatures for is "lambda"; a plain boto3 Rekognition client signs for
+# "rekognition", and the face API promises that such a client works here unchanged, so both verify.
+_SIGNING_SERVICES = ("lambda", "rekognition")
 _MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
     "Access Key and signing method. Consult the service documentation for details."
@@ -164,9 +168,9 @@ def authenticate(
     if credential is None and key_id not in config.other_keys:
         raise SignatureRefused("The security token included in the request is invalid.", "UnrecognizedClientException")
     scope_date, scope_region, service, terminator = authorization.scope
-    if service != _SIGNING_SERVICE or terminator != "aws4_request":
+    if service not in _SIGNING_SERVICES or terminator != "aws4_request":
         raise SignatureRefused(
-            f"Credential should be scoped to correct service: '{_SIGNING_SERVICE}'.", "InvalidSignatureException"
+            f"Credential should be scoped to correct service: '{_SIGNING_SERVICES[0]}'.", "InvalidSignatureException"
         )
     if scope_region != region:
         raise SignatureRefused("Credential should be scoped to a valid region.", "InvalidSignatureException")

@@ -228,17 +228,20 @@ class LocalEnvironment:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         try:
-            ports = {FACE_API_FUNCTION: api_port, ADMIN_API_FUNCTION: admin_port}
             environment._start_workers(
-                Path(model_dir) if model_dir else DEFAULT_MODEL_DIR, ports, echo_logs, ready_timeout_s
+                Path(model_dir) if model_dir else DEFAULT_MODEL_DIR, api_port, admin_port, echo_logs, ready_timeout_s
             )
         except BaseException:
             environment.stop()
             raise
         return environment
 
-    def _start_workers(self, model_dir: Path, ports: Mapping[str, int], echo: bool, ready_timeout_s: float) -> None:
+    def _start_workers(
+        self, model_dir: Path, api_port: int, admin_port: int, echo: bool, ready_timeout_s: float
+    ) -> None:
         base_env = _worker_base_env(self.stack.endpoint)
+        url_functions = _face_api_first(f.logical_id for f in self.template.functions.values() if f.has_function_url)
+        ports = {ADMIN_API_FUNCTION: admin_port, **({url_functions[0]: api_port} if url_functions else {})}
         for spec in self.template.functions.values():
             if not spec.sqs_sources and not spec.has_function_url:
                 # No worker for a function no queue or URL invokes: a schedule invokes it (below), or nothing.
@@ -504,6 +507,17 @@ class LocalEnvironment:
     def admin_credentials(self) -> LocalCredential:
         """The local key that plays PolicyAdminRole (kept in the data directory, else made for this run)."""
         return next(c for c in self.credentials.values() if c.role == ADMIN_ROLE)
+
+    @property
+    def admin_session(self) -> boto3.session.Session:
+        """A boto3 session that signs with the admin key, for the admin URL:
+        `env.admin_session.client("rekognition", endpoint_url=env.admin_url)`."""
+        admin = self.admin_credentials
+        return boto3.session.Session(
+            aws_access_key_id=admin.access_key_id,
+            aws_secret_access_key=admin.secret_access_key,
+            region_name=self.region,
+        )
 
     @property
     def session(self) -> boto3.session.Session:
