@@ -427,3 +427,46 @@ def test_per_caller_quotas_count_per_key(env: Any, faces_dir: Path) -> None:
         if int(time.time()) // 60 == minute:
             break
     assert outcomes == [1, "LimitExceededException", 1]
+
+
+def test_the_cli_shows_a_pending_loosening_with_when_it_takes_effect(capsys: pytest.CaptureFixture[str]) -> None:
+    from argparse import Namespace
+
+    from candor_local.cli import face_api
+
+    policy = {
+        "Purposes": ["fraud"],
+        "Identification": False,
+        "MinFaceMatchThreshold": 90,
+        "SearchesPerCallerPerMinute": 60,
+        "SearchesPerMinute": 600,
+    }
+    pending = {
+        "Policy": {**policy, "Purposes": ["fraud", "general"]},
+        "EffectiveAt": datetime(2026, 12, 7, 2, 0, tzinfo=UTC).timestamp(),
+        "RequestedBy": "arn:aws:sts::000000000000:assumed-role/candor-PolicyAdminRole/CANDORADMINX",
+        "Loosens": ["adds the purpose(s) general"],
+    }
+
+    class Client:
+        def call(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
+            assert target == "CandorService.DescribeCollectionPolicy"
+            return {"Policy": policy, "PendingPolicy": pending}
+
+    args = Namespace(
+        collection="cases",
+        json=False,
+        purposes=None,
+        identification=None,
+        min_threshold=None,
+        searches_per_caller=None,
+        searches_per_minute=None,
+        max_false_match_risk=None,
+    )
+    face_api.cmd_collection_policy(args, Client())  # type: ignore[arg-type]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[5] == (
+        "  pending, in force from 2026-12-07 02:00 UTC (requested by "
+        "arn:aws:sts::000000000000:assumed-role/candor-PolicyAdminRole/CANDORADMINX): adds the purpose(s) general"
+    )
+    assert lines[6] == "    purposes: fraud, general"

@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -320,14 +321,18 @@ def cmd_collection_policy(args: argparse.Namespace, client: CandorClient) -> Non
     current = client.call("CandorService.DescribeCollectionPolicy", {"CollectionId": args.collection})
     changes = _policy_flags(args)
     if not changes:
-        _print(args, current, [f"{args.collection}:", *_policy_lines(current["Policy"])])
+        _print(args, current, [f"{args.collection}:", *_policy_lines(current["Policy"]), *_pending_lines(current)])
         return
     # A policy is put whole: the flags change their fields, the others keep their current values.
     policy = {**current["Policy"], **changes}
     response = client.admin_call(
         "CandorService.PutCollectionPolicy", {"CollectionId": args.collection, "Policy": policy}
     )
-    _print(args, response, [f"{args.collection}: policy changed", *_policy_lines(response["Policy"])])
+    _print(
+        args,
+        response,
+        [f"{args.collection}: policy changed", *_policy_lines(response["Policy"]), *_pending_lines(response)],
+    )
 
 
 def _policy_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -350,6 +355,19 @@ def _policy_lines(policy: dict[str, Any]) -> list[str]:
         f"  use: {use}; match threshold at least {policy['MinFaceMatchThreshold']:g}",
         f"  searches a minute: {policy['SearchesPerCallerPerMinute']} per caller, {policy['SearchesPerMinute']} in all",
         f"  false-match risk per searched face: {_risk_limit(policy)}",
+    ]
+
+
+def _pending_lines(response: dict[str, Any]) -> list[str]:
+    """A loosening that waits for PolicyLooseningDelayHours: when it takes effect, and the policy it sets."""
+    pending = response.get("PendingPolicy")
+    if not pending:
+        return []
+    effective = datetime.fromtimestamp(float(pending["EffectiveAt"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    loosens = "; ".join(str(item) for item in pending.get("Loosens") or [])
+    return [
+        f"  pending, in force from {effective} (requested by {pending.get('RequestedBy')}): {loosens}",
+        *(f"  {line}" for line in _policy_lines(pending["Policy"])),
     ]
 
 
