@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         help="start the stack from template.yaml and run every function until Ctrl-C",
         description="Starts moto server, deploys template.yaml on it and runs every function. The stack's state "
         "(collections, photos, faces, users, the audit log and its digests) is kept in a data directory and "
-        "comes back after Ctrl-C, a kill or a reboot; messages in flight at a kill are redone on restart.",
+        "comes back after Ctrl-C, a kill or a reboot; messages in flight at a kill are redone on restart. It prints "
+        "AWS_ENDPOINT_URL, CANDOR_API, then the policy administration's URL and key (CANDOR_ADMIN_API, "
+        "CANDOR_ADMIN_ACCESS_KEY_ID, CANDOR_ADMIN_SECRET_ACCESS_KEY), kept with the state.",
     )
     _stack_options(up)
     up.add_argument(
