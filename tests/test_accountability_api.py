@@ -20,25 +20,37 @@ from botocore.exceptions import ClientError
 from candor.accountability.audit import verify_all
 from candor.adapters.aws import DynamoAuditStore
 from candor_local.cli.client import client_for
+from candor_local.emulator.local_credentials import SEARCH_ROLE
 from candor_local.emulator.runtime import LocalEnvironment
+from candor_local.emulator.worker_config import LocalCredential
 
 pytestmark = pytest.mark.integration
+# Local search keys, each a caller of its own (the Function URLs verify every signature).
+CALLERS = {"AKIDEXAMPLEALICE": "alice-secret", "AKIDEXAMPLEBOB": "bob-secret"}
+# What only the admin Function URL serves, with the admin's key.
+ADMINISTRATION = {
+    "CandorService.CreateCollection",
+    "CandorService.PutCollectionPolicy",
+    "CandorService.CancelCollectionPolicyChange",
+}
 
 
 @pytest.fixture(scope="module")
 def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
     with LocalEnvironment.start(
-        stack_name="candor-rules", model_dir=model_dir, log_dir=tmp_path_factory.mktemp("logs")
+        stack_name="candor-rules",
+        model_dir=model_dir,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        credentials=[LocalCredential(key, secret, SEARCH_ROLE) for key, secret in CALLERS.items()],
     ) as environment:
         yield environment
 
 
 def _rekognition(env: LocalEnvironment, access_key: str = "AKIDEXAMPLEALICE", **headers: str) -> Any:
     """boto3's own client, with the X-Candor-* headers added by an event hook as the README shows."""
-    credentials = env.session.get_credentials().get_frozen_credentials()
     client = boto3.session.Session(
         aws_access_key_id=access_key,
-        aws_secret_access_key=credentials.secret_key,
+        aws_secret_access_key=CALLERS[access_key],
         region_name=env.region,
     ).client("rekognition", endpoint_url=env.api_url)
 
@@ -53,7 +65,7 @@ def _rekognition(env: LocalEnvironment, access_key: str = "AKIDEXAMPLEALICE", **
 def _candor(env: LocalEnvironment, **statement: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
     client = client_for(env)
     client.state(**statement)
-    return client.call
+    return lambda target, request: (client.admin_call if target in ADMINISTRATION else client.call)(target, request)
 
 
 def _image(faces_dir: Path, name: str) -> dict[str, bytes]:
@@ -152,7 +164,7 @@ def test_purpose_binding_floors_and_quotas(env: LocalEnvironment, faces_dir: Pat
     assert {"PurposeNotDeclared", "ThresholdBelowFloor", "QuotaExceeded"} <= set(refusals)
     search = next(entry for entry in entries if entry["event"] == "search")
     assert search["purpose"] == "missing-persons" and search["case_reference"] == "MP-2026-114"
-    assert search["caller"].endswith("user/AKIDEXAMPLEBOB") and search["threshold"] == 99
+    assert search["caller"].endswith("/AKIDEXAMPLEBOB") and search["threshold"] == 99
 
 
 def test_policy_is_described_and_changes_are_audited(env: LocalEnvironment) -> None:
@@ -163,19 +175,38 @@ def test_policy_is_described_and_changes_are_audited(env: LocalEnvironment) -> N
     assert described["Purposes"] == ["general"] and described["MinFaceMatchThreshold"] == 80
     assert described["Identification"] is False
 
-    changed = call(
+    # A raised floor (tighter: at once) and a new purpose (looser: after the stack's delay, 24 h).
+    answer = call(
         "CandorService.PutCollectionPolicy",
         {"CollectionId": collection, "Policy": {"Purposes": ["general", "fraud"], "MinFaceMatchThreshold": 95}},
-    )["Policy"]
-    assert changed["Purposes"] == ["general", "fraud"] and changed["MinFaceMatchThreshold"] == 95
+    )
+    assert answer["Policy"]["Purposes"] == ["general"] and answer["Policy"]["MinFaceMatchThreshold"] == 95
+    pending = answer["PendingPolicy"]
+    assert pending["Policy"]["Purposes"] == ["general", "fraud"] and pending["Loosens"] == ["adds the purpose(s) fraud"]
+    assert 23.9 * 3600 < pending["EffectiveAt"] - time.time() <= 24 * 3600
+    assert call("CandorService.DescribeCollectionPolicy", {"CollectionId": collection})["PendingPolicy"] == pending
     with pytest.raises(ClientError) as refused:
         _rekognition(env).search_faces_by_image(
             CollectionId=collection, Image={"Bytes": b"not read"}, FaceMatchThreshold=90
         )
     # Refused before the image is even decoded: the floor is checked first.
     assert _code(refused)[0] == "InvalidParameterException" and "below 95" in _code(refused)[1]
-    policies = [entry["policy"]["purposes"] for entry in _audit(env, collection) if entry["event"] == "collection"]
-    assert policies == [["general"], ["general", "fraud"]]
+    with pytest.raises(ClientError) as refused:  # `fraud` is not in force yet
+        _rekognition(env, Purpose="fraud", Case="F-1").search_faces_by_image(
+            CollectionId=collection, Image={"Bytes": b"not read"}
+        )
+    assert _code(refused)[0] == "AccessDeniedException"
+
+    cancelled = call("CandorService.CancelCollectionPolicyChange", {"CollectionId": collection})
+    assert "PendingPolicy" not in cancelled and cancelled["Policy"]["MinFaceMatchThreshold"] == 95
+    changes = [entry for entry in _audit(env, collection) if entry["event"] == "collection"]
+    assert [(entry["operation"], entry["policy"]["purposes"]) for entry in changes] == [
+        ("CreateCollection", ["general"]),
+        ("PutCollectionPolicy", ["general"]),
+        ("CancelCollectionPolicyChange", ["general"]),
+    ]
+    assert changes[1]["loosens"] == ["adds the purpose(s) fraud"]
+    assert changes[1]["policy"]["pending"]["policy"]["purposes"] == ["general", "fraud"]
 
 
 def test_erasure_leaves_nothing_searchable_and_proves_it(env: LocalEnvironment, faces_dir: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from candor_local.cli.connection import ADMIN_VARIABLES
 from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,14 @@ def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                 "bucket": env.resources["UploadBucket"],
                 "photos_table": env.resources["PhotosTable"],
                 "region": env.region,
+                "admin_api_url": env.admin_url,
+                "admin_access_key_id": env.admin_credentials.access_key_id,
+                "admin_secret_access_key": env.admin_credentials.secret_access_key,
             }
         )
     )
     monkeypatch.setattr(connection, "STATE_FILE", state)
-    for name in ("CANDOR_API", "AWS_ENDPOINT_URL", *STATEMENT_VARIABLES):
+    for name in ("CANDOR_API", "AWS_ENDPOINT_URL", *STATEMENT_VARIABLES, *ADMIN_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     return candor_cli.main
 
@@ -96,10 +100,20 @@ def test_a_collection_is_created_with_a_policy_that_policy_shows_and_changes(
             "SearchesPerMinute": 100,
         }
     }
+    # Loosening waits for the stack's delay (24 h): the rules in force stay, the change is shown pending.
     assert cli(["collections", "policy", collection, "--no-identification", "--min-threshold", "90"]) == 0
-    assert "  use: search only, no identification; match threshold at least 90" in _out(capsys).splitlines()
+    lines = _out(capsys).splitlines()
+    assert lines[2] == "  use: identification; match threshold at least 99"
+    assert lines[5].startswith("  pending, in force from ") and lines[5].endswith(
+        ": drops identification; lowers the match threshold floor from 99 to 90; "
+        "removes the false-match risk limit of 1.00%"
+    )
+    assert "    use: search only, no identification; match threshold at least 90" in lines
+    # Tightening is immediate (and replaces the pending loosening).
     assert cli(["collections", "policy", collection, "--max-false-match-risk", "0.5%"]) == 0
-    assert "  false-match risk per searched face: at most 0.50%" in _out(capsys).splitlines()
+    lines = _out(capsys).splitlines()
+    assert "  false-match risk per searched face: at most 0.50%" in lines
+    assert not any(line.startswith("  pending") for line in lines)
 
     # A plain create is Rekognition's, and declares the purpose general only.
     plain = _name("plain")

@@ -189,7 +189,7 @@ def test_a_collection_moves_back_into_the_function_and_a_deleted_one_takes_its_v
     store = vector_store(env)
     names_before = {i["indexName"] for i in store._client.list_indexes(vectorBucketArn=store._bucket_arn)["indexes"]}
     # DeleteCollection is policy administration: the admin Function URL serves it.
-    admin = env.session.client("rekognition", endpoint_url=env.function_urls["AdminFunction"])
+    admin = env.admin_session.client("rekognition", endpoint_url=env.admin_url)
     admin.delete_collection(CollectionId=other)
     names_after = {i["indexName"] for i in store._client.list_indexes(vectorBucketArn=store._bucket_arn)["indexes"]}
     assert len(names_before - names_after) == 1

@@ -120,8 +120,10 @@ def _noise_png(side: int) -> bytes:
 
 
 def test_collections_are_created_described_listed_and_deleted_with_their_faces(
-    rekognition: Any, faces_dir: Path
+    env: LocalEnvironment, rekognition: Any, faces_dir: Path
 ) -> None:
+    # Deleting a collection is policy administration: the admin Function URL, with the admin's key.
+    admin = env.admin_session.client("rekognition", endpoint_url=env.admin_url)
     collection = _scratch(rekognition)
     rekognition.index_faces(CollectionId=collection, Image=_photo(faces_dir, "enroll/obama/obama.jpg"))
     described = rekognition.describe_collection(CollectionId=collection)
@@ -131,16 +133,16 @@ def test_collections_are_created_described_listed_and_deleted_with_their_faces(
     paged = rekognition.get_paginator("list_collections").paginate(PaginationConfig={"PageSize": 1})
     assert [page["CollectionIds"] for page in paged] == [[c] for c in rekognition.list_collections()["CollectionIds"]]
 
-    assert rekognition.delete_collection(CollectionId=collection)["StatusCode"] == 200
+    assert admin.delete_collection(CollectionId=collection)["StatusCode"] == 200
     assert collection not in rekognition.list_collections()["CollectionIds"]
     with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
         rekognition.describe_collection(CollectionId=collection)
-    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
-        rekognition.delete_collection(CollectionId=collection)
+    with pytest.raises(admin.exceptions.ResourceNotFoundException):
+        admin.delete_collection(CollectionId=collection)
     # A collection created again under the same name starts empty: its faces went with it.
     rekognition.create_collection(CollectionId=collection)
     assert rekognition.list_faces(CollectionId=collection)["Faces"] == []
-    rekognition.delete_collection(CollectionId=collection)
+    admin.delete_collection(CollectionId=collection)
     with _refused("ValidationException"):  # the model's pattern for a CollectionId
         rekognition.create_collection(CollectionId="not a valid id!")
 
@@ -477,12 +479,17 @@ def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                 "bucket": env.resources["UploadBucket"],
                 "photos_table": env.resources["PhotosTable"],
                 "region": env.region,
+                "admin_api_url": env.admin_url,
+                "admin_access_key_id": env.admin_credentials.access_key_id,
+                "admin_secret_access_key": env.admin_credentials.secret_access_key,
             }
         )
     )
     monkeypatch.setattr(connection, "STATE_FILE", state)
     monkeypatch.delenv("CANDOR_API", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for name in ("CANDOR_ADMIN_API", "CANDOR_ADMIN_ACCESS_KEY_ID", "CANDOR_ADMIN_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
     return candor_cli.main
 
 
