@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,38 @@ def test_candor_up_killed_and_restarted_loses_nothing(
         assert "staff: " in out and ", signed up to " in out and "signatures valid, none missing" in out
     finally:
         again.kill()
+
+
+def test_messages_a_killed_instance_held_on_an_outside_endpoint_are_visible_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LocalStack or a moto server of one's own outlives `candor up`: what its instances held when killed is
+    released by the next start, not after the 720 s visibility timeout; a settled batch leaves no note."""
+    from moto import mock_aws
+
+    from candor_local.emulator.runtime import release_in_flight
+    from candor_local.emulator.worker import InFlight, QueuePoller
+    from candor_local.emulator.worker_config import QueueSource
+
+    for name, value in EMULATOR_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=EMULATOR_REGION)
+        queue = sqs.create_queue(QueueName="embed", Attributes={"VisibilityTimeout": "720"})["QueueUrl"]
+        for body in ("photo 1", "photo 2"):
+            sqs.send_message(QueueUrl=queue, MessageBody=body)
+        source = QueueSource(queue, f"arn:aws:sqs:{EMULATOR_REGION}:123456789012:embed", 1, 0, True)
+        settled = QueuePoller(source, lambda event: {"batchItemFailures": []}, EMULATOR_REGION, threading.Event(),
+                              InFlight(str(tmp_path), "EmbedFunction-0"))  # fmt: skip
+        settled.process(settled.receive_batch())
+        assert not list(tmp_path.glob("*.json"))  # photo 1 done and deleted: nothing noted
+
+        killed = InFlight(str(tmp_path), "EmbedFunction-2-0")
+        held = sqs.receive_message(QueueUrl=queue)["Messages"]
+        killed.hold(queue, held)  # the instance dies here, before the batch is settled
+        assert sqs.receive_message(QueueUrl=queue).get("Messages") is None
+
+        assert release_in_flight(tmp_path, sqs) == 1
+        (again,) = sqs.receive_message(QueueUrl=queue)["Messages"]
+        assert again["Body"] == "photo 2" and not list(tmp_path.glob("*.json"))

@@ -183,6 +183,8 @@ class LocalEnvironment:
         # Key id -> secret and role: what the Function URLs verify signatures against (local_credentials.py).
         self.credentials = dict(credentials) if credentials is not None else _credentials(stack, run_dir)
         self._workers: dict[str, _Worker] = {}
+        # Where the instances note the batches they hold (worker.InFlight); kept in the data directory if any.
+        self.in_flight_dir = run_dir / IN_FLIGHT_DIR
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -222,6 +224,8 @@ class LocalEnvironment:
             logs.mkdir(parents=True, exist_ok=True)
             keys = _credentials(stack, data_dir or run_dir, credentials)
             environment = cls(template, stack, emulator, logs, run_dir, keys)
+            environment.in_flight_dir = (data_dir or run_dir) / IN_FLIGHT_DIR
+            release_in_flight(environment.in_flight_dir, stack.client("sqs"))
         except BaseException:
             if emulator is not None:
                 emulator.stop()
@@ -356,6 +360,7 @@ class LocalEnvironment:
             queues=queues,
             function_url=url,
             instance_name=instance_name,
+            in_flight_dir=str(self.in_flight_dir),
         )
 
     def _function_env(self, spec: FunctionSpec, config: WorkerConfig, model_dir: Path) -> dict[str, str]:
@@ -616,6 +621,35 @@ ADMIN_API_FUNCTION = "AdminFunction"
 
 def _face_api_first(logical_ids: Iterable[str]) -> list[str]:
     return sorted(logical_ids, key=lambda logical_id: (logical_id != FACE_API_FUNCTION, logical_id))
+
+
+IN_FLIGHT_DIR = "in-flight"
+
+
+def release_in_flight(directory: Path, sqs: Any) -> int:
+    """Makes visible at once the messages that instances of an earlier run held when they were killed (their
+    worker.InFlight files); returns how many. A receipt handle that is no longer valid (the message was
+    redelivered or deleted since) is skipped."""
+    released = 0
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            held = json.loads(path.read_text(encoding="utf-8"))
+            handles = list(held["receipt_handles"])
+            for start in range(0, len(handles), 10):
+                response = sqs.change_message_visibility_batch(
+                    QueueUrl=held["queue_url"],
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                        for i, handle in enumerate(handles[start : start + 10])
+                    ],
+                )
+                released += len(response.get("Successful", []))
+        except Exception:  # a queue gone, a file cut short: nothing to release from it
+            logger.warning("could not release the messages noted in %s", path, exc_info=True)
+        path.unlink(missing_ok=True)
+    if released:
+        logger.info("%d message(s) held by instances of the last run made visible again", released)
+    return released
 
 
 _RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)")

@@ -182,15 +182,47 @@ def failed_message_ids(result: Any, message_ids: Iterable[str]) -> set[str]:
     return failed
 
 
+class InFlight:
+    """The receipt handles of the batch an instance is running, in a file of its own: written before the
+    handler runs, removed once the batch is settled. A file left behind names messages whose instance was
+    killed; the next start of the runtime makes them visible at once (runtime.release_in_flight) instead of
+    after their visibility timeout. Only for endpoints that outlive the runtime (LocalStack, a moto server
+    of your own): the embedded one releases its own on restore."""
+
+    def __init__(self, directory: str, name: str) -> None:
+        self._path = Path(directory) / f"{name}.json" if directory else None
+
+    def hold(self, queue_url: str, messages: list[dict[str, Any]]) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self._path.with_suffix(".tmp")
+        handles = [message["ReceiptHandle"] for message in messages]
+        scratch.write_text(json.dumps({"queue_url": queue_url, "receipt_handles": handles}), encoding="utf-8")
+        scratch.replace(self._path)
+
+    def settled(self) -> None:
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+
 class QueuePoller:
     """Lambda's event source mapping for one SQS queue."""
 
-    def __init__(self, source: QueueSource, invoke: Callable[[Any], Any], region: str, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        source: QueueSource,
+        invoke: Callable[[Any], Any],
+        region: str,
+        stop: threading.Event,
+        in_flight: InFlight | None = None,
+    ) -> None:
         self._source = source
         self._invoke = invoke
         self._region = region
         self._stop = stop
         self._sqs = boto3.client("sqs", region_name=region)
+        self._in_flight = in_flight or InFlight("", "")
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -239,17 +271,20 @@ class QueuePoller:
     def process(self, messages: list[dict[str, Any]]) -> None:
         event = {"Records": [sqs_record(m, self._source, self._region) for m in messages]}
         ids = [m["MessageId"] for m in messages]
+        self._in_flight.hold(self._source.queue_url, messages)
         try:
             result = self._invoke(event)
         except Exception:
             # Lambda logs the error; every message of the batch becomes visible again after the timeout.
             logger.exception("invocation failed: none of the %d messages is deleted", len(messages))
+            self._in_flight.settled()
             return
         failed = failed_message_ids(result, ids) if self._source.report_batch_item_failures else set()
         done = [m for m in messages if m["MessageId"] not in failed]
         if failed:
             logger.info("%d of %d messages reported failed; they will be retried", len(failed), len(messages))
         self._delete(done)
+        self._in_flight.settled()
 
     def _delete(self, messages: list[dict[str, Any]]) -> None:
         for start in range(0, len(messages), SQS_MAX_RECEIVE):
@@ -317,8 +352,9 @@ def run(config: WorkerConfig) -> int:
         stop_server: Callable[[], None] | None = server.shutdown
     else:
         stop_server = None
-    for source in config.queues:
-        poller = QueuePoller(source, invoke, config.region, stop)
+    for index, source in enumerate(config.queues):
+        in_flight = InFlight(config.in_flight_dir, f"{config.name.replace('#', '-')}-{index}")
+        poller = QueuePoller(source, invoke, config.region, stop, in_flight)
         threads.append(threading.Thread(target=poller.run, name=f"poll-{source.queue_arn}", daemon=True))
     for thread in threads:
         thread.start()

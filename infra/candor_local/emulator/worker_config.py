@@ -60,6 +60,9 @@ class WorkerConfig:
     function_url: UrlConfig | None = None
     # The instance's name in logs (EmbedFunction#2) when the function runs several; empty otherwise.
     instance_name: str = ""
+    # Where the instance notes the messages it holds while it runs a batch (worker.InFlight): what a kill
+    # leaves there is made visible again when the runtime starts next (runtime.release_in_flight).
+    in_flight_dir: str = ""
 
     @property
     def name(self) -> str:
