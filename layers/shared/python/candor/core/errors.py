@@ -105,3 +105,15 @@ class AdminOperationError(CandorError):
     """An operation of the other face API: policy administration on the search URL, or a search on the admin one."""
 
     code = "AdminOperation"
+
+
+class InvalidVideoError(CandorError):
+    """The file is not a video we can decode (a still image, an unsupported codec, empty, truncated)."""
+
+    code = "InvalidVideo"
+
+
+class VideoTooLargeError(CandorError):
+    """Too many bytes, too long, or frames too large to process (Rekognition's VideoTooLargeException)."""
+
+    code = "VideoTooLarge"

@@ -151,3 +151,23 @@ class Settings:
                 env.get("POLICY_LOOSENING_DELAY_HOURS", str(DEFAULT_POLICY_LOOSENING_DELAY_HOURS))
             ),
         )
+
+
+# Video (candor/video/). A stored video is sampled every VIDEO_SAMPLE_INTERVAL_MS, on a grid from the start of
+# the video, so the segments of one video sample the same instants as the whole. The limits are Rekognition
+# Video's (10 GB, 6 hours) and a frame of at most 4K: larger ones are refused after probing, before decoding.
+VIDEO_SAMPLE_INTERVAL_MS = 200
+MAX_VIDEO_BYTES = 10 * 1024**3
+MAX_VIDEO_DURATION_MS = 6 * 60 * 60 * 1000
+MAX_VIDEO_FRAME_PIXELS = 3840 * 2160
+# Codecs decoded (PyAV's names); anything else is refused as unsupported.
+VIDEO_CODECS = ("h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "gif")
+# Tracking (candor/video/tracking.py). A face joins a track when box overlap and embedding cosine together
+# score high enough; a track waits TRACK_MAX_MISSED_SAMPLES samples (a turned or hidden head) before it ends.
+# Tracks of one person (across a segment border, or after a longer absence) are merged into one person
+# when their mean embeddings reach TRACK_MERGE_MIN_COSINE and they never appear in the same frame.
+TRACK_MIN_IOU = 0.2
+TRACK_MIN_COSINE = 0.2
+TRACK_REIDENTIFY_COSINE = 0.45
+TRACK_MAX_MISSED_SAMPLES = 5
+TRACK_MERGE_MIN_COSINE = 0.45

@@ -1,0 +1,1 @@
+"""Stored video: probing and sampling frames (PyAV), and tracking the faces in them into persons."""
