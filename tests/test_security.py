@@ -58,10 +58,19 @@ BOTO3_ACTIONS = {
     "sign": "kms:Sign",
     "get_public_key": "kms:GetPublicKey",
     "list_object_versions": "s3:ListBucketVersions",
+    "assume_role": "sts:AssumeRole",
 }
 # Resources a function wires only as a fallback it never takes: YuNet ships in the model layer, so Detect never
 # fetches from the model bucket (Embed and Search do: FaceNet is too big for the layer).
 NEVER_REACHED = {"DetectFunction": {"ModelBucket"}}
+# What a function reaches through a name its input carries, not its settings: the video a job names (in the
+# uploads), and the caller's role the completion message is published as (Rekognition's NotificationChannel).
+REACHED_BY_INPUT = {
+    "VideoFunction": {
+        "UploadBucket": {"s3:GetObject"},
+        "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/*": {"sts:AssumeRole"},
+    },
+}
 # An image store is built without a bucket: it reads the photo an event or a request names, i.e. the uploads.
 UNBOUND_RESOURCE_ENV = {"S3ImageStore": "UPLOAD_BUCKET"}
 
@@ -205,10 +214,17 @@ def _grants(function: dict[str, Any]) -> dict[str, set[str]]:
     return grants
 
 
+def _code_dir(function: dict[str, Any]) -> Path:
+    """A zip function's CodeUri; a container image function's code is the folder of its Dockerfile."""
+    if "CodeUri" in function["Properties"]:
+        return ROOT / function["Properties"]["CodeUri"]
+    return (ROOT / function["Metadata"]["Dockerfile"]).parent
+
+
 @pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
 def test_each_grant_is_an_action_the_functions_code_performs(logical_id: str) -> None:
     function = FUNCTIONS[logical_id]
-    service = ROOT / function["Properties"]["CodeUri"]
+    service = _code_dir(function)
     adapters = _adapter_actions()
     called = _called_names(_reachable_modules(service))
     environment = _environment(function)
@@ -218,6 +234,8 @@ def test_each_grant_is_an_action_the_functions_code_performs(logical_id: str) ->
         for method, actions in adapters[adapter].items():
             if method == "" or method in called:  # a method no reachable code calls needs no permission
                 needed[environment[variable]] |= actions
+    for resource, actions in REACHED_BY_INPUT.get(logical_id, {}).items():
+        needed[resource] |= actions
     granted = _grants(function)
     wildcards = sorted(action for actions in granted.values() for action in actions if "*" in action)
     assert not wildcards, f"{logical_id} grants wildcard actions: {wildcards}"

@@ -28,6 +28,7 @@ from candor.core.errors import MalformedEventError
 from candor.core.faces import PhotoStatus
 from candor.core.settings import DETECTOR_FILE, Settings
 from candor.pipeline import detect_photo
+from candor.video.jobs import VIDEO_UPLOAD_PREFIX
 from candor.vision.embedder import default_embedder_model
 from candor.vision.model_files import model_dir_with
 from candor.vision.models import load_detector
@@ -44,6 +45,8 @@ images = S3ImageStore()
 photos = DynamoPhotoRepository(settings.photos_table)
 collections = DynamoCollectionRepository(settings.collections_table)
 embed_queue = SqsPublisher(settings.embed_queue_url)
+# An upload under videos/ is a stored-video job: VideoFunction takes it from its queue.
+video_queue = SqsPublisher(settings.video_job_queue_url)
 # The embed stage's model: its crops are cut here, from the photo decoded once (candor/pipeline.py).
 crop_model = default_embedder_model()
 accountability = Accountability(AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)))
@@ -58,6 +61,10 @@ def record_handler(record: SQSRecord) -> None:
         metrics.add_metric(name="MalformedEvents", unit=MetricUnit.Count, value=1)
         return
     for ref in refs:
+        if ref.key.startswith(VIDEO_UPLOAD_PREFIX):
+            video_queue.publish({"upload": {"bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id}})
+            logger.info("video upload passed on to the video queue", extra={"key": ref.key})
+            continue
         logger.set_correlation_id(ref.photo_id)
         started = time.perf_counter()
         photo = detect_photo(

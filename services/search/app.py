@@ -30,9 +30,12 @@ from candor.adapters.aws import (
     DynamoPhotoRepository,
     DynamoQuotaCounter,
     DynamoUserRepository,
+    DynamoVideoJobRepository,
     S3ImageStore,
     S3IndexSnapshotStore,
     S3VectorStore,
+    S3VideoStore,
+    SqsPublisher,
     model_source,
 )
 from candor.collection_service import CollectionStore
@@ -41,6 +44,7 @@ from candor.core.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
 from candor.index.engines import IndexEngines
 from candor.index.sync import IndexSync
 from candor.search import CollectionIndexes
+from candor.video_jobs import VideoJobs
 from candor.vision.model_files import model_dir_with
 from candor.vision.models import load_models
 
@@ -60,6 +64,10 @@ faces = DynamoFaceRepository(settings.faces_table)
 snapshots = S3IndexSnapshotStore(settings.index_bucket) if settings.index_bucket else None
 vector_store = S3VectorStore(settings.vector_bucket) if settings.vector_bucket else None
 indexes = CollectionIndexes(faces, collections, IndexSync(snapshots, engines=IndexEngines(vector_store)))
+accountability = Accountability(
+    AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)),
+    DynamoQuotaCounter(settings.quotas_table),
+)
 face_api = FaceApi(
     images=S3ImageStore(),
     collections=collections,
@@ -70,14 +78,23 @@ face_api = FaceApi(
     min_confidence=settings.min_detection_confidence,
     region=os.environ.get("AWS_REGION", "us-east-1"),
     account_id=os.environ.get("CANDOR_ACCOUNT_ID", "000000000000"),
-    accountability=Accountability(
-        AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)),
-        DynamoQuotaCounter(settings.quotas_table),
-    ),
+    accountability=accountability,
     photos=DynamoPhotoRepository(settings.photos_table),
     # SearchFunction or AdminFunction (template.yaml): the same code, each serving its own operations.
     role=settings.face_api_role,
     loosening_delay=timedelta(hours=settings.policy_loosening_delay_hours),
+    # Start* records a video job and queues it for VideoFunction; Get* pages its results; erasure edits them.
+    videos=VideoJobs(
+        jobs=DynamoVideoJobRepository(settings.video_jobs_table),
+        store=S3VideoStore(settings.video_results_bucket),
+        job_queue=SqsPublisher(settings.video_job_queue_url),
+        accountability=accountability,
+        indexes=indexes,
+        result_days=settings.video_result_days,
+    )
+    if settings.video_jobs_table
+    else None,
+    video_sample_interval_ms=settings.video_sample_interval_ms,
 )
 
 

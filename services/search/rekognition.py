@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from protocol import UnknownOperationError, operation_model, validate_request
+from video_operations import get_face_detection, get_face_search, start_face_detection, start_face_search
 
 from candor import collection_service as service
 from candor.accountability.audit import ACCOUNT_CHAIN
@@ -45,6 +46,7 @@ from candor.core.settings import (
     EMBEDDER_VERSION,
     MAX_OBJECT_IMAGE_BYTES,
     MAX_REQUEST_IMAGE_BYTES,
+    VIDEO_SAMPLE_INTERVAL_MS,
 )
 from candor.core.similarity import similarity_from_cosine
 from candor.erasure import ErasureResult, erase_person
@@ -52,6 +54,7 @@ from candor.indexing import assess_faces, index_faces
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore, PhotoRepository
 from candor.reindex import reindex_collection
 from candor.search import CollectionIndexes, ImageSearchResult, search_image
+from candor.video_jobs import VideoJobs
 from candor.vision.images import decode_image
 from candor.vision.quality import AssessedFace, QualityFilter, parse_quality_filter, quality_reasons
 
@@ -83,12 +86,15 @@ class FaceApi:
     # How long a loosened policy waits before it is in force (template.yaml, PolicyLooseningDelayHours).
     loosening_delay: timedelta = timedelta(hours=24)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Stored-video jobs (video_operations.py): recorded and queued here, run by VideoFunction.
+    videos: VideoJobs | None = None
+    video_sample_interval_ms: int = VIDEO_SAMPLE_INTERVAL_MS
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Runs the operation `target` names on a decoded request body, once it conforms to the operation's model."""
         operation = operation_model(target)
         handler = SERVICES[operation.metadata["targetPrefix"]].get(operation.name)
-        if handler is None:  # in the model, not served: video, labels, text, ...
+        if handler is None:  # in the model, not served: labels, text, celebrities, ...
             raise UnknownOperationError(f"{target} is not an operation Candor serves")
         qualified = f"{operation.metadata['targetPrefix']}.{operation.name}"
         if self.role == "search" and qualified in ADMIN_OPERATIONS:
@@ -460,6 +466,7 @@ def erase_person_operation(api: FaceApi, request: dict[str, Any]) -> dict[str, A
     return {
         "FacesRemoved": result.faces_removed,
         "PhotosRemoved": result.photos_removed,
+        "VideoMatchesRemoved": result.video_matches_removed,
         "UserRemoved": result.user_removed,
         "Proof": _without_none(
             {
@@ -492,7 +499,15 @@ def _erase(
         return [face.matches for face in result.faces]
 
     result = erase_person(
-        api.store, api.photos, api.images, collection_id, person, search=search, probe=probe, user_only=user_only
+        api.store,
+        api.photos,
+        api.images,
+        collection_id,
+        person,
+        search=search,
+        probe=probe,
+        user_only=user_only,
+        erase_video_matches=api.videos.erase_matches if api.videos is not None else None,
     )
     api.accountability.record_erasure(
         collection_id,
@@ -502,6 +517,7 @@ def _erase(
         faces_removed=result.faces_removed,
         photos_removed=result.photos_removed,
         user_removed=result.user_removed,
+        video_matches_removed=result.video_matches_removed,
         proof_searched=result.proof.searched,
         proof_remaining_matches=len(result.proof.remaining_matches),
     )
@@ -893,6 +909,10 @@ OPERATIONS: dict[str, Operation] = {
     "DisassociateFaces": disassociate_faces,
     "SearchUsers": search_users,
     "SearchUsersByImage": search_users_by_image,
+    "StartFaceDetection": start_face_detection,
+    "GetFaceDetection": get_face_detection,
+    "StartFaceSearch": start_face_search,
+    "GetFaceSearch": get_face_search,
 }
 # Candor's own operations speak the same protocol under the target prefix CandorService.
 CANDOR_OPERATIONS: dict[str, Operation] = {

@@ -43,6 +43,8 @@ class ErasureResult:
     photos_removed: int
     user_removed: bool
     proof: ErasureProof
+    # Matches of the erased faces removed from stored video job results.
+    video_matches_removed: int = 0
 
 
 ProofSearch = Callable[[bytes], list[list[Match]]]
@@ -58,6 +60,7 @@ def erase_person(
     search: ProofSearch,
     probe: bytes | None = None,
     user_only: bool = False,
+    erase_video_matches: Callable[[set[str]], int] | None = None,
 ) -> ErasureResult:
     """Erases `person` from the collection; `probe` (or else one of their enrolment photos) proves it.
     `user_only`: `person` is a UserId only (DeleteUser), never another face's ExternalImageId."""
@@ -84,6 +87,7 @@ def erase_person(
         photos.delete(photo_id)
         removed_photos += 1
     store.faces.delete_all(sorted(erased_ids))
+    video_matches = erase_video_matches(erased_ids) if erase_video_matches is not None else 0
     if user is not None:
         store.users.delete(collection_id, person)
     store.collections.mark_changed(collection_id, IndexChange(removed=tuple(sorted(erased_ids))))
@@ -94,6 +98,7 @@ def erase_person(
         photos_removed=removed_photos,
         user_removed=user is not None,
         proof=_prove(search, probe),
+        video_matches_removed=video_matches,
     )
 
 

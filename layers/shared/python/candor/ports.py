@@ -13,6 +13,7 @@ import numpy as np
 from candor.accountability.policy import CollectionPolicy
 from candor.core.errors import FaceModelMismatchError
 from candor.core.faces import DetectedFace, FaceRecord, PhotoRecord
+from candor.video.jobs import JobResults, JobStatus, VideoJob, VideoRef
 
 T = TypeVar("T")
 
@@ -256,6 +257,77 @@ class VectorStore(Protocol):
 
 class MessagePublisher(Protocol):
     def publish(self, body: dict[str, Any]) -> None: ...
+
+
+class VideoJobRepository(Protocol):
+    """Video jobs by JobId, their ClientRequestTokens, and which jobs matched which stored face."""
+
+    def create(self, job: VideoJob, token: str | None = None, fingerprint: str | None = None) -> tuple[VideoJob, bool]:
+        """Records a new job and returns it, True; with a token, the job recorded for that token earlier
+        instead (if its request had the same fingerprint: IdempotentParameterMismatchError otherwise), False.
+        A job id recorded already returns the job recorded, False."""
+        ...
+
+    def get(self, job_id: str) -> VideoJob | None: ...
+
+    def set_plan(self, job_id: str, metadata: dict[str, Any], segments: int) -> None:
+        """The probed video's metadata and how many segments it was split into."""
+        ...
+
+    def segment_done(self, job_id: str, segment: int) -> VideoJob:
+        """Adds the segment to those done (again is a no-op) and returns the job as it is now."""
+        ...
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        message: str | None,
+        expires_at: int,
+        false_match_risk: float | None = None,
+    ) -> bool:
+        """Ends a job still IN_PROGRESS; False when it had ended already (another segment won)."""
+        ...
+
+    def add_matches(self, job_id: str, face_ids: Sequence[str], expires_at: int) -> None:
+        """Notes that the job's results match these stored faces (for erasure)."""
+        ...
+
+    def jobs_matching(self, face_id: str) -> list[str]: ...
+
+    def remove_matches(self, job_id: str, face_ids: Sequence[str]) -> None: ...
+
+
+class VideoStore(Protocol):
+    """The stored videos (the upload bucket) and the jobs' results (the results bucket)."""
+
+    def size(self, video: VideoRef) -> int:
+        """The video's size in bytes; ResourceNotFoundError when it cannot be read."""
+        ...
+
+    def metadata(self, video: VideoRef) -> dict[str, str]:
+        """The video's S3 user metadata."""
+        ...
+
+    def fetch(self, video: VideoRef, max_bytes: int) -> Path:
+        """A local copy of the video (kept for the instance's next segments of it)."""
+        ...
+
+    def put_segment(self, job_id: str, segment: int, results: JobResults) -> None: ...
+
+    def get_segment(self, job_id: str, segment: int) -> JobResults: ...
+
+    def delete_segments(self, job_id: str, segments: int) -> None: ...
+
+    def put_results(self, job_id: str, results: JobResults) -> None: ...
+
+    def get_results(self, job_id: str) -> JobResults | None: ...
+
+
+class JobNotifier(Protocol):
+    def notify(self, topic_arn: str, role_arn: str, message: dict[str, Any]) -> None:
+        """Publishes the message to the topic as the role (Rekognition's NotificationChannel)."""
+        ...
 
 
 class FaceDetector(Protocol):

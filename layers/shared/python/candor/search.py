@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from candor.core.enrolment import validate_collection_id
 from candor.core.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
 from candor.core.faces import DetectedFace, Match
@@ -150,10 +152,19 @@ def search_image(
     if before_matching is not None:
         before_matching(len(found))
     vectors = embedder.embed_faces(image.pixels, found)
+    matched = match_faces(index, records, vectors, face_match_threshold, max_matches)
+    results = [FaceSearchResult(image.to_original(face), matches) for face, matches in zip(found, matched, strict=True)]
+    return _result(image, results)
+
+
+def match_faces(
+    index: VectorIndex, records: CollectionFaces, vectors: np.ndarray, face_match_threshold: float, max_matches: int
+) -> list[list[Match]]:
+    """Each embedding's enrolled matches at or above the threshold, best first (of faces still stored)."""
     neighbours = index.search(vectors, max_matches, cosine_from_similarity(face_match_threshold))
     alive = records.existing(hit.face_id for hits in neighbours for hit in hits)
-    results = []
-    for face, hits in zip(found, neighbours, strict=True):
+    matched = []
+    for hits in neighbours:
         matches = [
             Match(
                 face_id=hit.face_id,
@@ -165,9 +176,8 @@ def search_image(
             if hit.face_id in alive and (entry := records.get(hit.face_id)) is not None
         ]
         # A rounding at the cut-off must never let a match below the threshold through.
-        matches = [match for match in matches if match.similarity >= face_match_threshold]
-        results.append(FaceSearchResult(image.to_original(face), matches))
-    return _result(image, results)
+        matched.append([match for match in matches if match.similarity >= face_match_threshold])
+    return matched
 
 
 def _result(image: DecodedImage, faces: list[FaceSearchResult]) -> ImageSearchResult:

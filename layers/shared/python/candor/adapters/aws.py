@@ -5,17 +5,21 @@ Every client honours AWS_ENDPOINT_URL, so the same code talks to AWS, LocalStack
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 import numpy as np
+from boto3.dynamodb.conditions import Key
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -29,16 +33,27 @@ from candor.adapters.records import (
     collection_to_dict,
     face_from_dict,
     face_to_dict,
+    from_item,
     photo_from_dict,
     photo_to_dict,
     to_item,
     user_from_dict,
     user_to_dict,
+    video_job_from_dict,
+    video_job_to_dict,
 )
-from candor.core.errors import ConflictError, ImageTooLargeError, ResourceAlreadyExistsError, ResourceNotFoundError
+from candor.core.errors import (
+    ConflictError,
+    IdempotentParameterMismatchError,
+    ImageTooLargeError,
+    ResourceAlreadyExistsError,
+    ResourceNotFoundError,
+    VideoTooLargeError,
+)
 from candor.core.faces import FaceRecord, PhotoRecord
 from candor.core.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
 from candor.ports import Collection, IndexChange, Page, StoredImage, User, VectorHit, wanted
+from candor.video.jobs import JobResults, JobStatus, VideoJob, VideoRef
 
 BY_COLLECTION_INDEX = "ByCollection"
 
@@ -865,3 +880,226 @@ class S3DigestStore:
                 return markers
             params["KeyMarker"] = page["NextKeyMarker"]
             params["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+
+# --------------------------------------------------------------------------------------------- video jobs
+
+
+class DynamoVideoJobRepository:
+    """VideoJobsTable: a job at pk job#<JobId>, sk "job"; a ClientRequestToken at pk token#<API>#<token>; and
+    per stored face a job matched, pk face#<FaceId>, sk the JobId (erasure finds the jobs by it)."""
+
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
+
+    def create(self, job: VideoJob, token: str | None = None, fingerprint: str | None = None) -> tuple[VideoJob, bool]:
+        if token is not None:
+            token_key = {"pk": f"token#{job.kind.api}#{token}", "sk": "token"}
+            try:
+                self._table.put_item(
+                    Item={**token_key, "job_id": job.job_id, "fingerprint": fingerprint or "", "expires_at": _days(30)},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                earlier = self._table.get_item(Key=token_key, ConsistentRead=True)["Item"]
+                if earlier.get("fingerprint") != (fingerprint or ""):
+                    raise IdempotentParameterMismatchError(
+                        f"ClientRequestToken {token!r} started job {earlier['job_id']} with other parameters"
+                    ) from error
+                job = replace(job, job_id=str(earlier["job_id"]))
+        created = True
+        try:
+            self._table.put_item(
+                Item=to_item({"pk": f"job#{job.job_id}", "sk": "job", **video_job_to_dict(job)}),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            created = False
+        recorded = self.get(job.job_id)
+        assert recorded is not None
+        return recorded, created
+
+    def get(self, job_id: str) -> VideoJob | None:
+        item = self._table.get_item(Key={"pk": f"job#{job_id}", "sk": "job"}, ConsistentRead=True).get("Item")
+        return video_job_from_dict(from_item(item)) if item else None
+
+    def set_plan(self, job_id: str, metadata: dict[str, Any], segments: int) -> None:
+        self._table.update_item(
+            Key={"pk": f"job#{job_id}", "sk": "job"},
+            UpdateExpression="SET #metadata = :metadata, #segments = :segments",
+            ExpressionAttributeNames={"#metadata": "metadata", "#segments": "segments"},
+            ExpressionAttributeValues={":metadata": to_item(metadata), ":segments": segments},
+        )
+
+    def segment_done(self, job_id: str, segment: int) -> VideoJob:
+        # ADD to a number set: atomic and idempotent, so the worker that completes the set is known.
+        response = self._table.update_item(
+            Key={"pk": f"job#{job_id}", "sk": "job"},
+            UpdateExpression="ADD segments_done :segment",
+            ExpressionAttributeValues={":segment": {segment}},
+            ReturnValues="ALL_NEW",
+        )
+        return video_job_from_dict(from_item(response["Attributes"]))
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        message: str | None,
+        expires_at: int,
+        false_match_risk: float | None = None,
+    ) -> bool:
+        values: dict[str, Any] = {
+            ":status": status.value,
+            ":running": JobStatus.IN_PROGRESS.value,
+            ":completed_at": datetime.now(UTC).isoformat(),
+            ":expires_at": expires_at,
+            ":message": message or "",
+        }
+        update = (
+            "SET #status = :status, completed_at = :completed_at, expires_at = :expires_at, status_message = :message"
+        )
+        if false_match_risk is not None:
+            update += ", false_match_risk = :risk"
+            values[":risk"] = to_item(float(false_match_risk))
+        try:
+            self._table.update_item(
+                Key={"pk": f"job#{job_id}", "sk": "job"},
+                UpdateExpression=update,
+                ConditionExpression="#status = :running",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def add_matches(self, job_id: str, face_ids: Sequence[str], expires_at: int) -> None:
+        with self._table.batch_writer() as batch:
+            for face_id in face_ids:
+                batch.put_item(Item={"pk": f"face#{face_id}", "sk": job_id, "expires_at": expires_at})
+
+    def jobs_matching(self, face_id: str) -> list[str]:
+        items: list[str] = []
+        query: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(f"face#{face_id}")}
+        while True:
+            response = self._table.query(**query)
+            items.extend(str(item["sk"]) for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return items
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def remove_matches(self, job_id: str, face_ids: Sequence[str]) -> None:
+        for face_id in face_ids:
+            self._table.delete_item(Key={"pk": f"face#{face_id}", "sk": job_id})
+
+
+class S3VideoStore:
+    """Videos in the upload bucket; each job's results (and its segments' until it ends) in the results bucket."""
+
+    def __init__(self, results_bucket: str, client: Any | None = None, cache_dir: Path | None = None) -> None:
+        self._s3 = client or _client("s3")
+        self._bucket = results_bucket
+        self._cache_dir = cache_dir or Path(tempfile.gettempdir()) / "candor-videos"
+
+    def _head(self, video: VideoRef) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": video.bucket, "Key": video.key}
+        if video.version_id:
+            params["VersionId"] = video.version_id
+        try:
+            return dict(self._s3.head_object(**params))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket", "NoSuchVersion"):
+                raise ResourceNotFoundError(f"s3://{video.bucket}/{video.key} does not exist") from error
+            raise
+
+    def size(self, video: VideoRef) -> int:
+        return int(self._head(video).get("ContentLength", 0))
+
+    def metadata(self, video: VideoRef) -> dict[str, str]:
+        return {str(k).lower(): str(v) for k, v in (self._head(video).get("Metadata") or {}).items()}
+
+    def fetch(self, video: VideoRef, max_bytes: int) -> Path:
+        head = self._head(video)
+        size = int(head.get("ContentLength", 0))
+        if size > max_bytes:
+            raise VideoTooLargeError(f"the video is {size:,} bytes; the limit is {max_bytes:,} bytes")
+        # One copy per object version (the ETag changes with the content): the next segments read it from /tmp.
+        name = hashlib.sha256(f"{video.bucket}|{video.key}|{video.version_id}|{head.get('ETag')}".encode()).hexdigest()
+        path = self._cache_dir / name
+        if path.is_file() and path.stat().st_size == size:
+            return path
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        for old in self._cache_dir.iterdir():  # one video at a time: /tmp is the instance's only disk
+            old.unlink(missing_ok=True)
+        partial = path.with_suffix(".part")
+        extra = {"VersionId": video.version_id} if video.version_id else None
+        self._s3.download_file(video.bucket, video.key, str(partial), ExtraArgs=extra)
+        partial.rename(path)
+        return path
+
+    def put_segment(self, job_id: str, segment: int, results: JobResults) -> None:
+        self._put(f"jobs/{job_id}/segments/{segment:06d}.json", results.to_dict())
+
+    def get_segment(self, job_id: str, segment: int) -> JobResults:
+        data = self._get(f"jobs/{job_id}/segments/{segment:06d}.json")
+        if data is None:
+            raise ResourceNotFoundError(f"segment {segment} of job {job_id} has no results")
+        return JobResults.from_dict(data)
+
+    def delete_segments(self, job_id: str, segments: int) -> None:
+        # The segments' results hold the faces' embeddings: gone once the job's results are stored.
+        keys = [{"Key": f"jobs/{job_id}/segments/{n:06d}.json"} for n in range(segments)]
+        for start in range(0, len(keys), 1000):
+            self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
+
+    def put_results(self, job_id: str, results: JobResults) -> None:
+        self._put(f"jobs/{job_id}/results.json", results.to_dict())
+
+    def get_results(self, job_id: str) -> JobResults | None:
+        data = self._get(f"jobs/{job_id}/results.json")
+        return JobResults.from_dict(data) if data is not None else None
+
+    def _put(self, key: str, data: dict[str, Any]) -> None:
+        body = json.dumps(data, separators=(",", ":")).encode()
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/json")
+
+    def _get(self, key: str) -> dict[str, Any] | None:
+        try:
+            response = self._s3.get_object(Bucket=self._bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        data: dict[str, Any] = json.loads(response["Body"].read())
+        return data
+
+
+class SnsJobNotifier:
+    """Publishes a job's completion message to the caller's topic as the caller's role, as Rekognition does."""
+
+    def __init__(self, sts: Any | None = None) -> None:
+        self._sts = sts or _client("sts")
+
+    def notify(self, topic_arn: str, role_arn: str, message: dict[str, Any]) -> None:
+        credentials = self._sts.assume_role(RoleArn=role_arn, RoleSessionName="candor-video-job")["Credentials"]
+        region = topic_arn.split(":")[3] or None
+        sns = boto3.client(
+            "sns",
+            region_name=region,
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            config=RETRY_CONFIG,
+        )
+        sns.publish(TopicArn=topic_arn, Message=json.dumps(message))
+
+
+def _days(days: int) -> int:
+    return int(time.time()) + days * 86_400

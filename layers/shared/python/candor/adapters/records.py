@@ -10,6 +10,7 @@ import numpy as np
 from candor.accountability.policy import CollectionPolicy
 from candor.core.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
 from candor.ports import Collection, IndexChange, User
+from candor.video.jobs import JobKind, JobStatus, NotificationChannel, VideoJob, VideoRef
 
 
 def to_item(value: Any) -> Any:
@@ -182,3 +183,55 @@ def user_to_dict(user: User) -> dict[str, Any]:
 def user_from_dict(data: dict[str, Any]) -> User:
     data = from_item(data)
     return User(collection_id=data["collection_id"], user_id=data["user_id"], created_at=data["created_at"])
+
+
+def video_job_to_dict(job: VideoJob) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "job_id": job.job_id,
+        "kind": job.kind.value,
+        "video": job.video.to_dict(),
+        "created_at": job.created_at,
+        "caller": job.caller_identity,
+        "purpose": job.purpose,
+        "case_reference": job.case_reference,
+        "collection_id": job.collection_id,
+        "threshold": job.threshold,
+        "job_tag": job.job_tag,
+        "sample_interval_ms": job.sample_interval_ms,
+        "status": job.status.value,
+        "status_message": job.status_message,
+        "metadata": job.metadata,
+        "segments": job.segments,
+        "completed_at": job.completed_at,
+        "false_match_risk": job.false_match_risk,
+    }
+    if job.notification is not None:
+        data["notification"] = {"topic_arn": job.notification.topic_arn, "role_arn": job.notification.role_arn}
+    if job.segments_done:
+        data["segments_done"] = set(job.segments_done)
+    return data
+
+
+def video_job_from_dict(data: dict[str, Any]) -> VideoJob:
+    notification = data.get("notification")
+    return VideoJob(
+        job_id=str(data["job_id"]),
+        kind=JobKind(data["kind"]),
+        video=VideoRef.from_dict(data["video"]),
+        created_at=str(data["created_at"]),
+        caller_identity=str(data["caller"]),
+        purpose=str(data["purpose"]),
+        case_reference=data.get("case_reference"),
+        collection_id=data.get("collection_id"),
+        threshold=float(data["threshold"]) if data.get("threshold") is not None else None,
+        job_tag=data.get("job_tag"),
+        notification=NotificationChannel(notification["topic_arn"], notification["role_arn"]) if notification else None,
+        sample_interval_ms=int(data.get("sample_interval_ms", 200)),
+        status=JobStatus(data["status"]),
+        status_message=data.get("status_message") or None,
+        metadata=data.get("metadata"),
+        segments=int(data["segments"]) if data.get("segments") is not None else None,
+        segments_done=frozenset(int(n) for n in data.get("segments_done", ())),
+        completed_at=data.get("completed_at"),
+        false_match_risk=float(data["false_match_risk"]) if data.get("false_match_risk") is not None else None,
+    )

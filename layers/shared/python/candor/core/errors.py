@@ -117,3 +117,9 @@ class VideoTooLargeError(CandorError):
     """Too many bytes, too long, or frames too large to process (Rekognition's VideoTooLargeException)."""
 
     code = "VideoTooLarge"
+
+
+class IdempotentParameterMismatchError(CandorError):
+    """A ClientRequestToken used again with a different request."""
+
+    code = "IdempotentParameterMismatch"

@@ -121,6 +121,15 @@ class Settings:
     # Which operations this face API serves ("search" or "admin") and how long a policy's loosening waits.
     face_api_role: str = "search"
     policy_loosening_delay_hours: float = DEFAULT_POLICY_LOOSENING_DELAY_HOURS
+    # Stored-video jobs (candor/video_jobs.py; template.yaml's VideoJobsTable, VideoResultsBucket, queues).
+    video_jobs_table: str = ""
+    video_results_bucket: str = ""
+    video_job_queue_url: str = ""
+    video_segment_queue_url: str = ""
+    video_segment_ms: int = 10_000
+    video_sample_interval_ms: int = 200
+    video_result_days: int = 7
+    video_max_receives: int = 3
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -147,6 +156,14 @@ class Settings:
             audit_digest_bucket=env.get("AUDIT_DIGEST_BUCKET", ""),
             audit_digest_key=env.get("AUDIT_DIGEST_KEY", ""),
             face_api_role=env.get("FACE_API_ROLE", "search"),
+            video_jobs_table=env.get("VIDEO_JOBS_TABLE", ""),
+            video_results_bucket=env.get("VIDEO_RESULTS_BUCKET", ""),
+            video_job_queue_url=env.get("VIDEO_JOB_QUEUE_URL", ""),
+            video_segment_queue_url=env.get("VIDEO_SEGMENT_QUEUE_URL", ""),
+            video_segment_ms=int(float(env.get("VIDEO_SEGMENT_SECONDS", str(VIDEO_SEGMENT_MS / 1000))) * 1000),
+            video_sample_interval_ms=int(env.get("VIDEO_SAMPLE_INTERVAL_MS", str(VIDEO_SAMPLE_INTERVAL_MS))),
+            video_result_days=int(env.get("VIDEO_RESULT_DAYS", str(VIDEO_RESULT_DAYS))),
+            video_max_receives=int(env.get("VIDEO_MAX_RECEIVES", "3")),
             policy_loosening_delay_hours=float(
                 env.get("POLICY_LOOSENING_DELAY_HOURS", str(DEFAULT_POLICY_LOOSENING_DELAY_HOURS))
             ),
@@ -157,6 +174,12 @@ class Settings:
 # the video, so the segments of one video sample the same instants as the whole. The limits are Rekognition
 # Video's (10 GB, 6 hours) and a frame of at most 4K: larger ones are refused after probing, before decoding.
 VIDEO_SAMPLE_INTERVAL_MS = 200
+# A video is split into segments of VIDEO_SEGMENT_MS, analysed in parallel; a job's results are kept
+# VIDEO_RESULT_DAYS (Rekognition Video keeps them 7 days). GetFaceDetection/GetFaceSearch pages hold at most
+# MAX_VIDEO_RESULTS_PAGE entries (Rekognition's MaxResults limit).
+VIDEO_SEGMENT_MS = 10_000
+VIDEO_RESULT_DAYS = 7
+MAX_VIDEO_RESULTS_PAGE = 1000
 MAX_VIDEO_BYTES = 10 * 1024**3
 MAX_VIDEO_DURATION_MS = 6 * 60 * 60 * 1000
 MAX_VIDEO_FRAME_PIXELS = 3840 * 2160
