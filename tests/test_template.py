@@ -21,6 +21,7 @@ from candor_local.emulator.template import (
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
+# The zip functions, with their code; VideoFunction is a container image (tests/test_image_functions.py).
 FUNCTIONS = {
     "DetectFunction": "services/detect",
     "EmbedFunction": "services/embed",
@@ -28,6 +29,7 @@ FUNCTIONS = {
     "AdminFunction": "services/search",
     "DigestFunction": "services/digest",
 }
+IMAGE_FUNCTIONS = {"VideoFunction"}
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +72,11 @@ def test_the_template_is_the_default_of_the_local_runtime() -> None:
 
 
 def test_sam_translates_offline_into_the_functions_with_their_code_and_layers(template: Template) -> None:
-    assert set(template.functions) == set(FUNCTIONS)
+    assert set(template.functions) == set(FUNCTIONS) | IMAGE_FUNCTIONS
+    assert {name for name, function in template.functions.items() if function.is_image} == IMAGE_FUNCTIONS
     for logical_id, code in FUNCTIONS.items():
         function = template.functions[logical_id]
+        assert function.runtime == "python3.12"
         assert function.code_dir == ROOT / code
         assert function.handler == "app.lambda_handler"
         assert function.layer_dirs == (ROOT / "layers/shared", ROOT / "layers/models")
@@ -100,7 +104,8 @@ def test_every_function_gets_the_shared_settings(template: Template) -> None:
         assert env["COLLECTIONS_TABLE"] == {"Ref": "CollectionsTable"}
         assert env["EMBED_QUEUE_URL"] == {"Ref": "EmbedQueue"}
         assert env["UPLOAD_BUCKET"] == {"Ref": "UploadBucket"}
-        assert env["MODEL_DIR"] == "/opt/models"
+        # An image has no model layer (/opt/models): its models are fetched into /tmp.
+        assert env["MODEL_DIR"] == ("/tmp/models" if function.is_image else "/opt/models"), function.logical_id
         assert env["MIN_DETECTION_CONFIDENCE"] == {"Ref": "MinDetectionConfidence"}
         assert env["FACE_MATCH_THRESHOLD"] == {"Ref": "FaceMatchThreshold"}
         assert env["POWERTOOLS_SERVICE_NAME"] == function.logical_id.removesuffix("Function").lower()
@@ -112,7 +117,7 @@ def test_every_function_gets_the_shared_settings(template: Template) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["UploadBucket", "IndexBucket"])
+@pytest.mark.parametrize("name", ["UploadBucket", "IndexBucket", "VideoResultsBucket"])
 def test_every_bucket_is_encrypted_private_and_tls_only(template: Template, name: str) -> None:
     bucket = template.resources[name]["Properties"]
     rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
@@ -156,7 +161,12 @@ def test_every_queue_has_a_dead_letter_queue_and_encryption(template: Template) 
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
     }
-    assert dead_letter == {"DetectDeadLetterQueue", "EmbedDeadLetterQueue"}
+    assert dead_letter == {
+        "DetectDeadLetterQueue",
+        "EmbedDeadLetterQueue",
+        "VideoJobDeadLetterQueue",
+        "VideoSegmentDeadLetterQueue",
+    }
     for name, queue in queues.items():
         properties = queue["Properties"]
         assert properties["SqsManagedSseEnabled"] is True, name
@@ -170,7 +180,7 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_outlives_its_fun
     template: Template,
 ) -> None:
     mappings = _resources(template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 2
+    assert len(mappings) == 4  # Detect, Embed, and VideoFunction's two queues
     for mapping in mappings.values():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     for function in template.functions.values():
@@ -191,6 +201,7 @@ def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) 
         "UsersTable",
         "AuditTable",
         "QuotasTable",
+        "VideoJobsTable",
     }
     for name, table in tables.items():
         properties = table["Properties"]
@@ -246,6 +257,8 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
         "PhotosTable": {"dynamodb:PutItem"},
         "CollectionsTable": {"dynamodb:GetItem"},
         "EmbedQueue": {"sqs:SendMessage"},
+        # An upload under videos/ is passed on as a video job.
+        "VideoJobQueue": {"sqs:SendMessage"},
         "AuditTable": append_only,
     }
     assert grants("EmbedFunction") == {
@@ -290,7 +303,27 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
             "s3vectors:ListVectors",
             "s3vectors:QueryVectors",
         },
+        # Video jobs: Start* records and queues one, Get* pages its results, erasure rewrites them.
+        "VideoJobsTable": {
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+            "dynamodb:DeleteItem",
+        },
+        "VideoResultsBucket": {"s3:GetObject", "s3:PutObject"},
+        "VideoJobQueue": {"sqs:SendMessage"},
     }
+    # Stored videos read the upload, the models and the collections' faces and index, and write only their job's
+    # records, results and segments: a video never changes a face, a photo, a user, a collection or an index.
+    video = grants("VideoFunction")
+    reads = {"s3:GetObject", "s3:ListBucket", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"}
+    reads |= {"s3vectors:GetIndex", "s3vectors:GetVectors", "s3vectors:ListVectors", "s3vectors:QueryVectors"}
+    for target in ("UploadBucket", "FacesTable", "PhotosTable", "UsersTable", "CollectionsTable", "IndexBucket"):
+        assert video.get(target, set()) <= reads, (target, video[target])
+    assert video.get("VectorBucket", set()) <= reads and video["AuditTable"] == append_only
+    assert video["VideoSegmentQueue"] == {"sqs:SendMessage"}
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem"} <= video["VideoJobsTable"]
     # The digest function reads the chains' heads and the collection ids, signs, and writes digests: it can
     # neither change the audit table nor delete a digest.
     assert grants("DigestFunction") == {
@@ -383,6 +416,11 @@ def test_layers_are_in_lambdas_layout_and_the_model_layer_builds_with_make() -> 
         check=True,
         timeout=30,
     ).stdout
-    runtime = sam["Globals"]["Function"]["Runtime"].removeprefix("python")
-    assert f"--python-version {runtime}" in plan
+    # Each zip function names its runtime (an image function may not: tests/test_image_functions.py), all one.
+    (runtime,) = {
+        resource["Properties"]["Runtime"]
+        for resource in sam["Resources"].values()
+        if resource["Type"] == "AWS::Serverless::Function" and resource["Properties"].get("PackageType") != "Image"
+    }
+    assert f"--python-version {runtime.removeprefix('python')}" in plan
     assert "/artifacts/models/" in plan and '--target "/artifacts/python"' in plan

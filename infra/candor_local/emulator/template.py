@@ -1,14 +1,20 @@
 """Read template.yaml the way AWS does: parse the short-form tags, translate SAM to CloudFormation with
 aws-sam-translator (offline), and describe each function from the translated resources.
 
-Everything the local runtime knows about resources comes from here; nothing is listed a second time.
+Everything the local runtime knows about resources comes from here; nothing is listed a second time. A
+container-image function (PackageType: Image) is played from what its Dockerfile (SAM's Metadata.Dockerfile)
+copies into Lambda's task root: the same directories, on the import path in the image's order.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import posixpath
+import re
+import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,14 @@ DEFAULT_REGION = "us-east-1"
 # Stand-in S3 bucket for local code paths: the translator only accepts S3 locations, and the key carries the
 # SAM logical id so the translated Code/Content can be mapped back to the local directory.
 _LOCAL_ARTIFACTS_BUCKET = "candor-local-artifacts"
+# Stand-in repository for container-image functions built from a Dockerfile (what `sam build` would push): the
+# translator needs an ImageUri, and the tag carries the logical id so the function maps back to its Dockerfile.
+_LOCAL_IMAGE_REPOSITORY = "candor-local-image"
+
+# Where Lambda's base images keep the function's code (LAMBDA_TASK_ROOT, also their WORKDIR).
+LAMBDA_TASK_ROOT = "/var/task"
+# AWS's Python base images, public.ecr.aws/lambda/python:<version>[<suffix>] (3.12, 3.12-x86_64, 3.12.2025...).
+_LAMBDA_PYTHON_IMAGE = re.compile(r"^public\.ecr\.aws/lambda/python:(\d+\.\d+)(?:[.-][\w.-]*)?$")
 
 # Resource types the local runtime plays itself (a worker process per function) instead of deploying.
 LAMBDA_RESOURCE_TYPES = frozenset(
@@ -77,8 +91,20 @@ class SqsEventSource:
 
 
 @dataclass(frozen=True)
+class ImageBuild:
+    """What a container-image function's Dockerfile builds, as far as the local runtime plays it."""
+
+    dockerfile: Path
+    context: Path
+    runtime: str  # from the base image: public.ecr.aws/lambda/python:3.12 is python3.12
+    # The local directories its COPY lines put into the task root, the one copied last (which wins) first.
+    task_root_dirs: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
-    """One function of the translated template, with its local code and layer directories."""
+    """One function of the translated template, with its local code and layer directories (a zip function)
+    or the directories its image's Dockerfile copies into the task root (a container-image function)."""
 
     logical_id: str
     handler: str
@@ -90,10 +116,16 @@ class FunctionSpec:
     memory_mb: int
     sqs_sources: tuple[SqsEventSource, ...] = ()
     function_url_auth: str | None = None
+    image: ImageBuild | None = None  # a container-image function's Dockerfile, read; None for a zip function
 
     @property
     def has_function_url(self) -> bool:
         return self.function_url_auth is not None
+
+    @property
+    def is_image(self) -> bool:
+        """PackageType: Image (its code is what the Dockerfile copies; Lambda's 250 MB zip limit is not its)."""
+        return self.image is not None
 
     @property
     def instances(self) -> int:
@@ -106,7 +138,11 @@ class FunctionSpec:
 
     @property
     def python_path(self) -> list[Path]:
-        """Import path in Lambda's order: the code (/var/task), then each layer's python/ (/opt/python)."""
+        """Import path in Lambda's order: the code (/var/task), then each layer's python/ (/opt/python). An
+        image has no layers: everything is in /var/task, so the directories its Dockerfile copies there,
+        the last copied first (a later COPY overwrites an earlier one's files)."""
+        if self.image is not None:
+            return list(self.image.task_root_dirs)
         return [self.code_dir, *(layer / "python" for layer in self.layer_dirs)]
 
 
@@ -191,13 +227,22 @@ def translate(
     """Translate a SAM template to plain CloudFormation offline, as the AWS::Serverless transform would.
 
     Local CodeUri/ContentUri paths are swapped for stand-in S3 locations first (the translator accepts
-    only S3); `FunctionSpec` maps them back."""
+    only S3), and a container-image function built from a Dockerfile (Metadata.Dockerfile, what `sam build`
+    builds and pushes) gets a stand-in ImageUri; `FunctionSpec` maps them back."""
     document = copy.deepcopy(dict(sam))
     for logical_id, resource in document.get("Resources", {}).items():
         properties = resource.get("Properties") or {}
         for key in ("CodeUri", "ContentUri"):
             if isinstance(properties.get(key), str) and not properties[key].startswith("s3://"):
                 properties[key] = f"s3://{_LOCAL_ARTIFACTS_BUCKET}/{logical_id}"
+        if _is_image_function(resource) and "ImageUri" not in properties:
+            if not (resource.get("Metadata") or {}).get("Dockerfile"):
+                raise TemplateError(
+                    f"{logical_id}: a container image function (PackageType: Image) needs an ImageUri or "
+                    "Metadata.Dockerfile and Metadata.DockerContext (what `sam build` builds its image from; "
+                    "the local runtime reads the function's code from that Dockerfile)"
+                )
+            properties["ImageUri"] = _stand_in_image_uri(logical_id)
     # What samtranslator.translator.transform.transform does, but with an explicit session: transform()
     # builds its own and needs a region configured in the environment. The session makes no call.
     session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION)
@@ -227,8 +272,9 @@ def load_template(
     sam = load_yaml(path)
     cfn = translate(sam, parameter_values, region)
     local_dirs = _local_artifact_dirs(sam, path.parent)
+    images = _local_images(sam, path.parent)
     functions = {
-        logical_id: _describe_function(logical_id, cfn["Resources"], local_dirs)
+        logical_id: _describe_function(logical_id, cfn["Resources"], local_dirs, images)
         for logical_id, resource in cfn["Resources"].items()
         if resource["Type"] == "AWS::Lambda::Function"
     }
@@ -310,6 +356,159 @@ def _local_artifact_dirs(sam: Mapping[str, Any], base: Path) -> dict[str, Path]:
     return dirs
 
 
+def _is_image_function(resource: Mapping[str, Any]) -> bool:
+    properties = resource.get("Properties") or {}
+    return resource.get("Type") == "AWS::Serverless::Function" and properties.get("PackageType") == "Image"
+
+
+def _stand_in_image_uri(logical_id: str) -> str:
+    # An ECR-shaped URI (the account is a placeholder): nothing pulls it, the local runtime plays the Dockerfile.
+    return f"000000000000.dkr.ecr.{DEFAULT_REGION}.amazonaws.com/{_LOCAL_IMAGE_REPOSITORY}:{logical_id}"
+
+
+def _local_images(sam: Mapping[str, Any], base: Path) -> dict[str, ImageBuild]:
+    """SAM logical id → its Dockerfile, read, for each container-image function built from one. As `sam
+    build` reads Metadata: DockerContext is relative to the template's folder, Dockerfile to DockerContext."""
+    images: dict[str, ImageBuild] = {}
+    for logical_id, resource in sam.get("Resources", {}).items():
+        metadata = resource.get("Metadata") or {}
+        if not _is_image_function(resource) or not metadata.get("Dockerfile"):
+            continue
+        if not isinstance(metadata.get("DockerContext"), str):
+            raise TemplateError(f"{logical_id}: Metadata.Dockerfile needs Metadata.DockerContext (as `sam build` does)")
+        context = (base / metadata["DockerContext"]).resolve()
+        images[logical_id] = read_dockerfile(context / str(metadata["Dockerfile"]), context)
+    return images
+
+
+@dataclass
+class _Stage:
+    """One build stage (FROM ... [AS name]) as far as it is read: its base image, WORKDIR and task-root copies."""
+
+    base: str
+    workdir: str
+    copied: list[Path] = field(default_factory=list)
+
+
+def read_dockerfile(dockerfile: Path, context: Path) -> ImageBuild:
+    """The runtime and task-root directories of a Lambda Python image, from its Dockerfile: the final stage's
+    base image (public.ecr.aws/lambda/python:<version>) and the local sources its COPY lines put into
+    ${LAMBDA_TASK_ROOT} (/var/task, the base images' WORKDIR). A copied file puts its folder on the path.
+    COPY --from copies what an earlier stage built (installed dependencies): locally, this virtualenv has them."""
+    try:
+        text = dockerfile.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TemplateError(f"Dockerfile {dockerfile} cannot be read: {error.strerror or error}") from error
+    named: dict[str, _Stage] = {}
+    stage: _Stage | None = None
+    for number, instruction, arguments in _dockerfile_instructions(text):
+        where = f"{dockerfile}:{number}"
+        if instruction == "FROM":
+            words = [word for word in arguments.split() if not word.startswith("--")]
+            if not words:
+                raise TemplateError(f"{where}: FROM names no image")
+            if words[0] in named:  # a stage built on an earlier one starts with what that one holds
+                earlier = named[words[0]]
+                stage = _Stage(earlier.base, earlier.workdir, list(earlier.copied))
+            else:
+                stage = _Stage(words[0], LAMBDA_TASK_ROOT if _LAMBDA_PYTHON_IMAGE.match(words[0]) else "/")
+            if len(words) >= 3 and words[1].upper() == "AS":
+                named[words[2]] = stage
+        elif stage is None:
+            continue  # an ARG before the first FROM
+        elif instruction == "WORKDIR":
+            stage.workdir = posixpath.normpath(posixpath.join(stage.workdir, _task_root_variable(arguments)))
+        elif instruction in ("COPY", "ADD"):
+            words = _copy_arguments(arguments, where)
+            flags = [word for word in words if word.startswith("--")]
+            paths = [word for word in words if not word.startswith("--")]
+            if len(paths) < 2:
+                raise TemplateError(f"{where}: {instruction} needs a source and a destination")
+            destination = posixpath.normpath(posixpath.join(stage.workdir, _task_root_variable(paths[-1])))
+            if destination != LAMBDA_TASK_ROOT or any(flag.startswith("--from") for flag in flags):
+                continue
+            if instruction == "ADD":
+                raise TemplateError(f"{where}: ADD into the task root; the local runtime reads COPY lines only")
+            for source in paths[:-1]:
+                stage.copied.extend(_copy_sources(source, context, where))
+    if stage is None:
+        raise TemplateError(f"{dockerfile} has no FROM line")
+    found = _LAMBDA_PYTHON_IMAGE.match(stage.base)
+    if found is None:
+        raise TemplateError(
+            f"{dockerfile}: the image is built FROM {stage.base}; the local runtime plays AWS's Lambda Python "
+            "base images only (public.ecr.aws/lambda/python:<version>), whose version names the runtime"
+        )
+    if not stage.copied:
+        raise TemplateError(
+            f"{dockerfile} copies nothing into ${{LAMBDA_TASK_ROOT}} ({LAMBDA_TASK_ROOT}): the local runtime "
+            "imports the function's code from what the Dockerfile copies there (COPY <source> ${LAMBDA_TASK_ROOT})"
+        )
+    # The last copy wins in the image: first on the path; a folder copied twice counts where it was copied last.
+    task_root_dirs = tuple(dict.fromkeys(reversed(stage.copied)))
+    return ImageBuild(dockerfile, context, f"python{found.group(1)}", task_root_dirs)
+
+
+def _dockerfile_instructions(text: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    pending: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1])
+            continue
+        pending.append(stripped)
+        joined = " ".join(part.strip() for part in pending).strip()
+        pending = []
+        instruction, _, arguments = joined.partition(" ")
+        yield start, instruction.upper(), arguments.strip()
+
+
+def _copy_arguments(arguments: str, where: str) -> list[str]:
+    if arguments.lstrip().startswith("["):  # the JSON form, COPY ["src", "dest"]
+        try:
+            words = json.loads(arguments)
+        except ValueError as error:
+            raise TemplateError(f"{where}: COPY {arguments} is not a JSON array") from error
+        return [str(word) for word in words]
+    flags = [word for word in arguments.split() if word.startswith("--")]
+    rest = " ".join(word for word in arguments.split() if not word.startswith("--"))
+    return [*flags, *shlex.split(rest)]
+
+
+def _task_root_variable(path: str) -> str:
+    return path.replace("${LAMBDA_TASK_ROOT}", LAMBDA_TASK_ROOT).replace("$LAMBDA_TASK_ROOT", LAMBDA_TASK_ROOT)
+
+
+def _copy_sources(source: str, context: Path, where: str) -> list[Path]:
+    """The local directories a COPY source puts on the import path: a directory itself, a file its folder."""
+    matches = sorted(context.glob(source)) if any(c in source for c in "*?[") else [context / source]
+    found = [match.resolve() for match in matches if match.exists()]
+    if not found:
+        raise TemplateError(f"{where}: COPY {source}: no such file or directory in the build context {context}")
+    outside = [match for match in found if not match.is_relative_to(context)]
+    if outside:
+        raise TemplateError(f"{where}: COPY {source} is outside the build context {context}")
+    return [match if match.is_dir() else match.parent for match in found]
+
+
+def _image_build(logical_id: str, images: Mapping[str, ImageBuild]) -> ImageBuild:
+    """The Dockerfile an image function is built from; its ImageUri, stand-in or given, is never pulled."""
+    if logical_id not in images:
+        raise TemplateError(
+            f"{logical_id} is a container image without Metadata.Dockerfile; the local runtime needs the "
+            "Dockerfile to know the function's code"
+        )
+    return images[logical_id]
+
+
 def _artifact_dir(location: Any, local_dirs: Mapping[str, Path], what: str) -> Path:
     bucket, key = (location.get("S3Bucket"), location.get("S3Key")) if isinstance(location, dict) else (None, None)
     if bucket != _LOCAL_ARTIFACTS_BUCKET or not isinstance(key, str) or key not in local_dirs:
@@ -329,7 +528,12 @@ def _maximum_concurrency(scaling: Any) -> int | None:
     return int(value)
 
 
-def _describe_function(logical_id: str, resources: Mapping[str, Any], local_dirs: Mapping[str, Path]) -> FunctionSpec:
+def _describe_function(
+    logical_id: str,
+    resources: Mapping[str, Any],
+    local_dirs: Mapping[str, Path],
+    images: Mapping[str, ImageBuild],
+) -> FunctionSpec:
     properties = resources[logical_id]["Properties"]
     layer_dirs: list[Path] = []
     for layer in properties.get("Layers", []):
@@ -359,11 +563,26 @@ def _describe_function(logical_id: str, resources: Mapping[str, Any], local_dirs
         elif resource["Type"] == "AWS::Lambda::Url" and other.get("TargetFunctionArn") == {"Ref": logical_id}:
             url_auth = str(other.get("AuthType", "AWS_IAM"))
 
+    image: ImageBuild | None = None
+    if properties.get("PackageType") == "Image":
+        image = _image_build(logical_id, images)
+        command = (properties.get("ImageConfig") or {}).get("Command")
+        if not isinstance(command, list) or not command or not isinstance(command[0], str):
+            raise TemplateError(
+                f"{logical_id}: a container image function needs ImageConfig.Command: [module.function], "
+                "the handler the local runtime imports (the Dockerfile's CMD is not read)"
+            )
+        handler, runtime, code_dir = command[0], image.runtime, image.task_root_dirs[0]
+    else:
+        handler = str(properties["Handler"])
+        runtime = str(properties.get("Runtime", ""))
+        code_dir = _artifact_dir(properties["Code"], local_dirs, logical_id)
+
     return FunctionSpec(
         logical_id=logical_id,
-        handler=str(properties["Handler"]),
-        runtime=str(properties.get("Runtime", "")),
-        code_dir=_artifact_dir(properties["Code"], local_dirs, logical_id),
+        handler=handler,
+        runtime=runtime,
+        code_dir=code_dir,
         layer_dirs=tuple(layer_dirs),
         environment=dict(properties.get("Environment", {}).get("Variables", {})),
         # Lambda's defaults when the template leaves them out.
@@ -371,4 +590,5 @@ def _describe_function(logical_id: str, resources: Mapping[str, Any], local_dirs
         memory_mb=int(properties.get("MemorySize", 128)),
         sqs_sources=tuple(sqs_sources),
         function_url_auth=url_auth,
+        image=image,
     )
