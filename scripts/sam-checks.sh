@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# SAM CLI's checks of template.yaml: `sam validate --lint`, then `sam build` (no container) into
-# .aws-sam/build. The CLI is installed into its own virtualenv, .venv-sam, so its pins never meet the
-# project's; a stamp skips the install when requirements/sam.txt and the interpreter are unchanged.
-# Arguments go to `sam build` (e.g. --cached).
+# SAM CLI's checks of template.yaml: `sam validate --lint` of the whole template, then `sam build` (no
+# container) of its zip functions and layers into .aws-sam/build; container-image functions (PackageType:
+# Image) are left out, since building them runs `docker build`. The CLI is installed into its own
+# virtualenv, .venv-sam, so its pins never meet the project's; a stamp skips the install when
+# requirements/sam.txt and the interpreter are unchanged. Arguments go to `sam build` (e.g. --cached).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -59,9 +60,32 @@ export SAM_CLI_TELEMETRY=0
 # Lint and build need no account; a region keeps the CLI from asking for one.
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 
+# The template's container-image functions, by logical id (the short-form tags are read, not resolved).
+mapfile -t IMAGE_FUNCTIONS < <("$PY" - <<'PYEOF'
+import yaml
+
+class Loader(yaml.SafeLoader):
+    pass
+
+Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+with open("template.yaml", encoding="utf-8") as handle:
+    resources = yaml.load(handle, Loader=Loader)["Resources"]
+for logical_id, resource in resources.items():
+    if resource["Type"] == "AWS::Serverless::Function" and (resource.get("Properties") or {}).get("PackageType") == "Image":
+        print(logical_id)
+PYEOF
+)
+EXCLUDE=()
+for function in "${IMAGE_FUNCTIONS[@]}"; do
+    EXCLUDE+=(--exclude "$function")
+done
+
 started=$SECONDS
 say "sam validate --lint"
 sam validate --lint --template-file template.yaml
+if ((${#IMAGE_FUNCTIONS[@]})); then
+    say "not built here: ${IMAGE_FUNCTIONS[*]} (container images; \`sam build\` builds them where Docker runs)"
+fi
 say "sam build (no container) into .aws-sam/build"
-sam build --template-file template.yaml --build-dir .aws-sam/build "$@"
+sam build --template-file template.yaml --build-dir .aws-sam/build "${EXCLUDE[@]}" "$@"
 say "validated and built in $((SECONDS - started)) s"
