@@ -35,6 +35,9 @@ def register_all(bench_subparsers: Any) -> None:
     from benchmarks.accuracy import register as register_accuracy  # `accuracy`: LFW, the similarity scale
 
     register_accuracy(bench_subparsers)
+    from benchmarks.video import register as register_video  # `video`: stored-video jobs, speed and persons
+
+    register_video(bench_subparsers)
 
 
 def _run_all(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ run() {
 run "sam validate and build" bash scripts/sam-checks.sh
 run pytest .venv/bin/python -m pytest -q "$@"
 run ruff .venv/bin/ruff check .
-run mypy .venv/bin/mypy layers/shared/python/candor infra/candor_local
+run mypy .venv/bin/mypy layers/shared/python/candor infra/candor_local benchmarks
 # Every function's handler is a module named `app`, as Lambda wants: each service is checked on its own.
 for service in services/*/; do
     run "mypy ${service}" .venv/bin/mypy "$service"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -21,7 +22,11 @@ import boto3
 import pytest
 from botocore.parsers import create_parser
 from moto import mock_aws
+from video_samples import TWO_PEOPLE, as_mp4
 
+from candor.adapters.aws import SqsPublisher
+from candor.video.jobs import Segment
+from candor.video_jobs import SegmentAnalyser
 from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS
 from candor_local.emulator.stack import Endpoint, deploy_stack
 from candor_local.emulator.template import load_template
@@ -39,6 +44,8 @@ EXTENSIONS = {
     "RekognitionService.SearchFaces": {"FalseMatchRisk"},
     "RekognitionService.SearchUsers": {"FalseMatchRisk"},
     "RekognitionService.SearchUsersByImage": {"FalseMatchRisk"},
+    "RekognitionService.GetFaceDetection": {"Progress"},
+    "RekognitionService.GetFaceSearch": {"Progress", "FalseMatchRisk"},
 }
 # Values that differ from the model by design (README): a face's IndexFacesModelVersion names Candor's embedder
 # (`sface-2021dec+five-point-112`), where the model's pattern expects Rekognition's numbered versions.
@@ -109,6 +116,26 @@ def invoke(search: ModuleType, target: str, body: str, **headers: str) -> tuple[
     return response["statusCode"], response["body"].encode()
 
 
+def run_video_jobs(search: ModuleType) -> None:
+    """What VideoFunction does, in this process: plan each queued job, then analyse its segments."""
+    sqs = boto3.client("sqs")
+    analyser = SegmentAnalyser(search.detector, search.embedder, search.settings.min_detection_confidence,
+                               search.indexes)  # fmt: skip
+    # The segment queue is VideoFunction's alone: found by its name, as SearchFunction has no URL for it.
+    segment_queue_url = next(url for url in sqs.list_queues()["QueueUrls"] if "VideoSegmentQueue" in url)
+    videos = dataclasses.replace(search.face_api.videos, segment_queue=SqsPublisher(segment_queue_url))
+    for queue_url in (search.settings.video_job_queue_url, segment_queue_url):
+        while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages"):
+            for message in messages:
+                body = json.loads(message["Body"])
+                if "segment" in body:
+                    segment = Segment(int(body["segment"]), int(body["start_ms"]), body.get("end_ms"))
+                    videos.analyse_segment(body["job_id"], segment, analyser)
+                else:
+                    videos.plan(body["job_id"])
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
 def _image(path: Path) -> dict[str, str]:
     return {"Bytes": base64.b64encode(path.read_bytes()).decode()}
 
@@ -134,9 +161,9 @@ class Calls:
 
 
 @pytest.fixture(scope="module")
-def responses(search: ModuleType, faces_dir: Path) -> dict[str, list[bytes]]:
+def responses(search: ModuleType, faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes]]:
     """Every operation Candor serves, called the way a client would, with what it answered."""
-    call = Calls(search)
+    call, tmp_path = Calls(search), tmp_path_factory.mktemp("video")
     rekognition = "RekognitionService."
     obama, obama2 = _image(faces_dir / "enroll/obama/obama.jpg"), _image(faces_dir / "enroll/obama/obama2.jpg")
     biden, probe = _image(faces_dir / "enroll/biden/biden.jpg"), _image(faces_dir / "probe/obama1.jpg")
@@ -171,6 +198,20 @@ def responses(search: ModuleType, faces_dir: Path) -> dict[str, list[bytes]]:
     call(rekognition + "DisassociateFaces", {"CollectionId": COLLECTION, "UserId": "barack",
          "FaceIds": [indexed[1], indexed[2]]})  # fmt: skip
     call(rekognition + "DeleteFaces", {"CollectionId": COLLECTION, "FaceIds": [indexed[2], MISSING_FACE_ID]})
+
+    # Stored video: in progress first (with Candor's Progress), then the finished results, paged.
+    upload_bucket = search.settings.upload_bucket
+    boto3.client("s3").upload_file(str(as_mp4(TWO_PEOPLE, tmp_path / "two.mp4")), upload_bucket, "media/two.mp4")
+    video = {"S3Object": {"Bucket": upload_bucket, "Name": "media/two.mp4"}}
+    detection = call(rekognition + "StartFaceDetection", {"Video": video, "FaceAttributes": "ALL"})["JobId"]
+    face_search = call(rekognition + "StartFaceSearch", {"Video": video, "CollectionId": COLLECTION,
+                       "FaceMatchThreshold": 80})["JobId"]  # fmt: skip
+    assert call(rekognition + "GetFaceDetection", {"JobId": detection})["JobStatus"] == "IN_PROGRESS"
+    run_video_jobs(search)
+    page = call(rekognition + "GetFaceDetection", {"JobId": detection, "MaxResults": 2})
+    assert page["JobStatus"] == "SUCCEEDED" and len(page["Faces"]) == 2
+    call(rekognition + "GetFaceDetection", {"JobId": detection, "NextToken": page["NextToken"]})
+    assert call(rekognition + "GetFaceSearch", {"JobId": face_search, "SortBy": "INDEX"})["JobStatus"] == "SUCCEEDED"
 
     candor = "CandorService."
     policy = {"Purposes": ["general", "fraud"], "MinFaceMatchThreshold": 85, "MaxFalseMatchRisk": 0.5}

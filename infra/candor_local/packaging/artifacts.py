@@ -107,9 +107,13 @@ def estimate_layer(layer_dir: Path, model_dir: Path = DEFAULT_MODEL_DIR) -> int:
 
 
 def estimate(template: Template, model_dir: Path = DEFAULT_MODEL_DIR) -> list[Artefact]:
+    """Each zip function's code and layers, unzipped, as `sam build` would write them. Container-image
+    functions are left out: their limit is the image's 10 GB, not the 250 MB these sizes are checked against."""
     layers: dict[Path, int] = {}
     artefacts = []
     for spec in template.functions.values():
+        if spec.is_image:
+            continue
         parts = {"code": tree_bytes(spec.code_dir)}
         for layer_id, layer_dir in zip(layer_ids(template, spec.layer_dirs), spec.layer_dirs, strict=True):
             if layer_dir not in layers:
@@ -120,9 +124,11 @@ def estimate(template: Template, model_dir: Path = DEFAULT_MODEL_DIR) -> list[Ar
 
 
 def built(template: Template, build_dir: Path = BUILD_DIR) -> list[Artefact]:
-    """What `sam build` wrote: each function's folder and its layers' folders, by logical id."""
+    """What `sam build` wrote: each zip function's folder and its layers' folders, by logical id."""
     artefacts = []
     for spec in template.functions.values():
+        if spec.is_image:
+            continue
         parts = {"code": _all_bytes(build_dir / spec.logical_id)}
         for layer_id in layer_ids(template, spec.layer_dirs):
             parts[layer_id] = _all_bytes(build_dir / layer_id)
