@@ -12,13 +12,15 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from video_samples import ONE_PERSON, TWO_PEOPLE, as_mp4
+from video_samples import ONE_PERSON, SIGNING, TWO_PEOPLE, as_mp4
 
 from candor.adapters.aws import DynamoAuditStore
 from candor.video.jobs import upload_job_id
@@ -203,6 +205,11 @@ def test_client_request_tokens_and_request_errors(
     with pytest.raises(ClientError) as missing:
         rekognition.start_face_detection(Video=_video(env, "media/no-such-video.mp4"))
     assert missing.value.response["Error"]["Code"] == "InvalidS3ObjectException"
+    elsewhere = {"S3Object": {"Bucket": env.resources["IndexBucket"], "Name": videos["one"]}}
+    with pytest.raises(ClientError) as other_bucket:
+        rekognition.start_face_detection(Video=elsewhere)
+    assert other_bucket.value.response["Error"]["Code"] == "InvalidS3ObjectException"
+    assert env.resources["UploadBucket"] in other_bucket.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as bad_arn:
         rekognition.start_face_detection(
             Video=_video(env, videos["one"]), NotificationChannel={"SNSTopicArn": "topic", "RoleArn": ROLE_ARN}
@@ -256,6 +263,76 @@ def test_the_completion_message_goes_to_the_topic_and_a_bad_video_fails_with_its
         )["Attributes"]["ApproximateNumberOfMessages"]
         == "0"
     ), "a bad video is not retried"
+
+
+def _blank_video(path: Path, codec: str, size: tuple[int, int], times: list[int], **stream: Any) -> Path:
+    """A video of black frames at `times` (in the stream's time base), written with PyAV."""
+    width, height = size
+    pixel_format = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    with av.open(str(path), mode="w") as container:
+        output = container.add_stream(codec, rate=stream.get("rate", 25))
+        output.width, output.height, output.pix_fmt = width, height, pixel_format
+        if "time_base" in stream:
+            output.time_base = output.codec_context.time_base = stream["time_base"]
+        for pts in times:
+            frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+            frame = frame.reformat(format=pixel_format)
+            frame.pts = pts
+            container.mux(output.encode(frame))
+        container.mux(output.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_videos(env: LocalEnvironment, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Keys of videos every job must refuse: truncated, an unsupported codec, frames too big, too long."""
+    folder = tmp_path_factory.mktemp("bad-videos")
+    signing = SIGNING.read_bytes()
+    (folder / "cut.mkv").write_bytes(signing[: len(signing) // 2])
+    files = [
+        folder / "cut.mkv",
+        _blank_video(folder / "motion-jpeg.mkv", "mjpeg", (64, 64), [0, 1, 2]),
+        _blank_video(folder / "huge.mp4", "libx264", (4096, 2304), [0]),
+        # Two frames seven hours apart: a video of 7 h, past the 6 h limit, in a few kilobytes.
+        _blank_video(folder / "long.mkv", "libx264", (64, 64), [0, 7 * 3600], rate=None, time_base=Fraction(1, 1)),
+    ]
+    keys = {}
+    for path in files:
+        keys[path.stem] = f"media/{uuid.uuid4().hex}/{path.name}"
+        env.client("s3").upload_file(str(path), env.resources["UploadBucket"], keys[path.stem])
+    return keys
+
+
+def test_every_bad_video_fails_its_job_with_the_reason_and_other_jobs_are_untouched(
+    env: LocalEnvironment, rekognition: Any, videos: dict[str, str], bad_videos: dict[str, str]
+) -> None:
+    reasons = {
+        "cut": "truncated",
+        "motion-jpeg": "codec mjpeg is not supported",
+        "huge": "4096x2304; the limit is 8,294,400 pixels",
+        "long": "lasts 25200.0 s; the limit is 21600.0 s",
+    }
+    bad = {name: rekognition.start_face_detection(Video=_video(env, key))["JobId"] for name, key in bad_videos.items()}
+    good = rekognition.start_face_detection(Video=_video(env, videos["one"]))["JobId"]
+    for name, job_id in bad.items():
+        failed = _wait(rekognition.get_face_detection, job_id)
+        assert failed["JobStatus"] == "FAILED", name
+        assert reasons[name] in failed["StatusMessage"], (name, failed["StatusMessage"])
+        assert "Faces" not in failed
+    assert _wait(rekognition.get_face_detection, good)["JobStatus"] == "SUCCEEDED"
+
+    empty = f"media/{uuid.uuid4().hex}/empty.mp4"
+    env.client("s3").put_object(Bucket=env.resources["UploadBucket"], Key=empty, Body=b"")
+    with pytest.raises(ClientError) as refused:
+        rekognition.start_face_detection(Video=_video(env, empty))
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert "empty" in refused.value.response["Error"]["Message"]
+    queues = ("VideoJobDeadLetterQueue", "VideoSegmentDeadLetterQueue")
+    for queue in queues:
+        attributes = env.client("sqs").get_queue_attributes(
+            QueueUrl=env.resources[queue], AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        assert attributes["ApproximateNumberOfMessages"] == "0", f"a bad video is not retried into {queue}"
 
 
 def test_erasure_removes_the_persons_matches_from_stored_results(

@@ -86,6 +86,14 @@ def test_a_video_is_split_into_segments_that_cover_it_and_end_open() -> None:
     assert split(1500, 2000) == [Segment(0, 0, None)]
 
 
+def test_a_short_video_is_shared_among_the_segment_workers_in_segments_of_a_second_at_least() -> None:
+    assert split(4660, 10_000, workers=2) == [Segment(0, 0, 2330), Segment(1, 2330, None)]
+    assert split(1700, 10_000, workers=2) == [Segment(0, 0, 1000), Segment(1, 1000, None)]
+    assert split(800, 10_000, workers=2) == [Segment(0, 0, None)]
+    # Long enough for every worker: segments of the configured length, as without workers.
+    assert split(45_000, 10_000, workers=2) == split(45_000, 10_000)
+
+
 def test_a_job_runs_segment_by_segment_and_the_last_one_finds_the_two_people(
     videos: VideoJobs, analyser: SegmentAnalyser, two_people: Path
 ) -> None:

@@ -95,6 +95,7 @@ face_api = FaceApi(
     if settings.video_jobs_table
     else None,
     video_sample_interval_ms=settings.video_sample_interval_ms,
+    video_buckets=(settings.upload_bucket,) if settings.upload_bucket else (),
 )
 
 

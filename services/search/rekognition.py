@@ -89,6 +89,8 @@ class FaceApi:
     # Stored-video jobs (video_operations.py): recorded and queued here, run by VideoFunction.
     videos: VideoJobs | None = None
     video_sample_interval_ms: int = VIDEO_SAMPLE_INTERVAL_MS
+    # The buckets Start* may read videos from (the functions' roles can read no other): empty means any.
+    video_buckets: tuple[str, ...] = ()
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Runs the operation `target` names on a decoded request body, once it conforms to the operation's model."""

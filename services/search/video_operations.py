@@ -11,7 +11,12 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from candor.core.errors import InvalidPaginationTokenError, InvalidParameterError, ResourceNotFoundError
+from candor.core.errors import (
+    InvalidPaginationTokenError,
+    InvalidParameterError,
+    InvalidS3ObjectError,
+    ResourceNotFoundError,
+)
 from candor.core.faces import LANDMARK_TYPES
 from candor.core.settings import MAX_VIDEO_RESULTS_PAGE
 from candor.video.jobs import (
@@ -78,6 +83,12 @@ def _start(api: FaceApi, request: dict[str, Any], kind: JobKind) -> VideoJob:
     s3_object = request["Video"].get("S3Object") or {}
     if not s3_object.get("Bucket") or not s3_object.get("Name"):
         raise InvalidParameterError("Video.S3Object needs Bucket and Name")
+    if api.video_buckets and s3_object["Bucket"] not in api.video_buckets:
+        # Said plainly here, where S3 would answer a bare 403 for a bucket the roles may not read.
+        raise InvalidS3ObjectError(
+            f"videos are read from the stack's upload bucket ({', '.join(api.video_buckets)}) only, "
+            f"not {s3_object['Bucket']!r}"
+        )
     channel = request.get("NotificationChannel")
     token = request.get("ClientRequestToken")
     caller = api.caller

@@ -68,6 +68,7 @@ video_jobs = VideoJobs(
     ),
     indexes=indexes,
     segment_ms=settings.video_segment_ms,
+    segment_workers=settings.video_segment_workers,
     result_days=settings.video_result_days,
 )
 analyser = SegmentAnalyser(detector, embedder, settings.min_detection_confidence, indexes)

@@ -273,8 +273,10 @@ def load_template(
     cfn = translate(sam, parameter_values, region)
     local_dirs = _local_artifact_dirs(sam, path.parent)
     images = _local_images(sam, path.parent)
+    parameters = {name: spec.get("Default") for name, spec in (sam.get("Parameters") or {}).items()}
+    parameters.update(parameter_values or {})
     functions = {
-        logical_id: _describe_function(logical_id, cfn["Resources"], local_dirs, images)
+        logical_id: _describe_function(logical_id, cfn["Resources"], local_dirs, images, parameters)
         for logical_id, resource in cfn["Resources"].items()
         if resource["Type"] == "AWS::Lambda::Function"
     }
@@ -516,11 +518,14 @@ def _artifact_dir(location: Any, local_dirs: Mapping[str, Path], what: str) -> P
     return local_dirs[key]
 
 
-def _maximum_concurrency(scaling: Any) -> int | None:
-    """An SQS mapping's ScalingConfig.MaximumConcurrency as a number (literal values only, 2 to 1000)."""
+def _maximum_concurrency(scaling: Any, parameters: Mapping[str, Any]) -> int | None:
+    """An SQS mapping's ScalingConfig.MaximumConcurrency as a number (a literal or a Ref to a parameter,
+    2 to 1000)."""
     if not scaling or "MaximumConcurrency" not in scaling:
         return None
     value = scaling["MaximumConcurrency"]
+    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
+        value = parameters[value["Ref"]]
     if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
         raise TemplateError(f"ScalingConfig.MaximumConcurrency must be a number, not {value!r}")
     if not 2 <= int(value) <= 1000:
@@ -533,6 +538,7 @@ def _describe_function(
     resources: Mapping[str, Any],
     local_dirs: Mapping[str, Path],
     images: Mapping[str, ImageBuild],
+    parameters: Mapping[str, Any] | None = None,
 ) -> FunctionSpec:
     properties = resources[logical_id]["Properties"]
     layer_dirs: list[Path] = []
@@ -557,7 +563,7 @@ def _describe_function(
                     batch_size=int(other.get("BatchSize", 10)),
                     maximum_batching_window_s=int(other.get("MaximumBatchingWindowInSeconds", 0)),
                     report_batch_item_failures="ReportBatchItemFailures" in other.get("FunctionResponseTypes", []),
-                    maximum_concurrency=_maximum_concurrency(other.get("ScalingConfig")),
+                    maximum_concurrency=_maximum_concurrency(other.get("ScalingConfig"), parameters or {}),
                 )
             )
         elif resource["Type"] == "AWS::Lambda::Url" and other.get("TargetFunctionArn") == {"Ref": logical_id}:

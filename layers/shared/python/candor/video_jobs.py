@@ -144,6 +144,7 @@ class VideoJobs:
     accountability: Accountability | None = None
     indexes: CollectionIndexes | None = None
     segment_ms: int = VIDEO_SEGMENT_MS
+    segment_workers: int = 1  # segments analysed at once (the Segments event's MaximumConcurrency)
     result_days: int = VIDEO_RESULT_DAYS
     max_video_bytes: int = MAX_VIDEO_BYTES
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -213,7 +214,7 @@ class VideoJobs:
             metadata = probe_video(self.store.fetch(job.video, self.max_video_bytes))
         except JOB_ERRORS as error:
             return self.fail(job, error.message)
-        segments = split(metadata.duration_ms, self.segment_ms)
+        segments = split(metadata.duration_ms, self.segment_ms, self.segment_workers)
         self.jobs.set_plan(job_id, metadata.to_rekognition(), len(segments))
         if self.segment_queue is None:
             raise RuntimeError("planning a job needs the segment queue")

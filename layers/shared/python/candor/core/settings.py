@@ -127,6 +127,7 @@ class Settings:
     video_job_queue_url: str = ""
     video_segment_queue_url: str = ""
     video_segment_ms: int = 10_000
+    video_segment_workers: int = 1
     video_sample_interval_ms: int = 200
     video_result_days: int = 7
     video_max_receives: int = 3
@@ -161,6 +162,7 @@ class Settings:
             video_job_queue_url=env.get("VIDEO_JOB_QUEUE_URL", ""),
             video_segment_queue_url=env.get("VIDEO_SEGMENT_QUEUE_URL", ""),
             video_segment_ms=int(float(env.get("VIDEO_SEGMENT_SECONDS", str(VIDEO_SEGMENT_MS / 1000))) * 1000),
+            video_segment_workers=int(env.get("VIDEO_SEGMENT_WORKERS", "1")),
             video_sample_interval_ms=int(env.get("VIDEO_SAMPLE_INTERVAL_MS", str(VIDEO_SAMPLE_INTERVAL_MS))),
             video_result_days=int(env.get("VIDEO_RESULT_DAYS", str(VIDEO_RESULT_DAYS))),
             video_max_receives=int(env.get("VIDEO_MAX_RECEIVES", "3")),

@@ -13,6 +13,8 @@ from typing import Any
 
 # An upload under this prefix is a video job, not a photo (the detect stage passes it on to the video queue).
 VIDEO_UPLOAD_PREFIX = "videos/"
+# The shortest segment a short video is split into for parallel workers (opening and seeking cost ~50 ms).
+MIN_SEGMENT_MS = 1000
 # Upload metadata of a video job, beside the photos' candor-collection: why and for which case it is searched.
 META_PURPOSE = "candor-purpose"
 META_CASE = "candor-case"
@@ -114,9 +116,12 @@ def request_fingerprint(kind: JobKind, request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def split(duration_ms: int, segment_ms: int) -> list[Segment]:
+def split(duration_ms: int, segment_ms: int, workers: int = 1) -> list[Segment]:
     """Segments of `segment_ms` covering the whole video, the last one open-ended (so its decoder sees the
-    end of the file and can tell a truncated one)."""
+    end of the file and can tell a truncated one). A video shorter than `workers` segments is shared
+    evenly among that many workers instead, in segments of at least MIN_SEGMENT_MS: a short clip is not
+    left to one worker while the others wait."""
+    segment_ms = min(segment_ms, max(MIN_SEGMENT_MS, math.ceil(duration_ms / max(1, workers))))
     count = max(1, math.ceil(duration_ms / segment_ms))
     return [
         Segment(number, number * segment_ms, None if number == count - 1 else (number + 1) * segment_ms)
