@@ -199,6 +199,29 @@ def responses(search: ModuleType, faces_dir: Path, tmp_path_factory: pytest.Temp
          "FaceIds": [indexed[1], indexed[2]]})  # fmt: skip
     call(rekognition + "DeleteFaces", {"CollectionId": COLLECTION, "FaceIds": [indexed[2], MISSING_FACE_ID]})
 
+    # Stream processors: the whole life of one, through every state a caller can see.
+    name, region = "conformance-door", "us-east-1"
+    processor = {
+        "Name": name,
+        "Input": {
+            "KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{region}:123456789012:stream/door/1700000000000"}
+        },
+        "Output": {"KinesisDataStream": {"Arn": f"arn:aws:kinesis:{region}:123456789012:stream/door-results"}},
+        "RoleArn": "arn:aws:iam::123456789012:role/CandorStreamProcessor",
+        "Settings": {"FaceSearch": {"CollectionId": COLLECTION, "FaceMatchThreshold": 90}},
+        "DataSharingPreference": {"OptIn": False},
+    }
+    call(rekognition + "CreateStreamProcessor", processor)
+    call(rekognition + "StartStreamProcessor", {"Name": name, "StopSelector": {"MaxDurationInSeconds": 120}})
+    assert call(rekognition + "DescribeStreamProcessor", {"Name": name})["Status"] == "RUNNING"
+    call(rekognition + "ListStreamProcessors", {"MaxResults": 10})
+    call(rekognition + "StopStreamProcessor", {"Name": name})
+    region_of_interest = {"BoundingBox": {"Left": 0.1, "Top": 0.1, "Width": 0.5, "Height": 0.5}}
+    update = {"DataSharingPreferenceForUpdate": {"OptIn": True}, "RegionsOfInterestForUpdate": [region_of_interest]}
+    call(rekognition + "UpdateStreamProcessor", {"Name": name, **update})
+    assert call(rekognition + "DescribeStreamProcessor", {"Name": name})["Status"] == "STOPPED"
+    call(rekognition + "DeleteStreamProcessor", {"Name": name})
+
     # Stored video: in progress first (with Candor's Progress), then the finished results, paged.
     upload_bucket = search.settings.upload_bucket
     boto3.client("s3").upload_file(str(as_mp4(TWO_PEOPLE, tmp_path / "two.mp4")), upload_bucket, "media/two.mp4")

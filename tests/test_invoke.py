@@ -34,5 +34,5 @@ def test_detect_function_consumes_a_malformed_batch(attached: LocalEnvironment, 
 
 
 def test_an_unknown_function_is_named_in_the_error(attached: LocalEnvironment) -> None:
-    with pytest.raises(KeyError, match="DetectFunction, DigestFunction, EmbedFunction, SearchFunction"):
+    with pytest.raises(KeyError, match="DetectFunction, DigestFunction, EmbedFunction, LiveFunction, SearchFunction"):
         attached.invoke("ResizeFunction", {})

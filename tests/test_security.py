@@ -64,12 +64,15 @@ BOTO3_ACTIONS = {
 # fetches from the model bucket (Embed and Search do: FaceNet is too big for the layer).
 NEVER_REACHED = {"DetectFunction": {"ModelBucket"}}
 # What a function reaches through a name its input carries, not its settings: the video a job names (in the
-# uploads), and the caller's role the completion message is published as (Rekognition's NotificationChannel).
+# uploads), and the caller's role the completion message is published as (Rekognition's NotificationChannel)
+# or a stream processor's records are written as (its RoleArn).
 REACHED_BY_INPUT = {
     "VideoFunction": {
         "UploadBucket": {"s3:GetObject"},
         "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/*": {"sts:AssumeRole"},
     },
+    # A stream processor's output records are put on the caller's stream as the caller's RoleArn.
+    "LiveFunction": {"arn:${AWS::Partition}:iam::${AWS::AccountId}:role/*": {"sts:AssumeRole"}},
 }
 # An image store is built without a bucket: it reads the photo an event or a request names, i.e. the uploads.
 UNBOUND_RESOURCE_ENV = {"S3ImageStore": "UPLOAD_BUCKET"}

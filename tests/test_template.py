@@ -28,6 +28,7 @@ FUNCTIONS = {
     "SearchFunction": "services/search",
     "AdminFunction": "services/search",
     "DigestFunction": "services/digest",
+    "LiveFunction": "services/live",
 }
 IMAGE_FUNCTIONS = {"VideoFunction"}
 
@@ -180,8 +181,9 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_outlives_its_fun
     template: Template,
 ) -> None:
     mappings = _resources(template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 4  # Detect, Embed, and VideoFunction's two queues
-    for mapping in mappings.values():
+    queues = {name: m for name, m in mappings.items() if "Queue" in m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]}
+    assert len(queues) == 4  # Detect, Embed, and VideoFunction's two queues
+    for mapping in queues.values():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     for function in template.functions.values():
         for source in function.sqs_sources:
@@ -202,6 +204,7 @@ def test_every_table_is_encrypted_on_demand_and_recoverable(template: Template) 
         "AuditTable",
         "QuotasTable",
         "VideoJobsTable",
+        "StreamProcessorsTable",
     }
     for name, table in tables.items():
         properties = table["Properties"]
@@ -313,6 +316,13 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
         },
         "VideoResultsBucket": {"s3:GetObject", "s3:PutObject"},
         "VideoJobQueue": {"sqs:SendMessage"},
+        # Stream processors: created, started, listed, deleted; a transaction claims the input stream.
+        "StreamProcessorsTable": {
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:Query",
+        },
     }
     # Stored videos read the upload, the models and the collections' faces and index, and write only their job's
     # records, results and segments: a video never changes a face, a photo, a user, a collection or an index.
@@ -324,6 +334,13 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
     assert video.get("VectorBucket", set()) <= reads and video["AuditTable"] == append_only
     assert video["VideoSegmentQueue"] == {"sqs:SendMessage"}
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem"} <= video["VideoJobsTable"]
+    # Live frames read the same, and write only their processors' state and the audit (the output records go
+    # to the caller's stream as the caller's role).
+    live = grants("LiveFunction")
+    for target in ("FacesTable", "CollectionsTable", "IndexBucket", "VectorBucket"):
+        assert live.get(target, set()) <= reads, (target, live[target])
+    assert live["AuditTable"] == append_only and "UploadBucket" not in live
+    assert live["StreamProcessorsTable"] == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"}
     # The digest function reads the chains' heads and the collection ids, signs, and writes digests: it can
     # neither change the audit table nor delete a digest.
     assert grants("DigestFunction") == {
@@ -359,7 +376,7 @@ def test_search_and_admin_are_function_urls_behind_iam_each_invoked_by_its_own_r
 
 def test_outputs_name_every_bucket_table_and_queue(template: Template) -> None:
     referenced = set().union(*(referenced_resources(o["Value"]) for o in template.cfn["Outputs"].values()))
-    stateful = ("AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SQS::Queue")
+    stateful = ("AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::Kinesis::Stream")
     assert {name for name, r in template.resources.items() if r["Type"] in stateful} <= referenced
 
 
@@ -375,6 +392,7 @@ def test_the_local_runtime_deploys_everything_but_the_functions(template: Templa
         "AWS::Logs::LogGroup",
         "AWS::KMS::Key",
         "AWS::S3Vectors::VectorBucket",
+        "AWS::Kinesis::Stream",
     }
     assert "SearchFunctionUrl" not in template.infrastructure()["Outputs"]
     # Alarms and dashboards that name a function go with the functions.

@@ -29,6 +29,7 @@ from candor.adapters.aws import (
     DynamoFaceRepository,
     DynamoPhotoRepository,
     DynamoQuotaCounter,
+    DynamoStreamProcessorRepository,
     DynamoUserRepository,
     DynamoVideoJobRepository,
     S3ImageStore,
@@ -43,6 +44,7 @@ from candor.core.errors import CandorError
 from candor.core.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
 from candor.index.engines import IndexEngines
 from candor.index.sync import IndexSync
+from candor.live_processors import StreamProcessors
 from candor.search import CollectionIndexes
 from candor.video_jobs import VideoJobs
 from candor.vision.model_files import model_dir_with
@@ -96,6 +98,10 @@ face_api = FaceApi(
     else None,
     video_sample_interval_ms=settings.video_sample_interval_ms,
     video_buckets=(settings.upload_bucket,) if settings.upload_bucket else (),
+    # Create/Start/Stop... record the processors; LiveFunction analyses their frames.
+    streams=StreamProcessors(DynamoStreamProcessorRepository(settings.stream_processors_table), accountability, indexes)
+    if settings.stream_processors_table
+    else None,
 )
 
 

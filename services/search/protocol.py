@@ -58,6 +58,7 @@ EXCEPTION_NAMES = {
     "FaceModelMismatch": "InvalidParameterException",
     "IdempotentParameterMismatch": "IdempotentParameterMismatchException",
     "VideoTooLarge": "VideoTooLargeException",
+    "ResourceInUse": "ResourceInUseException",
     "InvalidVideo": "InvalidParameterException",
     "Serialization": "SerializationException",
     "Validation": "ValidationException",

@@ -20,6 +20,15 @@ from functools import partial
 from typing import Any, TypeVar
 
 from protocol import UnknownOperationError, operation_model, validate_request
+from stream_operations import (
+    create_stream_processor,
+    delete_stream_processor,
+    describe_stream_processor,
+    list_stream_processors,
+    start_stream_processor,
+    stop_stream_processor,
+    update_stream_processor,
+)
 from video_operations import get_face_detection, get_face_search, start_face_detection, start_face_search
 
 from candor import collection_service as service
@@ -51,6 +60,7 @@ from candor.core.settings import (
 from candor.core.similarity import similarity_from_cosine
 from candor.erasure import ErasureResult, erase_person
 from candor.indexing import assess_faces, index_faces
+from candor.live_processors import StreamProcessors
 from candor.ports import Collection, CollectionRepository, FaceDetector, FaceEmbedder, ImageStore, PhotoRepository
 from candor.reindex import reindex_collection
 from candor.search import CollectionIndexes, ImageSearchResult, search_image
@@ -91,6 +101,8 @@ class FaceApi:
     video_sample_interval_ms: int = VIDEO_SAMPLE_INTERVAL_MS
     # The buckets Start* may read videos from (the functions' roles can read no other): empty means any.
     video_buckets: tuple[str, ...] = ()
+    # Stream processors (stream_operations.py): recorded here, their frames analysed by LiveFunction.
+    streams: StreamProcessors | None = None
 
     def dispatch(self, target: str, request: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Runs the operation `target` names on a decoded request body, once it conforms to the operation's model."""
@@ -915,6 +927,13 @@ OPERATIONS: dict[str, Operation] = {
     "GetFaceDetection": get_face_detection,
     "StartFaceSearch": start_face_search,
     "GetFaceSearch": get_face_search,
+    "CreateStreamProcessor": create_stream_processor,
+    "StartStreamProcessor": start_stream_processor,
+    "StopStreamProcessor": stop_stream_processor,
+    "DescribeStreamProcessor": describe_stream_processor,
+    "ListStreamProcessors": list_stream_processors,
+    "UpdateStreamProcessor": update_stream_processor,
+    "DeleteStreamProcessor": delete_stream_processor,
 }
 # Candor's own operations speak the same protocol under the target prefix CandorService.
 CANDOR_OPERATIONS: dict[str, Operation] = {

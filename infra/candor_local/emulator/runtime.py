@@ -1,6 +1,8 @@
 """The whole service on one machine: an AWS endpoint (embedded moto unless told otherwise), the template's
 stack deployed on it, and worker processes playing Lambda: as many instances of a function as its SQS event
-source's ScalingConfig.MaximumConcurrency allows (one without it), all polling the same queue.
+source's ScalingConfig.MaximumConcurrency allows (one without it), all polling the same queue. A function's
+Kinesis streams are polled by its first instance only: one poller per shard, as Lambda reads a shard, one
+batch at a time and in order. Its checkpoints are kept in the data directory (`CHECKPOINT_DIR`).
 
     with LocalEnvironment.start() as env:
         env.client("s3").put_object(Bucket=env.resources["UploadBucket"], Key="photo.jpg", Body=data)
@@ -36,12 +38,19 @@ from typing import IO, Any
 import boto3
 
 from candor.core.settings import DEFAULT_MODEL_DIR
-from candor_local.emulator.local_credentials import ADMIN_ROLE, SEARCH_ROLE, local_credentials
+from candor_local.emulator.local_credentials import ADMIN_ROLE, SEARCH_ROLE, local_credentials, role_name
 from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS, EMULATOR_REGION, MotoEmulator
 from candor_local.emulator.stack import DeployedStack, Endpoint, deploy_stack
-from candor_local.emulator.template import DEFAULT_REGION, DEFAULT_TEMPLATE_PATH, FunctionSpec, Template, load_template
-from candor_local.emulator.worker import log_stream_name
-from candor_local.emulator.worker_config import LocalCredential, QueueSource, UrlConfig, WorkerConfig
+from candor_local.emulator.template import (
+    DEFAULT_REGION,
+    DEFAULT_TEMPLATE_PATH,
+    FunctionSpec,
+    KinesisEventSource,
+    Template,
+    load_template,
+)
+from candor_local.emulator.worker import log_stream_name, shards_behind
+from candor_local.emulator.worker_config import LocalCredential, QueueSource, StreamSource, UrlConfig, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +194,8 @@ class LocalEnvironment:
         self._workers: dict[str, _Worker] = {}
         # Where the instances note the batches they hold (worker.InFlight); kept in the data directory if any.
         self.in_flight_dir = run_dir / IN_FLIGHT_DIR
+        # Where the Kinesis pollers keep their checkpoints (worker.Checkpoints); likewise.
+        self.checkpoint_dir = run_dir / CHECKPOINT_DIR
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -225,6 +236,7 @@ class LocalEnvironment:
             keys = _credentials(stack, data_dir or run_dir, credentials)
             environment = cls(template, stack, emulator, logs, run_dir, keys)
             environment.in_flight_dir = (data_dir or run_dir) / IN_FLIGHT_DIR
+            environment.checkpoint_dir = (data_dir or run_dir) / CHECKPOINT_DIR
             release_in_flight(environment.in_flight_dir, stack.client("sqs"))
         except BaseException:
             if emulator is not None:
@@ -247,15 +259,16 @@ class LocalEnvironment:
         url_functions = _face_api_first(f.logical_id for f in self.template.functions.values() if f.has_function_url)
         ports = {ADMIN_API_FUNCTION: admin_port, **({url_functions[0]: api_port} if url_functions else {})}
         for spec in self.template.functions.values():
-            if not spec.sqs_sources and not spec.has_function_url:
-                # No worker for a function no queue or URL invokes: a schedule invokes it (below), or nothing.
-                logger.info("%s polls no queue and serves no URL: no worker of its own", spec.logical_id)
+            if not spec.sqs_sources and not spec.kinesis_sources and not spec.has_function_url:
+                # No worker for a function no queue, stream or URL invokes: a schedule invokes it (below), or nothing.
+                logger.info("%s polls no queue or stream and serves no URL: no worker of its own", spec.logical_id)
                 continue
             port = ports.get(spec.logical_id, 0)
             log = _FunctionLog(self.log_dir / f"{spec.logical_id}.log")
             for number in range(1, spec.instances + 1):
                 name = spec.logical_id if spec.instances == 1 else f"{spec.logical_id}#{number}"
-                config = self._worker_config(spec, port, name)
+                # The first instance alone polls the streams: one poller per shard keeps its records in order.
+                config = self._worker_config(spec, port, name, polls_streams=number == 1)
                 env = {**base_env, **self._function_env(spec, config, model_dir)}
                 self._workers[name] = _Worker(spec, config, self._run_dir / f"{name}.json", env, log, echo)
         local = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -321,7 +334,9 @@ class LocalEnvironment:
             raise RuntimeError(f"{logical_id} failed (exit code {completed.returncode}); its log is above")
         return json.loads(result_path.read_text(encoding="utf-8"))
 
-    def _worker_config(self, spec: FunctionSpec, port: int, instance_name: str = "") -> WorkerConfig:
+    def _worker_config(
+        self, spec: FunctionSpec, port: int, instance_name: str = "", *, polls_streams: bool = False
+    ) -> WorkerConfig:
         stack = self.stack
         queues = [
             QueueSource(
@@ -333,6 +348,7 @@ class LocalEnvironment:
             )
             for source in spec.sqs_sources
         ]
+        streams = [self._stream_source(spec, source) for source in spec.kinesis_sources] if polls_streams else []
         url = None
         if spec.has_function_url:
             # Only the secrets of the roles that may invoke the URL; a URL no role names, any local key.
@@ -361,6 +377,34 @@ class LocalEnvironment:
             function_url=url,
             instance_name=instance_name,
             in_flight_dir=str(self.in_flight_dir),
+            streams=streams,
+            checkpoint_dir=str(self.checkpoint_dir),
+        )
+
+    def _stream_source(self, spec: FunctionSpec, source: KinesisEventSource) -> StreamSource:
+        stack = self.stack
+        role = self.template.cfn["Resources"][spec.logical_id]["Properties"].get("Role")
+        role_id = role.get("Fn::GetAtt", [None])[0] if isinstance(role, dict) else None
+        # The role is played, not deployed: its ARN is the one it would have (stack name, logical id).
+        identity = (
+            f"arn:{stack.partition}:iam::{stack.account_id}:role/{role_name(stack.name, role_id)}"
+            if isinstance(role_id, str)
+            else str(stack.resolve(role) or "")
+        )
+        failure_queue = source.on_failure_queue_logical_id
+        return StreamSource(
+            mapping_id=source.logical_id,
+            stream_name=stack.stream_name(source.stream_logical_id),
+            stream_arn=stack.stream_arn(source.stream_logical_id),
+            starting_position=source.starting_position,
+            batch_size=source.batch_size,
+            maximum_batching_window_s=source.maximum_batching_window_s,
+            maximum_retry_attempts=source.maximum_retry_attempts,
+            bisect_batch_on_function_error=source.bisect_batch_on_function_error,
+            report_batch_item_failures=source.report_batch_item_failures,
+            invoke_identity_arn=identity,
+            starting_position_timestamp=source.starting_position_timestamp,
+            on_failure_queue_url=stack.queue_url(failure_queue) if failure_queue else "",
         )
 
     def _function_env(self, spec: FunctionSpec, config: WorkerConfig, model_dir: Path) -> dict[str, str]:
@@ -555,9 +599,11 @@ class LocalEnvironment:
         return [w.process.pid if w.process is not None and w.process.poll() is None else None for w in workers]
 
     def wait_idle(self, timeout: float = 60.0, settle_s: float = 1.0) -> None:
-        """Return once every queue a function consumes has been empty, nothing in flight or delayed, for
-        `settle_s` without a break; raise TimeoutError otherwise."""
+        """Return once every queue a function consumes has been empty, nothing in flight or delayed, and
+        every Kinesis shard a function reads has been done up to its last record, for `settle_s` without a
+        break; raise TimeoutError otherwise."""
         sqs = self.client("sqs")
+        kinesis = self.client("kinesis") if any(w.config.streams for w in self._workers.values()) else None
         urls = sorted({q.queue_url for w in self._workers.values() for q in w.config.queues})
         names = (
             "ApproximateNumberOfMessages",
@@ -572,6 +618,11 @@ class LocalEnvironment:
             for url in urls:
                 attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(names))["Attributes"]
                 counts[url] = [int(attributes.get(name, 0)) for name in names]
+            for worker in self._workers.values():
+                for stream in worker.config.streams:
+                    behind = shards_behind(kinesis, str(self.checkpoint_dir), worker.config.function_name, stream)
+                    # A shard with records not yet done counts as one message waiting.
+                    counts[f"{stream.stream_name} ({worker.spec.logical_id})"] = [len(behind), 0, 0]
             now = time.monotonic()
             if all(sum(values) == 0 for values in counts.values()):
                 idle_since = idle_since if idle_since is not None else now
@@ -624,6 +675,7 @@ def _face_api_first(logical_ids: Iterable[str]) -> list[str]:
 
 
 IN_FLIGHT_DIR = "in-flight"
+CHECKPOINT_DIR = "kinesis-checkpoints"
 
 
 def release_in_flight(directory: Path, sqs: Any) -> int:

@@ -6,9 +6,10 @@ source mappings, permissions, URLs) goes through the CloudFormation API, so moto
 deploy the same document. CloudFormation implementations differ in what they honour, so every resource is
 then read back through its service API and whatever the endpoint's CloudFormation left out is applied from
 the same translated resource. On moto 5.2 that is: AWS::SQS::QueuePolicy and AWS::S3::BucketPolicy
-(skipped as unsupported types), a bucket's NotificationConfiguration and PublicAccessBlockConfiguration, and
-a table's PointInTimeRecoverySpecification (ignored properties). On AWS nothing is missing and nothing is
-applied. Nothing is listed twice: both steps walk the template's resources.
+(skipped as unsupported types), a bucket's NotificationConfiguration and PublicAccessBlockConfiguration, a
+table's PointInTimeRecoverySpecification and a Kinesis stream's StreamModeDetails (ignored properties). On
+AWS nothing is missing and nothing is applied. Nothing is listed twice: both steps walk the template's
+resources.
 
 Over plain HTTP (moto, LocalStack without TLS) a bucket policy's deny-without-TLS statements are left out:
 they would deny every request there, and moto, which ignores policy conditions, denies outright.
@@ -98,6 +99,12 @@ class DeployedStack:
         return self.physical_ids[logical_id]
 
     def queue_arn(self, logical_id: str) -> str:
+        return self.get_att(logical_id, "Arn")
+
+    def stream_name(self, logical_id: str) -> str:
+        return self.physical_ids[logical_id]  # a Kinesis stream's Ref is its name
+
+    def stream_arn(self, logical_id: str) -> str:
         return self.get_att(logical_id, "Arn")
 
     def function_environment(self, spec: FunctionSpec) -> dict[str, str]:
@@ -196,6 +203,9 @@ class DeployedStack:
         if resource_type == "AWS::DynamoDB::Table" and attribute in ("Arn", "StreamArn"):
             table = self.client("dynamodb").describe_table(TableName=physical_id)["Table"]
             return str(table["TableArn"] if attribute == "Arn" else table["LatestStreamArn"])
+        if resource_type == "AWS::Kinesis::Stream" and attribute == "Arn":
+            summary = self.client("kinesis").describe_stream_summary(StreamName=physical_id)
+            return str(summary["StreamDescriptionSummary"]["StreamARN"])
         if resource_type == "AWS::KMS::Key" and attribute in ("Arn", "KeyId"):
             metadata = self.client("kms").describe_key(KeyId=physical_id)["KeyMetadata"]
             return str(metadata["Arn"] if attribute == "Arn" else metadata["KeyId"])
@@ -587,6 +597,17 @@ def _complete_vector_bucket(stack: DeployedStack, logical_id: str, properties: d
     return applied
 
 
+def _complete_stream(stack: DeployedStack, logical_id: str, properties: dict[str, Any]) -> list[str]:
+    """A Kinesis stream's capacity mode, which moto's CloudFormation ignores (every stream is PROVISIONED)."""
+    wanted = (properties.get("StreamModeDetails") or {}).get("StreamMode", "PROVISIONED")
+    kinesis = stack.client("kinesis")
+    summary = kinesis.describe_stream_summary(StreamName=stack.physical_ids[logical_id])["StreamDescriptionSummary"]
+    if summary.get("StreamModeDetails", {}).get("StreamMode", "PROVISIONED") == wanted:
+        return []
+    kinesis.update_stream_mode(StreamARN=summary["StreamARN"], StreamModeDetails={"StreamMode": wanted})
+    return [f"{logical_id}: stream mode {wanted}"]
+
+
 def _vector_bucket_name(stack_name: str, logical_id: str) -> str:
     # 3-63 characters of a-z, 0-9 and hyphens.
     cleaned = "".join(c if c.isalnum() else "-" for c in f"{stack_name}-{logical_id}".lower()).strip("-")
@@ -601,4 +622,5 @@ _COMPLETERS: list[tuple[str, _Completer]] = [
     ("AWS::DynamoDB::Table", _complete_table),
     ("AWS::S3Vectors::VectorBucket", _complete_vector_bucket),
     ("AWS::KMS::Key", _complete_key),
+    ("AWS::Kinesis::Stream", _complete_stream),
 ]

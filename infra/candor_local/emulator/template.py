@@ -91,6 +91,24 @@ class SqsEventSource:
 
 
 @dataclass(frozen=True)
+class KinesisEventSource:
+    """A Kinesis data stream event source mapping, as Lambda's shard poller would read it."""
+
+    logical_id: str
+    stream_logical_id: str
+    starting_position: str  # LATEST, TRIM_HORIZON or AT_TIMESTAMP
+    batch_size: int = 100
+    maximum_batching_window_s: int = 0
+    # -1: retry until the record expires (Lambda's default); otherwise a batch is skipped after this many retries.
+    maximum_retry_attempts: int = -1
+    bisect_batch_on_function_error: bool = False
+    report_batch_item_failures: bool = False
+    starting_position_timestamp: float | None = None  # AT_TIMESTAMP only, seconds since the epoch
+    # DestinationConfig.OnFailure: an SQS queue of the template that is told of each skipped batch.
+    on_failure_queue_logical_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageBuild:
     """What a container-image function's Dockerfile builds, as far as the local runtime plays it."""
 
@@ -117,6 +135,7 @@ class FunctionSpec:
     sqs_sources: tuple[SqsEventSource, ...] = ()
     function_url_auth: str | None = None
     image: ImageBuild | None = None  # a container-image function's Dockerfile, read; None for a zip function
+    kinesis_sources: tuple[KinesisEventSource, ...] = ()
 
     @property
     def has_function_url(self) -> bool:
@@ -549,13 +568,23 @@ def _describe_function(
         layer_dirs.append(_artifact_dir(resources[layer_id]["Properties"]["Content"], local_dirs, layer_id))
 
     sqs_sources: list[SqsEventSource] = []
+    kinesis_sources: list[KinesisEventSource] = []
     url_auth: str | None = None
     for other_id, resource in resources.items():
         other = resource.get("Properties") or {}
         if resource["Type"] == "AWS::Lambda::EventSourceMapping" and other.get("FunctionName") == {"Ref": logical_id}:
             queue = other.get("EventSourceArn", {}).get("Fn::GetAtt", [None])[0]
-            if not isinstance(queue, str) or resources.get(queue, {}).get("Type") != "AWS::SQS::Queue":
-                raise TemplateError(f"{other_id}: only SQS queues of this template are supported as event sources")
+            source_type = resources.get(queue, {}).get("Type") if isinstance(queue, str) else None
+            if source_type == "AWS::Kinesis::Stream":
+                kinesis = _kinesis_source(other_id, other, resources, parameters or {})
+                if kinesis is not None:
+                    kinesis_sources.append(kinesis)
+                continue
+            if source_type != "AWS::SQS::Queue":
+                raise TemplateError(
+                    f"{other_id}: only SQS queues and Kinesis data streams of this template are supported "
+                    "as event sources"
+                )
             sqs_sources.append(
                 SqsEventSource(
                     logical_id=other_id,
@@ -597,4 +626,78 @@ def _describe_function(
         sqs_sources=tuple(sqs_sources),
         function_url_auth=url_auth,
         image=image,
+        kinesis_sources=tuple(kinesis_sources),
     )
+
+
+# Kinesis mapping settings that change what is delivered or when; played wrong they would mislead, so refused.
+_UNPLAYED_KINESIS_SETTINGS = ("FilterCriteria", "TumblingWindowInSeconds", "MaximumRecordAgeInSeconds")
+
+
+def _kinesis_source(
+    logical_id: str, properties: Mapping[str, Any], resources: Mapping[str, Any], parameters: Mapping[str, Any]
+) -> KinesisEventSource | None:
+    """A Kinesis mapping as the local poller plays it (None when Enabled is false); Lambda's defaults where
+    the template leaves a setting out."""
+    if str(_parameter_value(properties.get("Enabled", True), parameters)).lower() == "false":
+        logger.info("%s is disabled (Enabled: false): nothing polls its stream", logical_id)
+        return None
+    unplayed = [name for name in _UNPLAYED_KINESIS_SETTINGS if name in properties]
+    if unplayed:
+        raise TemplateError(f"{logical_id}: {', '.join(unplayed)} on a Kinesis event source is not played locally")
+    parallelization = _kinesis_integer(logical_id, properties, "ParallelizationFactor", 1, parameters)
+    if parallelization != 1:
+        # One batch per shard at a time keeps a shard's records in order; several would need per-key ordering.
+        raise TemplateError(
+            f"{logical_id}: ParallelizationFactor is {parallelization}; the local runtime plays 1 only "
+            "(one batch per shard at a time)"
+        )
+    position = str(_parameter_value(properties.get("StartingPosition"), parameters))
+    if position not in ("LATEST", "TRIM_HORIZON", "AT_TIMESTAMP"):
+        raise TemplateError(
+            f"{logical_id}: StartingPosition must be LATEST, TRIM_HORIZON or AT_TIMESTAMP, not {position}"
+        )
+    timestamp = properties.get("StartingPositionTimestamp")
+    if position == "AT_TIMESTAMP" and timestamp is None:
+        raise TemplateError(f"{logical_id}: StartingPosition AT_TIMESTAMP needs StartingPositionTimestamp")
+    batch_size = _kinesis_integer(logical_id, properties, "BatchSize", 100, parameters)
+    window_s = _kinesis_integer(logical_id, properties, "MaximumBatchingWindowInSeconds", 0, parameters)
+    retries = _kinesis_integer(logical_id, properties, "MaximumRetryAttempts", -1, parameters)
+    if not 1 <= batch_size <= 10000 or not 0 <= window_s <= 300 or not -1 <= retries <= 10000:
+        raise TemplateError(
+            f"{logical_id}: BatchSize {batch_size}, MaximumBatchingWindowInSeconds {window_s} or "
+            f"MaximumRetryAttempts {retries} is out of Lambda's range (1-10000, 0-300, -1-10000)"
+        )
+    on_failure = ((properties.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    queue = on_failure.get("Fn::GetAtt", [None])[0] if isinstance(on_failure, dict) else None
+    is_queue = isinstance(queue, str) and resources.get(queue, {}).get("Type") == "AWS::SQS::Queue"
+    if on_failure is not None and not is_queue:
+        raise TemplateError(f"{logical_id}: an OnFailure destination must be an SQS queue of this template locally")
+    return KinesisEventSource(
+        logical_id=logical_id,
+        stream_logical_id=str(properties["EventSourceArn"]["Fn::GetAtt"][0]),
+        starting_position=position,
+        batch_size=batch_size,
+        maximum_batching_window_s=window_s,
+        maximum_retry_attempts=retries,
+        bisect_batch_on_function_error=str(properties.get("BisectBatchOnFunctionError", False)).lower() == "true",
+        report_batch_item_failures="ReportBatchItemFailures" in properties.get("FunctionResponseTypes", []),
+        starting_position_timestamp=float(timestamp) if timestamp is not None else None,
+        on_failure_queue_logical_id=queue,
+    )
+
+
+def _parameter_value(value: Any, parameters: Mapping[str, Any]) -> Any:
+    """A literal, or the value of the parameter a Ref names."""
+    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
+        return parameters[value["Ref"]]
+    return value
+
+
+def _kinesis_integer(
+    logical_id: str, properties: Mapping[str, Any], name: str, default: int, parameters: Mapping[str, Any]
+) -> int:
+    value = _parameter_value(properties.get(name, default), parameters)
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).lstrip("-").isdigit():
+        raise TemplateError(f"{logical_id}: {name} must be a number, not {value!r}")
+    return int(value)

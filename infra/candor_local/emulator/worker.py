@@ -8,6 +8,12 @@ not report in batchItemFailures (none when it raises or times out). Failed messa
 queue's visibility timeout, and the queue's RedrivePolicy moves them to the dead-letter queue. A Function
 URL, if the function has one, is served by `candor_local.emulator.function_url`.
 
+For each Kinesis stream event source the worker plays Lambda's shard poller (`ShardPoller`), one per shard:
+it reads the shard in order, invokes the handler with a real Kinesis event one batch at a time, and keeps a
+checkpoint (`Checkpoints`) after each batch; a failed batch is retried, bisected or skipped as the mapping
+says. Only one instance of a function is given its streams (the runtime decides), so a shard never has two
+pollers.
+
 One invocation runs at a time, as in a Lambda instance; a function that may run several at once
 (ScalingConfig.MaximumConcurrency) gets several processes, each polling the queue as here. An invocation
 that outlives the function's Timeout ends the process (Lambda discards the sandbox too); the runtime
@@ -34,7 +40,7 @@ from typing import Any
 
 import boto3
 
-from candor_local.emulator.worker_config import QueueSource, WorkerConfig
+from candor_local.emulator.worker_config import QueueSource, StreamSource, WorkerConfig
 
 logger = logging.getLogger("candor_local.emulator.worker")
 
@@ -297,6 +303,337 @@ class QueuePoller:
                 logger.warning("could not delete message %s: %s", failure.get("Id"), failure.get("Message"))
 
 
+# ------------------------------------------------------------------------------------------------ Kinesis
+
+# An idle shard is read this often (Lambda reads each shard about once a second; shorter keeps tests quick).
+SHARD_POLL_S = 0.25
+KINESIS_MAX_RECORDS = 10000  # GetRecords' Limit
+_RETRY_BACKOFF_MAX_S = 5.0
+
+
+def kinesis_record(record: Mapping[str, Any], shard_id: str, source: StreamSource, region: str) -> dict[str, Any]:
+    """One record of the Kinesis event Lambda delivers, built from a GetRecords result."""
+    arrival = record["ApproximateArrivalTimestamp"]
+    return {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": record["PartitionKey"],
+            "sequenceNumber": record["SequenceNumber"],
+            "data": base64.b64encode(record["Data"]).decode(),
+            "approximateArrivalTimestamp": arrival.timestamp() if isinstance(arrival, datetime) else float(arrival),
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": f"{shard_id}:{record['SequenceNumber']}",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": source.invoke_identity_arn,
+        "awsRegion": region,
+        "eventSourceARN": source.stream_arn,
+    }
+
+
+class Checkpoints:
+    """Where a Kinesis mapping's shard pollers have got to, in a file of the data directory (one per mapping):
+    per shard, the sequence number of the last record done (handled, or skipped after its retries) and how
+    many deliveries of the records after it failed. Rewritten whole (a temporary file, then a rename) after
+    each batch and before each delivery, so a killed instance's replacement resumes after the last record
+    done; the records after it are delivered again (at least once, as Lambda). A delivery the instance did
+    not outlive (a timeout ends it) counts as failed. `started_at` is when the mapping first polled: a LATEST
+    mapping reads from there, so records put while its instance was down are not lost."""
+
+    def __init__(self, directory: str, function_name: str, source: StreamSource, stream_created: float) -> None:
+        self._path = Path(directory) / f"{function_name}.{source.mapping_id}.json" if directory else None
+        self._lock = threading.Lock()
+        saved = self.read(directory, function_name, source)
+        if saved.get("stream_arn") != source.stream_arn or saved.get("stream_created") != stream_created:
+            saved = {}  # none yet, or the stream's: a stream made again starts afresh
+        self._state: dict[str, Any] = {
+            "stream_arn": source.stream_arn,
+            "stream_created": stream_created,
+            "started_at": saved.get("started_at", time.time()),
+            "shards": saved.get("shards", {}),
+        }
+        with self._lock:
+            self._write()
+
+    @staticmethod
+    def read(directory: str, function_name: str, source: StreamSource) -> dict[str, Any]:
+        path = Path(directory) / f"{function_name}.{source.mapping_id}.json"
+        try:
+            state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if directory else {}
+        except (OSError, ValueError):
+            return {}
+        return state
+
+    @property
+    def started_at(self) -> float:
+        return float(self._state["started_at"])
+
+    def sequence_number(self, shard_id: str) -> str | None:
+        return self._state["shards"].get(shard_id, {}).get("sequence_number")
+
+    def failed_deliveries(self, shard_id: str) -> int:
+        return int(self._state["shards"].get(shard_id, {}).get("failed_deliveries", 0))
+
+    def save(self, shard_id: str, sequence_number: str | None, failed_deliveries: int) -> None:
+        with self._lock:
+            self._state["shards"][shard_id] = {
+                "sequence_number": sequence_number,
+                "failed_deliveries": failed_deliveries,
+            }
+            self._write()
+
+    def _write(self) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self._path.with_name(f"{self._path.name}.{threading.get_ident()}.tmp")
+        scratch.write_text(json.dumps(self._state, indent=2), encoding="utf-8")
+        scratch.replace(self._path)
+
+
+def shard_iterator(
+    kinesis: Any, source: StreamSource, shard_id: str, sequence_number: str | None, started_at: float
+) -> str:
+    """Where a shard's reading resumes: after the checkpoint, else at the mapping's StartingPosition (LATEST
+    as it was when the mapping first polled)."""
+    where: dict[str, Any]
+    if sequence_number is not None:
+        where = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": sequence_number}
+    elif source.starting_position == "TRIM_HORIZON":
+        where = {"ShardIteratorType": "TRIM_HORIZON"}
+    else:
+        timestamp = source.starting_position_timestamp if source.starting_position == "AT_TIMESTAMP" else started_at
+        where = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": timestamp}
+    response = kinesis.get_shard_iterator(StreamARN=source.stream_arn, ShardId=shard_id, **where)
+    return str(response["ShardIterator"])
+
+
+def shards_behind(kinesis: Any, directory: str, function_name: str, source: StreamSource) -> list[str]:
+    """The shards of a mapping that hold records its poller has not done yet (read from its checkpoint file)."""
+    saved = Checkpoints.read(directory, function_name, source)
+    if not saved:
+        return ["(not started)"]
+    behind = []
+    for shard in kinesis.list_shards(StreamARN=source.stream_arn)["Shards"]:
+        shard_id = shard["ShardId"]
+        sequence_number = saved["shards"].get(shard_id, {}).get("sequence_number")
+        iterator = shard_iterator(kinesis, source, shard_id, sequence_number, float(saved["started_at"]))
+        if kinesis.get_records(StreamARN=source.stream_arn, ShardIterator=iterator, Limit=1)["Records"]:
+            behind.append(shard_id)
+    return behind
+
+
+def first_failed_index(result: Any, sequence_numbers: list[str]) -> int | None:
+    """Where a ReportBatchItemFailures response says the batch failed: the index of the lowest failed
+    sequence number (a malformed response fails the whole batch, as Lambda reads it); None: all done."""
+    failed = failed_message_ids(result, sequence_numbers)
+    if not failed:
+        return None
+    return min(sequence_numbers.index(sequence_number) for sequence_number in failed)
+
+
+class ShardPoller:
+    """Lambda's event source mapping for one shard of a Kinesis stream: reads the shard in order, one batch
+    at a time, and checkpoints after each. A batch the handler fails is retried (from its first reported
+    failure with ReportBatchItemFailures; split in two with BisectBatchOnFunctionError) until its records
+    have failed MaximumRetryAttempts retries; then it is skipped, logged, and reported to the OnFailure
+    queue if there is one, and the shard goes on."""
+
+    def __init__(
+        self,
+        source: StreamSource,
+        shard_id: str,
+        invoke: Callable[[Any], Any],
+        config: WorkerConfig,
+        stop: threading.Event,
+        checkpoints: Checkpoints,
+    ) -> None:
+        self._source = source
+        self._shard_id = shard_id
+        self._invoke = invoke
+        self._region = config.region
+        self._function_arn = config.function_arn
+        self._stop = stop
+        self._checkpoints = checkpoints
+        self._kinesis = boto3.client("kinesis", region_name=config.region)
+
+    def run(self) -> None:
+        iterator: str | None = None
+        while not self._stop.is_set():
+            try:
+                if iterator is None:
+                    iterator = shard_iterator(
+                        self._kinesis,
+                        self._source,
+                        self._shard_id,
+                        self._checkpoints.sequence_number(self._shard_id),
+                        self._checkpoints.started_at,
+                    )
+                records, iterator = self.read_batch(iterator)
+                if records:
+                    self.process(records)
+                if iterator is None:
+                    logger.info("%s is closed and read to its end", self._shard_id)
+                    return
+            except Exception:
+                # An endpoint hiccup or an expired iterator: read again from the checkpoint.
+                logger.exception("polling %s of %s failed; retrying", self._shard_id, self._source.stream_name)
+                iterator = None
+                self._stop.wait(1.0)
+
+    def read_batch(self, iterator: str) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to BatchSize records in shard order, and the iterator after them (None: the shard is closed).
+        Reading goes on until the batch is full or the batching window (from the first record) closes."""
+        source = self._source
+        records: list[dict[str, Any]] = []
+        window_closes = 0.0
+        next_iterator: str | None = iterator
+        while next_iterator is not None and not self._stop.is_set() and len(records) < source.batch_size:
+            response = self._kinesis.get_records(
+                StreamARN=source.stream_arn,
+                ShardIterator=next_iterator,
+                Limit=min(KINESIS_MAX_RECORDS, source.batch_size - len(records)),
+            )
+            next_iterator = response.get("NextShardIterator")
+            received = response.get("Records", [])
+            if received and not records:
+                window_closes = time.monotonic() + source.maximum_batching_window_s
+            records.extend(received)
+            if not records:
+                self._stop.wait(SHARD_POLL_S)
+                break
+            remaining = window_closes - time.monotonic()
+            if remaining <= 0:
+                break
+            if not received:
+                self._stop.wait(min(SHARD_POLL_S, remaining))
+        return records, next_iterator
+
+    def process(self, records: list[dict[str, Any]]) -> None:
+        self._settle(records, self._checkpoints.failed_deliveries(self._shard_id))
+
+    def _settle(self, batch: list[dict[str, Any]], failures: int) -> None:
+        """Deliver `batch` until it is done or skipped; `failures`: failed deliveries of its first record."""
+        source = self._source
+        while batch and not self._stop.is_set():
+            if 0 <= source.maximum_retry_attempts < failures:
+                self._skip(batch, failures)
+                return
+            if failures:
+                self._stop.wait(min(_RETRY_BACKOFF_MAX_S, 0.2 * 2 ** (failures - 1)))
+            last_done = self._checkpoints.sequence_number(self._shard_id)
+            self._checkpoints.save(self._shard_id, last_done, failures + 1)  # failed, unless it returns
+            sequence_numbers = [record["SequenceNumber"] for record in batch]
+            event = {"Records": [kinesis_record(r, self._shard_id, source, self._region) for r in batch]}
+            raised = False
+            try:
+                result = self._invoke(event)
+            except Exception:
+                raised = True
+                logger.exception(
+                    "invocation failed (%d records of %s from %s, failed %d time(s))",
+                    len(batch),
+                    self._shard_id,
+                    sequence_numbers[0],
+                    failures + 1,
+                )
+            if raised:
+                failures += 1
+                if source.bisect_batch_on_function_error and len(batch) > 1:
+                    half = len(batch) // 2
+                    self._settle(batch[:half], failures)
+                    self._settle(batch[half:], failures)
+                    return
+                continue
+            failed_at = first_failed_index(result, sequence_numbers) if source.report_batch_item_failures else None
+            if failed_at is None:
+                self._checkpoints.save(self._shard_id, sequence_numbers[-1], 0)
+                return
+            # Done up to the first failure; the retry starts at it and carries its failures.
+            failures += 1
+            logger.info(
+                "%d of %d records reported failed; retrying from %s",
+                len(batch) - failed_at,
+                len(batch),
+                sequence_numbers[failed_at],
+            )
+            done_to = sequence_numbers[failed_at - 1] if failed_at else last_done
+            self._checkpoints.save(self._shard_id, done_to, failures)
+            batch = batch[failed_at:]
+
+    def _skip(self, batch: list[dict[str, Any]], failures: int) -> None:
+        source = self._source
+        first, last = batch[0]["SequenceNumber"], batch[-1]["SequenceNumber"]
+        logger.error(
+            "skipping %d record(s) of %s %s (sequence numbers %s to %s): they failed %d time(s) and "
+            "MaximumRetryAttempts is %d%s",
+            len(batch),
+            source.stream_name,
+            self._shard_id,
+            first,
+            last,
+            failures,
+            source.maximum_retry_attempts,
+            "; the OnFailure queue is told" if source.on_failure_queue_url else "",
+        )
+        if source.on_failure_queue_url:
+            self._report_failure(batch, failures)
+        self._checkpoints.save(self._shard_id, last, 0)
+
+    def _report_failure(self, batch: list[dict[str, Any]], failures: int) -> None:
+        """What Lambda sends an OnFailure destination for a stream batch: where the batch is, not its records."""
+
+        def when(record: Mapping[str, Any]) -> str:
+            arrival = record["ApproximateArrivalTimestamp"]
+            moment = arrival if isinstance(arrival, datetime) else datetime.fromtimestamp(float(arrival), UTC)
+            return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+        message = {
+            "requestContext": {
+                "requestId": str(uuid.uuid4()),
+                "functionArn": self._function_arn,
+                "condition": "RetryAttemptsExhausted",
+                "approximateInvokeCount": failures,
+            },
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "KinesisBatchInfo": {
+                "shardId": self._shard_id,
+                "startSequenceNumber": batch[0]["SequenceNumber"],
+                "endSequenceNumber": batch[-1]["SequenceNumber"],
+                "approximateArrivalOfFirstRecord": when(batch[0]),
+                "approximateArrivalOfLastRecord": when(batch[-1]),
+                "batchSize": len(batch),
+                "streamArn": self._source.stream_arn,
+            },
+        }
+        try:
+            sqs = boto3.client("sqs", region_name=self._region)
+            sqs.send_message(QueueUrl=self._source.on_failure_queue_url, MessageBody=json.dumps(message))
+        except Exception:  # the batch is skipped either way, as Lambda's would be
+            logger.exception("could not tell the OnFailure queue of the skipped batch")
+
+
+def stream_pollers(
+    config: WorkerConfig, invoke: Callable[[Any], Any], stop: threading.Event
+) -> list[tuple[str, ShardPoller]]:
+    """A poller for each shard of each of the instance's streams, named; the shards are those open or
+    holding records when the instance starts (a stream resharded later needs a restart)."""
+    pollers = []
+    for source in config.streams:
+        kinesis = boto3.client("kinesis", region_name=config.region)
+        summary = kinesis.describe_stream_summary(StreamARN=source.stream_arn)["StreamDescriptionSummary"]
+        created = summary["StreamCreationTimestamp"]
+        created_s = created.timestamp() if isinstance(created, datetime) else float(created)
+        checkpoints = Checkpoints(config.checkpoint_dir, config.function_name, source, created_s)
+        for shard in kinesis.list_shards(StreamARN=source.stream_arn)["Shards"]:
+            poller = ShardPoller(source, shard["ShardId"], invoke, config, stop, checkpoints)
+            pollers.append((f"poll-{source.stream_name}-{shard['ShardId']}", poller))
+    return pollers
+
+
 # ------------------------------------------------------------------------------------------------ process
 
 
@@ -356,13 +693,16 @@ def run(config: WorkerConfig) -> int:
         in_flight = InFlight(config.in_flight_dir, f"{config.name.replace('#', '-')}-{index}")
         poller = QueuePoller(source, invoke, config.region, stop, in_flight)
         threads.append(threading.Thread(target=poller.run, name=f"poll-{source.queue_arn}", daemon=True))
+    for name, shard_poller in stream_pollers(config, invoke, stop):
+        threads.append(threading.Thread(target=shard_poller.run, name=name, daemon=True))
     for thread in threads:
         thread.start()
     _write_ready(config.ready_file, **details)
     logger.info(
-        "%s ready (%d queue(s)%s)",
+        "%s ready (%d queue(s)%s%s)",
         config.name,
         len(config.queues),
+        f", {len(config.streams)} Kinesis stream(s)" if config.streams else "",
         f", Function URL on port {details['port']}" if "port" in details else "",
     )
 

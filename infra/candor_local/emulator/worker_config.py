@@ -1,5 +1,5 @@
-"""What a function instance is told when it starts: its queues, its Function URL and its limits, written as
-JSON by the runtime and read by the worker and the Function URL server."""
+"""What a function instance is told when it starts: its queues, its Kinesis streams, its Function URL and its
+limits, written as JSON by the runtime and read by the worker and the Function URL server."""
 
 from __future__ import annotations
 
@@ -15,6 +15,26 @@ class QueueSource:
     batch_size: int
     maximum_batching_window_s: int
     report_batch_item_failures: bool
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """A Kinesis event source mapping, as its shard pollers play it (template.KinesisEventSource, resolved)."""
+
+    mapping_id: str  # the mapping's logical id: names its checkpoint file
+    stream_name: str
+    stream_arn: str
+    starting_position: str
+    batch_size: int
+    maximum_batching_window_s: int
+    maximum_retry_attempts: int  # -1: forever
+    bisect_batch_on_function_error: bool
+    report_batch_item_failures: bool
+    # The function's execution role, which Lambda names in each record (invokeIdentityArn).
+    invoke_identity_arn: str
+    starting_position_timestamp: float | None = None
+    # The OnFailure destination's queue URL, told of each batch skipped after its retries; empty: none.
+    on_failure_queue_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,11 @@ class WorkerConfig:
     # Where the instance notes the messages it holds while it runs a batch (worker.InFlight): what a kill
     # leaves there is made visible again when the runtime starts next (runtime.release_in_flight).
     in_flight_dir: str = ""
+    # Kinesis mappings this instance polls: the runtime gives them to one instance of the function only, so
+    # that each shard has one poller and its records are handled in order.
+    streams: list[StreamSource] = field(default_factory=list)
+    # Where the shard pollers keep their checkpoints (worker.Checkpoints); kept in the data directory if any.
+    checkpoint_dir: str = ""
 
     @property
     def name(self) -> str:
@@ -75,6 +100,7 @@ class WorkerConfig:
     def load(cls, path: Path) -> WorkerConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
         raw["queues"] = [QueueSource(**queue) for queue in raw.get("queues", [])]
+        raw["streams"] = [StreamSource(**stream) for stream in raw.get("streams", [])]
         url = raw.get("function_url")
         if url:
             url["credentials"] = [LocalCredential(**credential) for credential in url.get("credentials", [])]

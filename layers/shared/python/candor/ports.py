@@ -13,6 +13,7 @@ import numpy as np
 from candor.accountability.policy import CollectionPolicy
 from candor.core.errors import FaceModelMismatchError
 from candor.core.faces import DetectedFace, FaceRecord, PhotoRecord
+from candor.live.processors import LiveSession, ProcessorStatus, StreamProcessor
 from candor.video.jobs import JobResults, JobStatus, VideoJob, VideoRef
 
 T = TypeVar("T")
@@ -327,6 +328,43 @@ class VideoStore(Protocol):
 class JobNotifier(Protocol):
     def notify(self, topic_arn: str, role_arn: str, message: dict[str, Any]) -> None:
         """Publishes the message to the topic as the role (Rekognition's NotificationChannel)."""
+        ...
+
+
+class StreamProcessorRepository(Protocol):
+    """Stream processors by name, which one reads each video stream, and each run's state between frames."""
+
+    def create(self, processor: StreamProcessor) -> None:
+        """Records a new processor: ResourceAlreadyExistsError for a name taken, ResourceInUseError for an
+        input stream another processor reads."""
+        ...
+
+    def get(self, name: str) -> StreamProcessor | None: ...
+
+    def reading(self, stream_name: str) -> StreamProcessor | None:
+        """The processor whose input is this video stream."""
+        ...
+
+    def list(self, after: str | None, limit: int) -> tuple[list[StreamProcessor], str | None]:
+        """Processors by name after `after`, at most `limit`; the last name when there are more."""
+        ...
+
+    def put(self, processor: StreamProcessor, expected: Sequence[ProcessorStatus]) -> None:
+        """Saves the processor if its recorded status is one of `expected`, else ResourceInUseError."""
+        ...
+
+    def delete(self, processor: StreamProcessor) -> None: ...
+
+    def get_session(self, name: str) -> LiveSession | None: ...
+
+    def put_session(self, name: str, session: LiveSession) -> None: ...
+
+    def delete_session(self, name: str) -> None: ...
+
+
+class RecordWriter(Protocol):
+    def put_records(self, stream_arn: str, role_arn: str, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Puts (partition key, JSON record) on the Kinesis data stream as the role, in order."""
         ...
 
 

@@ -36,6 +36,8 @@ from candor.adapters.records import (
     from_item,
     photo_from_dict,
     photo_to_dict,
+    stream_processor_from_dict,
+    stream_processor_to_dict,
     to_item,
     user_from_dict,
     user_to_dict,
@@ -47,11 +49,13 @@ from candor.core.errors import (
     IdempotentParameterMismatchError,
     ImageTooLargeError,
     ResourceAlreadyExistsError,
+    ResourceInUseError,
     ResourceNotFoundError,
     VideoTooLargeError,
 )
 from candor.core.faces import FaceRecord, PhotoRecord
 from candor.core.settings import CHANGE_LOG_DAYS, CHANGE_LOG_ENTRY_FACES
+from candor.live.processors import LiveSession, ProcessorStatus, StreamProcessor
 from candor.ports import Collection, IndexChange, Page, StoredImage, User, VectorHit, wanted
 from candor.video.jobs import JobResults, JobStatus, VideoJob, VideoRef
 
@@ -1099,6 +1103,128 @@ class SnsJobNotifier:
             config=RETRY_CONFIG,
         )
         sns.publish(TopicArn=topic_arn, Message=json.dumps(message))
+
+
+class DynamoStreamProcessorRepository:
+    """StreamProcessorsTable: every processor under pk "processors" (sk its name, so ListStreamProcessors pages
+    by name), the claim on its input at pk input#<video stream name>, and its run's state at pk
+    session#<name>. Records are kept as JSON strings: the tracker's vectors stay floats, not Decimals."""
+
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self._table = (resource or _resource("dynamodb")).Table(table_name)
+        self._client = self._table.meta.client
+
+    def create(self, processor: StreamProcessor) -> None:
+        name = self._table.name
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": name, "Item": self._processor_item(processor),
+                             "ConditionExpression": "attribute_not_exists(pk)"}},
+                    {"Put": {"TableName": name,
+                             "Item": {"pk": f"input#{processor.input_stream_name}", "sk": "input",
+                                      "name": processor.name},
+                             "ConditionExpression": "attribute_not_exists(pk)"}},
+                ]
+            )  # fmt: skip
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+            if reasons[:1] == ["ConditionalCheckFailed"] or self.get(processor.name) is not None:
+                raise ResourceInUseError(f"a stream processor named {processor.name!r} exists already") from error
+            raise ResourceInUseError(
+                f"the video stream {processor.input_stream_name!r} is the input of another stream processor"
+            ) from error
+
+    def get(self, name: str) -> StreamProcessor | None:
+        item = self._table.get_item(Key={"pk": "processors", "sk": name}, ConsistentRead=True).get("Item")
+        return stream_processor_from_dict(json.loads(item["record"])) if item else None
+
+    def reading(self, stream_name: str) -> StreamProcessor | None:
+        claim = self._table.get_item(Key={"pk": f"input#{stream_name}", "sk": "input"}, ConsistentRead=True)
+        return self.get(str(claim["Item"]["name"])) if "Item" in claim else None
+
+    def list(self, after: str | None, limit: int) -> tuple[list[StreamProcessor], str | None]:
+        query: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq("processors"), "Limit": limit}
+        if after:
+            query["ExclusiveStartKey"] = {"pk": "processors", "sk": after}
+        response = self._table.query(**query)
+        processors = [stream_processor_from_dict(json.loads(item["record"])) for item in response["Items"]]
+        more = "LastEvaluatedKey" in response and processors
+        return processors, processors[-1].name if more else None
+
+    def put(self, processor: StreamProcessor, expected: Sequence[ProcessorStatus]) -> None:
+        values = {f":s{n}": status.value for n, status in enumerate(expected)}
+        try:
+            self._table.put_item(
+                Item=self._processor_item(processor),
+                ConditionExpression=f"#status IN ({', '.join(values)})",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            now = self.get(processor.name)
+            state = now.status.value if now else "deleted"
+            raise ResourceInUseError(f"stream processor {processor.name!r} is {state}") from error
+
+    def delete(self, processor: StreamProcessor) -> None:
+        self._table.delete_item(Key={"pk": "processors", "sk": processor.name})
+        self._table.delete_item(Key={"pk": f"input#{processor.input_stream_name}", "sk": "input"})
+
+    def get_session(self, name: str) -> LiveSession | None:
+        item = self._table.get_item(Key={"pk": f"session#{name}", "sk": "session"}, ConsistentRead=True).get("Item")
+        return LiveSession.from_dict(json.loads(item["state"])) if item else None
+
+    def put_session(self, name: str, session: LiveSession) -> None:
+        self._table.put_item(Item={"pk": f"session#{name}", "sk": "session", "state": json.dumps(session.to_dict())})
+
+    def delete_session(self, name: str) -> None:
+        self._table.delete_item(Key={"pk": f"session#{name}", "sk": "session"})
+
+    @staticmethod
+    def _processor_item(processor: StreamProcessor) -> dict[str, Any]:
+        record = json.dumps(stream_processor_to_dict(processor))
+        return {"pk": "processors", "sk": processor.name, "status": processor.status.value, "record": record}
+
+
+class KinesisRecordWriter:
+    """Puts a processor's output records on its Kinesis data stream as the processor's role (RoleArn), in
+    order: one PutRecord after another, each ordered after the last (PutRecords does not keep order)."""
+
+    def __init__(self, sts: Any | None = None) -> None:
+        self._sts = sts or _client("sts")
+        self._clients: dict[str, tuple[Any, float]] = {}
+
+    def put_records(self, stream_arn: str, role_arn: str, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        kinesis = self._kinesis(role_arn, stream_arn.split(":")[3] or None)
+        last: str | None = None
+        for partition_key, record in records:
+            request: dict[str, Any] = {"StreamARN": stream_arn, "PartitionKey": partition_key,
+                                       "Data": json.dumps(record).encode()}  # fmt: skip
+            if last is not None:
+                request["SequenceNumberForOrdering"] = last
+            last = kinesis.put_record(**request)["SequenceNumber"]
+
+    def _kinesis(self, role_arn: str, region: str | None) -> Any:
+        cached = self._clients.get(role_arn)
+        if cached is not None and cached[1] > time.time() + 300:
+            return cached[0]
+        credentials = self._sts.assume_role(RoleArn=role_arn, RoleSessionName="candor-stream-processor")["Credentials"]
+        client = boto3.client(
+            "kinesis",
+            region_name=region,
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            config=RETRY_CONFIG,
+        )
+        expiration = credentials.get("Expiration")
+        expires = expiration.timestamp() if isinstance(expiration, datetime) else time.time() + 900
+        self._clients[role_arn] = (client, expires)
+        return client
 
 
 def _days(days: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from candor.accountability.policy import CollectionPolicy
 from candor.core.faces import BoundingBox, DetectedFace, Enrolment, FaceRecord, PhotoRecord, PhotoStatus
+from candor.live.processors import ProcessorStatus, StreamProcessor
 from candor.ports import Collection, IndexChange, User
 from candor.video.jobs import JobKind, JobStatus, NotificationChannel, VideoJob, VideoRef
 
@@ -235,3 +237,18 @@ def video_job_from_dict(data: dict[str, Any]) -> VideoJob:
         completed_at=data.get("completed_at"),
         false_match_risk=float(data["false_match_risk"]) if data.get("false_match_risk") is not None else None,
     )
+
+
+def stream_processor_to_dict(processor: StreamProcessor) -> dict[str, Any]:
+    data = {name: getattr(processor, name) for name in STREAM_PROCESSOR_FIELDS}
+    data["status"] = processor.status.value
+    return data
+
+
+def stream_processor_from_dict(data: dict[str, Any]) -> StreamProcessor:
+    values: dict[str, Any] = {name: data[name] for name in STREAM_PROCESSOR_FIELDS if name in data}
+    values["status"] = ProcessorStatus(data.get("status", ProcessorStatus.STOPPED.value))
+    return StreamProcessor(**values)
+
+
+STREAM_PROCESSOR_FIELDS = tuple(field.name for field in dataclasses.fields(StreamProcessor))

@@ -123,3 +123,9 @@ class IdempotentParameterMismatchError(CandorError):
     """A ClientRequestToken used again with a different request."""
 
     code = "IdempotentParameterMismatch"
+
+
+class ResourceInUseError(CandorError):
+    """The resource is busy for this request (a running stream processor, an input another one reads)."""
+
+    code = "ResourceInUse"

@@ -131,6 +131,9 @@ class Settings:
     video_sample_interval_ms: int = 200
     video_result_days: int = 7
     video_max_receives: int = 3
+    # Stream processors (candor/live_processors.py; template.yaml's StreamProcessorsTable, LiveFrameStream).
+    stream_processors_table: str = ""
+    live_max_frame_age_ms: int = 1000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -166,6 +169,8 @@ class Settings:
             video_sample_interval_ms=int(env.get("VIDEO_SAMPLE_INTERVAL_MS", str(VIDEO_SAMPLE_INTERVAL_MS))),
             video_result_days=int(env.get("VIDEO_RESULT_DAYS", str(VIDEO_RESULT_DAYS))),
             video_max_receives=int(env.get("VIDEO_MAX_RECEIVES", "3")),
+            stream_processors_table=env.get("STREAM_PROCESSORS_TABLE", ""),
+            live_max_frame_age_ms=int(env.get("LIVE_MAX_FRAME_AGE_MS", str(LIVE_MAX_FRAME_AGE_MS))),
             policy_loosening_delay_hours=float(
                 env.get("POLICY_LOOSENING_DELAY_HOURS", str(DEFAULT_POLICY_LOOSENING_DELAY_HOURS))
             ),
@@ -196,3 +201,8 @@ TRACK_MIN_COSINE = 0.2
 TRACK_REIDENTIFY_COSINE = 0.45
 TRACK_MAX_MISSED_SAMPLES = 5
 TRACK_MERGE_MIN_COSINE = 0.45
+# Live streams (candor/live/). A frame analysed later than LIVE_MAX_FRAME_AGE_MS after its capture is dropped
+# (counted, and reported in the next output record): an overloaded processor catches up rather than falling
+# behind. A frame is a photo of at most LIVE_MAX_FRAME_BYTES (a Kinesis record holds 1 MiB with its framing).
+LIVE_MAX_FRAME_AGE_MS = 1000
+LIVE_MAX_FRAME_BYTES = 700 * 1024

@@ -116,6 +116,20 @@ class FaceTracker:
         return ids
 
     @property
+    def active_tracks(self) -> list[Track]:
+        """The tracks the next sample's faces can still join."""
+        return list(self._active)
+
+    @property
+    def next_track_id(self) -> int:
+        return self._next_id
+
+    def restore(self, track: Track) -> None:
+        """Takes back an active track saved between invocations (a live stream's tracker state)."""
+        self._active.append(track)
+        self._next_id = max(self._next_id, track.track_id + 1)
+
+    @property
     def tracks(self) -> list[Track]:
         """Every track so far, ended and active, by first appearance."""
         return sorted(self._ended + self._active, key=lambda track: (track.first_ms, track.track_id))
