@@ -163,3 +163,57 @@ def test_a_killed_function_is_replaced_and_the_feed_goes_on_with_the_same_person
     assert len(persons) == 2, f"the same two people before and after the restart, not {sorted(persons)}"
     rekognition.stop_stream_processor(Name=name)
     rekognition.delete_stream_processor(Name=name)
+
+
+def test_rekognitions_states_and_errors_through_boto3(env: LocalEnvironment, rekognition: Any, staff: str) -> None:
+    name, _, _ = _processor(env, rekognition, staff)
+    for call, request in (
+        (rekognition.start_stream_processor, {"Name": name}),
+        (rekognition.delete_stream_processor, {"Name": name}),
+        (rekognition.update_stream_processor, {"Name": name, "DataSharingPreferenceForUpdate": {"OptIn": True}}),
+    ):
+        with pytest.raises(rekognition.exceptions.ResourceInUseException):
+            call(**request)
+    rekognition.stop_stream_processor(Name=name)
+    with pytest.raises(rekognition.exceptions.ResourceInUseException):
+        rekognition.stop_stream_processor(Name=name)
+    rekognition.update_stream_processor(Name=name, DataSharingPreferenceForUpdate={"OptIn": True})
+    assert rekognition.describe_stream_processor(Name=name)["DataSharingPreference"] == {"OptIn": True}
+    restarted = rekognition.start_stream_processor(Name=name)["SessionId"]
+    assert restarted and rekognition.describe_stream_processor(Name=name)["Status"] == "RUNNING"
+    rekognition.stop_stream_processor(Name=name)
+    rekognition.delete_stream_processor(Name=name)
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.describe_stream_processor(Name=name)
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        selector = {"KVSStreamStartSelector": {"ProducerTimestamp": 1}}
+        rekognition.start_stream_processor(Name=name, StartSelector=selector)
+
+
+def test_bad_and_late_frames_are_reported_and_the_stream_goes_on(
+    env: LocalEnvironment, rekognition: Any, staff: str
+) -> None:
+    name, stream, output = _processor(env, rekognition, staff)
+    kinesis, frames_stream = env.client("kinesis"), env.resources["LiveFrameStream"]
+    good = _jpegs(ONE_PERSON)[0]
+    now = time.time()
+    sent = [
+        frame_record(stream, now - 20, good),  # a backlog: captured 20 s ago, too late to be worth analysing
+        frame_record(stream, now - 19.8, good),
+        frame_record(stream, now, b"GIF89a but not really"),
+        frame_record(stream, now + 0.01, b""),
+        frame_record(stream, now + 0.02, os.urandom(710 * 1024)),  # past LIVE_MAX_FRAME_BYTES
+        (stream, good),  # the bare bytes of a JPEG are a frame too
+    ]
+    for key, data in sent:
+        kinesis.put_record(StreamName=frames_stream, PartitionKey=key, Data=data)
+    records = _records(env, output, 4)
+    assert len(records) == 4
+    errors = [r.get("CandorFrame", {}).get("Error", {}).get("Code") for r in records]
+    assert errors == ["InvalidImageFormat", "InvalidImageFormat", "ImageTooLarge", None]
+    assert records[0]["CandorFrame"]["DroppedFrames"] == 2
+    assert "empty" in records[1]["CandorFrame"]["Error"]["Message"]
+    assert records[3]["FaceSearchResponse"][0]["MatchedFaces"][0]["Face"]["ExternalImageId"] == "presenter"
+    assert rekognition.describe_stream_processor(Name=name)["Status"] == "RUNNING", "bad frames stop nothing"
+    rekognition.stop_stream_processor(Name=name)
+    rekognition.delete_stream_processor(Name=name)
