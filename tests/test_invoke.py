@@ -36,3 +36,14 @@ def test_detect_function_consumes_a_malformed_batch(attached: LocalEnvironment, 
 def test_an_unknown_function_is_named_in_the_error(attached: LocalEnvironment) -> None:
     with pytest.raises(KeyError, match="DetectFunction, DigestFunction, EmbedFunction, LiveFunction, SearchFunction"):
         attached.invoke("ResizeFunction", {})
+
+
+def test_live_function_reads_recorded_frames_no_processor_runs_on(attached: LocalEnvironment, model_dir: Path) -> None:
+    event = json.loads((EVENTS / "live-frames.json").read_text())
+    counts = attached.invoke("LiveFunction", event, model_dir)
+    assert counts == {"analysed": 0, "dropped": 0, "bad": 0, "unread": 2}
+
+
+def test_video_function_consumes_messages_of_no_job_and_not_json(attached: LocalEnvironment, model_dir: Path) -> None:
+    event = json.loads((EVENTS / "video-job-messages.json").read_text())
+    assert attached.invoke("VideoFunction", event, model_dir) == {"batchItemFailures": []}
