@@ -150,6 +150,9 @@ def _reachable_modules(service: Path) -> list[Path]:
     return sorted(seen)
 
 
+WIRING = SHARED / "candor" / "adapters" / "wiring.py"
+
+
 def _called_names(modules: list[Path]) -> set[str]:
     return {
         node.func.attr
@@ -160,9 +163,11 @@ def _called_names(modules: list[Path]) -> set[str]:
 
 
 def _wired(service: Path, adapters: dict[str, Any]) -> list[tuple[str, str]]:
-    """(adapter, environment variable of the resource it is bound to) for each adapter the handler builds."""
+    """(adapter, environment variable of the resource it is bound to) for each adapter the handler builds,
+    itself or through the cold-start wiring it imports (candor/adapters/wiring.py)."""
     wired = []
-    for path in sorted(service.glob("*.py")):
+    wiring = [path for path in _reachable_modules(service) if path == WIRING]
+    for path in [*sorted(service.glob("*.py")), *wiring]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in adapters):
                 continue

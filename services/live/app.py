@@ -19,38 +19,20 @@ from candor.accountability.audit import AuditLog, log_anchor
 from candor.accountability.rules import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
-    DynamoChangeLog,
-    DynamoCollectionRepository,
-    DynamoFaceRepository,
     DynamoQuotaCounter,
     DynamoStreamProcessorRepository,
     KinesisRecordWriter,
-    S3IndexSnapshotStore,
-    S3VectorStore,
-    model_source,
 )
-from candor.core.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
-from candor.index.engines import IndexEngines
-from candor.index.sync import IndexSync
+from candor.adapters.wiring import collection_indexes, detector_and_embedder
+from candor.core.settings import Settings
 from candor.live.processors import Frame, parse_frame
 from candor.live_processors import LiveFrames, StreamProcessors
-from candor.search import CollectionIndexes
-from candor.vision.model_files import model_dir_with
-from candor.vision.models import load_models
 
 settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
-model_dir = model_dir_with(
-    [DETECTOR_FILE, EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)
-)
-detector, embedder = load_models(model_dir, settings.model_threads)
-collections = DynamoCollectionRepository(settings.collections_table, DynamoChangeLog(settings.collection_changes_table))
-snapshots = S3IndexSnapshotStore(settings.index_bucket) if settings.index_bucket else None
-vector_store = S3VectorStore(settings.vector_bucket) if settings.vector_bucket else None
-indexes = CollectionIndexes(
-    DynamoFaceRepository(settings.faces_table), collections, IndexSync(snapshots, engines=IndexEngines(vector_store))
-)
+detector, embedder = detector_and_embedder(settings)
+indexes = collection_indexes(settings)
 processors = StreamProcessors(
     DynamoStreamProcessorRepository(settings.stream_processors_table),
     Accountability(

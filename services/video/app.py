@@ -19,43 +19,25 @@ from candor.accountability.audit import AuditLog, log_anchor
 from candor.accountability.rules import Accountability
 from candor.adapters.aws import (
     DynamoAuditStore,
-    DynamoChangeLog,
-    DynamoCollectionRepository,
-    DynamoFaceRepository,
     DynamoQuotaCounter,
     DynamoVideoJobRepository,
-    S3IndexSnapshotStore,
-    S3VectorStore,
     S3VideoStore,
     SnsJobNotifier,
     SqsPublisher,
-    model_source,
 )
 from candor.adapters.batch import LoggedSqsBatchProcessor
+from candor.adapters.wiring import collection_indexes, detector_and_embedder
 from candor.core.errors import CandorError, MalformedEventError
-from candor.core.settings import DETECTOR_FILE, EMBEDDER_FILE, Settings
-from candor.index.engines import IndexEngines
-from candor.index.sync import IndexSync
-from candor.search import CollectionIndexes
+from candor.core.settings import Settings
 from candor.video.jobs import Segment, VideoRef
 from candor.video_jobs import SegmentAnalyser, VideoJobs, job_from_upload
-from candor.vision.model_files import model_dir_with
-from candor.vision.models import load_models
 
 settings = Settings.from_env()
 logger = Logger()
 metrics = Metrics()
 processor = LoggedSqsBatchProcessor(logger)
-model_dir = model_dir_with(
-    [DETECTOR_FILE, EMBEDDER_FILE], settings.model_dir, model_source(settings.model_bucket, settings.model_prefix)
-)
-detector, embedder = load_models(model_dir, settings.model_threads)
-collections = DynamoCollectionRepository(settings.collections_table, DynamoChangeLog(settings.collection_changes_table))
-snapshots = S3IndexSnapshotStore(settings.index_bucket) if settings.index_bucket else None
-vector_store = S3VectorStore(settings.vector_bucket) if settings.vector_bucket else None
-indexes = CollectionIndexes(
-    DynamoFaceRepository(settings.faces_table), collections, IndexSync(snapshots, engines=IndexEngines(vector_store))
-)
+detector, embedder = detector_and_embedder(settings)
+indexes = collection_indexes(settings)
 video_jobs = VideoJobs(
     jobs=DynamoVideoJobRepository(settings.video_jobs_table),
     store=S3VideoStore(settings.video_results_bucket),

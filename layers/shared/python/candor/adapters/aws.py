@@ -1093,15 +1093,7 @@ class SnsJobNotifier:
 
     def notify(self, topic_arn: str, role_arn: str, message: dict[str, Any]) -> None:
         credentials = self._sts.assume_role(RoleArn=role_arn, RoleSessionName="candor-video-job")["Credentials"]
-        region = topic_arn.split(":")[3] or None
-        sns = boto3.client(
-            "sns",
-            region_name=region,
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-            config=RETRY_CONFIG,
-        )
+        sns = _client_as(credentials, "sns", topic_arn.split(":")[3] or None)
         sns.publish(TopicArn=topic_arn, Message=json.dumps(message))
 
 
@@ -1213,18 +1205,23 @@ class KinesisRecordWriter:
         if cached is not None and cached[1] > time.time() + 300:
             return cached[0]
         credentials = self._sts.assume_role(RoleArn=role_arn, RoleSessionName="candor-stream-processor")["Credentials"]
-        client = boto3.client(
-            "kinesis",
-            region_name=region,
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-            config=RETRY_CONFIG,
-        )
+        client = _client_as(credentials, "kinesis", region)
         expiration = credentials.get("Expiration")
         expires = expiration.timestamp() if isinstance(expiration, datetime) else time.time() + 900
         self._clients[role_arn] = (client, expires)
         return client
+
+
+def _client_as(credentials: dict[str, Any], service_name: str, region: str | None) -> Any:
+    """A client signing with an assumed role's credentials (the caller's RoleArn)."""
+    return boto3.client(  # type: ignore[call-overload]
+        service_name,
+        region_name=region,
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        config=RETRY_CONFIG,
+    )
 
 
 def _days(days: int) -> int:
