@@ -38,6 +38,9 @@ def register_all(bench_subparsers: Any) -> None:
     from benchmarks.video import register as register_video  # `video`: stored-video jobs, speed and persons
 
     register_video(bench_subparsers)
+    from benchmarks.live import register as register_live  # `live`: stream processors' latency
+
+    register_live(bench_subparsers)
 
 
 def _run_all(args: argparse.Namespace) -> int:

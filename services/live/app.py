@@ -2,9 +2,10 @@
 searched by the RUNNING stream processor that reads its stream; one record per analysed frame goes to the
 processor's output stream (candor/live_processors.py).
 
-A batch is analysed as a whole: the tracker's state is saved once it is written, so a batch retried after a
-crash redoes only the frames its processor had not recorded. A bad frame is reported in its output record,
-never raised; what raises here (a table or stream that cannot be reached) retries the batch."""
+Each frame's record is written as soon as it is analysed, and the tracker's state saved after the batch, so a
+batch retried after a crash redoes only the frames that state had not recorded (at least once). A bad frame
+is reported in its output record, never raised; what raises here (a table or stream that cannot be
+reached) retries the batch."""
 
 from __future__ import annotations
 

@@ -45,6 +45,8 @@ class StackEndpoints:
     admin_api_url: str | None = None
     admin_access_key_id: str | None = None
     admin_secret_access_key: str | None = None
+    # LiveFrameStream, where `candor live` puts frames (None: a state file or stack from before live streams).
+    live_frame_stream: str | None = None
 
 
 def deployed_stack(stack_name: str, endpoint_url: str | None = None) -> StackEndpoints:
@@ -62,6 +64,7 @@ def deployed_stack(stack_name: str, endpoint_url: str | None = None) -> StackEnd
         photos_table=outputs["PhotosTableName"],
         region=session.region_name or "us-east-1",
         admin_api_url=outputs.get("AdminFunctionUrl"),
+        live_frame_stream=outputs.get("LiveFrameStreamName"),
     )
 
 
@@ -225,6 +228,7 @@ def client_for(env: LocalEnvironment) -> CandorClient:
         bucket=env.resources["UploadBucket"],
         photos_table=env.resources["PhotosTable"],
         region=env.region,
+        live_frame_stream=env.resources.get("LiveFrameStream"),
     )
     if "AdminFunction" in env.function_urls:
         admin = env.admin_credentials

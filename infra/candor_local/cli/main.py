@@ -21,7 +21,7 @@ from botocore.exceptions import EndpointConnectionError
 from tqdm import tqdm
 
 from candor.core.settings import DEFAULT_FACE_MATCH_THRESHOLD
-from candor_local.cli import audit, bench, connection, dlq, face_api, migrate, video
+from candor_local.cli import audit, bench, connection, dlq, face_api, live, migrate, video
 from candor_local.cli.client import CandorClient, CandorError, client_for
 
 # `candor up` keeps each stack's state in a folder of its own here (--data moves it, --ephemeral keeps none).
@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.register(commands)
     migrate.register(commands)
     video.register(commands)
+    live.register(commands)
     return parser
 
 

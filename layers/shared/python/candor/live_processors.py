@@ -216,11 +216,8 @@ class LiveFrames:
             session = LiveSession(processor.session_id, FaceTracker())
         _, index, records = self._collection(processor)
         threshold = processor.threshold if processor.threshold is not None else 0.0
-        outputs: list[dict[str, Any]] = []
-        new_faces: list[tuple[int, int]] = []  # (output, face) of faces on tracks not yet counted
         for frame in frames:
             if self._past_max_duration(processor):
-                self._write(processor, outputs)
                 self.processors.processors.put_session(processor.name, session)
                 self.processors.end_run(processor, ProcessorStatus.STOPPED, "StopSelector.MaxDurationInSeconds reached")
                 return counts
@@ -235,15 +232,19 @@ class LiveFrames:
             record, tracks = self._analyse(processor, session, frame, index, records, threshold)
             counts["analysed" if tracks is not None else "bad"] += 1
             session.frames += 1
-            for position, track in enumerate(tracks or []):
-                if track not in session.counted and record["FaceSearchResponse"][position]["MatchedFaces"]:
-                    new_faces.append((len(outputs), position))
-            outputs.append(record)
-        failure = self._count_identifications(processor, session, outputs, new_faces)
-        self._write(processor, outputs)
+            new_faces = [
+                position
+                for position, track in enumerate(tracks or [])
+                if track not in session.counted and record["FaceSearchResponse"][position]["MatchedFaces"]
+            ]
+            failure = self._count_identifications(processor, session, record, new_faces)
+            # Written as soon as it is analysed: a frame does not wait for the rest of its batch.
+            self._write(processor, [record])
+            if failure is not None:
+                self.processors.processors.put_session(processor.name, session)
+                self.processors.end_run(processor, ProcessorStatus.FAILED, failure)
+                return counts
         self.processors.processors.put_session(processor.name, session)
-        if failure is not None:
-            self.processors.end_run(processor, ProcessorStatus.FAILED, failure)
         return counts
 
     def _analyse(
@@ -280,22 +281,19 @@ class LiveFrames:
         return output_record(processor, frame, faces, dropped_frames=dropped), tracks
 
     def _count_identifications(
-        self,
-        processor: StreamProcessor,
-        session: LiveSession,
-        outputs: list[dict[str, Any]],
-        new_faces: list[tuple[int, int]],
+        self, processor: StreamProcessor, session: LiveSession, record: dict[str, Any], new_faces: list[int]
     ) -> str | None:
-        """Counts the persons first matched in this batch against the quotas; refused, their matches are
-        withheld and the processor fails with the reason."""
-        new_tracks = {outputs[o]["FaceSearchResponse"][f]["Person"]["Index"] for o, f in new_faces}
+        """Counts the persons this frame matches for the first time against the quotas; refused, their
+        matches are withheld and the processor fails with the reason."""
+        faces = record["FaceSearchResponse"]
+        new_tracks = {faces[position]["Person"]["Index"] for position in new_faces}
         if not new_tracks:
             return None
         try:
             self.processors.authorize(processor, identifications=len(new_tracks))
         except CandorError as error:
-            for o, f in new_faces:
-                outputs[o]["FaceSearchResponse"][f]["MatchedFaces"] = []
+            for position in new_faces:
+                faces[position]["MatchedFaces"] = []
             for track in new_tracks:
                 session.matches.pop(track, None)
             return f"the face search was refused: {error.message}"
