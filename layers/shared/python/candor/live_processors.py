@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from candor.accountability.policy import Caller
-from candor.accountability.rules import Accountability, Returned, SearchAuthorization
+from candor.accountability.rules import Accountability, SearchAuthorization
 from candor.core.errors import CandorError, ResourceInUseError, ResourceNotFoundError
 from candor.core.faces import LANDMARK_TYPES, DetectedFace, Match
 from candor.core.settings import LIVE_MAX_FRAME_AGE_MS, LIVE_MAX_FRAME_BYTES, MAX_FACES
@@ -35,7 +35,7 @@ from candor.live.processors import (
     output_record,
 )
 from candor.ports import FaceDetector, FaceEmbedder, RecordWriter, StreamProcessorRepository
-from candor.search import CollectionIndexes, match_faces
+from candor.search import CollectionIndexes, authorize_collection_search, match_faces, returned_per_person
 from candor.video.tracking import FaceTracker
 from candor.vision.images import decode_image
 from candor.vision.quality import assess_face
@@ -141,24 +141,15 @@ class StreamProcessors:
     def authorize(self, processor: StreamProcessor, identifications: int) -> SearchAuthorization:
         if self.accountability is None or self.indexes is None:
             raise RuntimeError("a stream processor is authorized where the collection rules and indexes are known")
-        collection, index, _ = self.indexes.get(processor.collection_id)
-        return self.accountability.authorize_search(
-            collection.collection_id,
-            collection.policy,
-            _caller(processor),
-            STREAM_PROCESSOR_API,
-            processor.threshold,
-            faces=len(index),
-            identifications=identifications,
-        )
+        return authorize_collection_search(
+            self.accountability, self.indexes, processor.collection_id, _caller(processor), STREAM_PROCESSOR_API,
+            processor.threshold, identifications,
+        )  # fmt: skip
 
     def _audit_run(self, processor: StreamProcessor, session: LiveSession) -> None:
         if self.accountability is None:
             return
-        matches = [
-            [Returned(face_id, similarity) for face_id, similarity in sorted(best.items())]
-            for _, best in sorted(session.matches.items())
-        ]
+        matches = returned_per_person(session.matches)
         try:
             authorized: SearchAuthorization | None = self.authorize(processor, identifications=0)
         except CandorError:

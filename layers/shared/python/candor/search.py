@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from candor.accountability.policy import Caller
+from candor.accountability.rules import Accountability, Returned, SearchAuthorization
 from candor.core.enrolment import validate_collection_id
 from candor.core.errors import InvalidParameterError, NoFaceError, ResourceNotFoundError
 from candor.core.faces import DetectedFace, Match
@@ -182,3 +184,35 @@ def match_faces(
 
 def _result(image: DecodedImage, faces: list[FaceSearchResult]) -> ImageSearchResult:
     return ImageSearchResult(image.width, image.height, faces)
+
+
+def authorize_collection_search(
+    accountability: Accountability,
+    indexes: CollectionIndexes,
+    collection_id: str,
+    caller: Caller,
+    operation: str,
+    threshold: float | None,
+    identifications: int,
+) -> SearchAuthorization:
+    """A search of a whole collection (a video job's, a stream processor's) past the collection's rules now,
+    its false-match risk taken against every face the collection holds."""
+    collection, index, _ = indexes.get(collection_id)
+    return accountability.authorize_search(
+        collection.collection_id,
+        collection.policy,
+        caller,
+        operation,
+        threshold,
+        faces=len(index),
+        identifications=identifications,
+    )
+
+
+def returned_per_person(best: dict[int, dict[str, float]]) -> list[list[Returned]]:
+    """What the audit keeps of a tracked search: per person (by index), each stored face matched with its best
+    similarity."""
+    return [
+        [Returned(face_id, similarity) for face_id, similarity in sorted(faces.items())]
+        for _, faces in sorted(best.items())
+    ]

@@ -35,7 +35,7 @@ from candor.core.errors import (
 from candor.core.faces import BoundingBox, DetectedFace
 from candor.core.settings import MAX_FACES, MAX_VIDEO_BYTES, VIDEO_RESULT_DAYS, VIDEO_SEGMENT_MS
 from candor.ports import FaceDetector, FaceEmbedder, JobNotifier, MessagePublisher, VideoJobRepository, VideoStore
-from candor.search import CollectionIndexes, match_faces
+from candor.search import CollectionIndexes, authorize_collection_search, match_faces, returned_per_person
 from candor.video.frames import probe_video, sample_frames
 from candor.video.jobs import (
     META_CASE,
@@ -187,16 +187,10 @@ class VideoJobs:
     def authorize(self, job: VideoJob, identifications: int) -> SearchAuthorization:
         if self.accountability is None or self.indexes is None or job.collection_id is None:
             raise RuntimeError("a face search job is authorized where the collection rules and indexes are known")
-        collection, index, _ = self.indexes.get(job.collection_id)
-        return self.accountability.authorize_search(
-            collection.collection_id,
-            collection.policy,
-            _caller(job),
-            job.kind.api,
-            job.threshold,
-            faces=len(index),
-            identifications=identifications,
-        )
+        return authorize_collection_search(
+            self.accountability, self.indexes, job.collection_id, _caller(job), job.kind.api, job.threshold,
+            identifications,
+        )  # fmt: skip
 
     def _queue_job(self, job_id: str) -> None:
         if self.job_queue is None:
@@ -400,10 +394,7 @@ def _matches_per_person(results: JobResults) -> list[list[Returned]]:
         best = persons.setdefault(sample.person or 0, {})
         for match in sample.matches:
             best[match["face_id"]] = max(best.get(match["face_id"], 0.0), float(match["similarity"]))
-    return [
-        [Returned(face_id, similarity) for face_id, similarity in sorted(best.items())]
-        for _, best in sorted(persons.items())
-    ]
+    return returned_per_person(persons)
 
 
 def _caller(job: VideoJob) -> Caller:
