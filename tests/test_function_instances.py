@@ -5,6 +5,7 @@ each named in the logs, and the queue keeps them apart."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ Resources:
 FIXTURE_APP = """\
 import json
 import os
+import tempfile
 import time
 
 
@@ -50,7 +52,8 @@ def lambda_handler(event, context):
     started = time.time()
     time.sleep(0.5)
     for record in event["Records"]:
-        print(json.dumps({"id": record["body"], "pid": os.getpid(), "started": started, "ended": time.time()}))
+        entry = {"id": record["body"], "pid": os.getpid(), "tmp": tempfile.gettempdir()}
+        print(json.dumps({**entry, "started": started, "ended": time.time()}))
 """
 
 
@@ -103,5 +106,9 @@ def test_each_instance_polls_the_queue_and_every_message_is_handled_once(env: Lo
     first, second = sorted({entry["pid"] for entry in handled})
     spans = {pid: [(e["started"], e["ended"]) for e in handled if e["pid"] == pid] for pid in (first, second)}
     assert any(a0 < b1 and b0 < a1 for a0, a1 in spans[first] for b0, b1 in spans[second])
+    # Each instance has a /tmp of its own, as each Lambda sandbox has (a video one downloads is its own).
+    tmp_of = {pid: {e["tmp"] for e in handled if e["pid"] == pid} for pid in (first, second)}
+    assert all(len(dirs) == 1 for dirs in tmp_of.values()) and tmp_of[first] != tmp_of[second]
+    assert not tmp_of[first] & {tempfile.gettempdir()}
     # One log for the function, each instance named in the runtime's lines.
     assert "PairFunction#1 ready" in text and "PairFunction#2 ready" in text

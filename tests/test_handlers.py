@@ -7,17 +7,22 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
 
 from candor.core.enrolment import photo_id_for
 from candor.core.settings import EMBEDDER_VERSION, EMBEDDING_SIZE
+from candor.video.jobs import JobKind, VideoJob, VideoRef
 from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS
 from candor_local.emulator.stack import DeployedStack, Endpoint, deploy_stack
 from candor_local.emulator.template import load_template
@@ -187,3 +192,45 @@ def test_search_handler_speaks_rekognitions_protocol(stack: DeployedStack, faces
 
     status, body = _invoke_api(search, "search-bad-image.json")
     assert status == 400 and body["__type"] == "InvalidImageFormatException"
+
+
+def test_a_video_job_whose_handling_fails_comes_back_in_seconds_not_after_the_visibility_timeout(
+    stack: DeployedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = _handler(stack, "video")
+    monkeypatch.setattr(video, "settings", replace(video.settings, video_retry_delay_s=1))
+    bucket, key = stack.physical_ids["UploadBucket"], "media/door.mp4"
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=b"a video")
+    job = VideoJob(
+        "job-unreachable", JobKind.FACE_DETECTION, VideoRef(bucket, key), "2026-12-06T00:00:00+00:00", "app", "test"
+    )
+    video.video_jobs.jobs.create(job)
+    sqs, queue_url = boto3.client("sqs"), stack.physical_ids["VideoJobQueue"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"job_id": job.job_id}))
+    message = sqs.receive_message(QueueUrl=queue_url, MessageSystemAttributeNames=["All"])["Messages"][0]
+    record = {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message["Attributes"],
+        "messageAttributes": {},
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue_url.rsplit('/', 1)[-1]}",
+        "awsRegion": "us-east-1",
+    }
+
+    def unreachable(*_: Any) -> None:
+        raise EndpointConnectionError(endpoint_url="https://s3.us-east-1.amazonaws.com")
+
+    monkeypatch.setattr(video.video_jobs.store, "fetch", unreachable)
+    with pytest.raises(BatchProcessingError):  # a batch of one that failed: the invocation fails, as Lambda sees
+        video.lambda_handler({"Records": [record]}, _context("VideoFunction"))
+
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue_url)  # not at once: the service may be back soon
+    time.sleep(1.5)
+    again = sqs.receive_message(QueueUrl=queue_url, MessageSystemAttributeNames=["All"])["Messages"]
+    assert [m["MessageId"] for m in again] == [message["MessageId"]]  # 1 s, not the queue's 30 minutes
+    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
+    stored = video.video_jobs.jobs.get(job.job_id)
+    assert stored is not None and not stored.finished  # a first failure ends nothing

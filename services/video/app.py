@@ -38,11 +38,13 @@ metrics = Metrics()
 processor = LoggedSqsBatchProcessor(logger)
 detector, embedder = detector_and_embedder(settings)
 indexes = collection_indexes(settings)
+job_queue = SqsPublisher(settings.video_job_queue_url)
+segment_queue = SqsPublisher(settings.video_segment_queue_url)
 video_jobs = VideoJobs(
     jobs=DynamoVideoJobRepository(settings.video_jobs_table),
     store=S3VideoStore(settings.video_results_bucket),
-    job_queue=SqsPublisher(settings.video_job_queue_url),
-    segment_queue=SqsPublisher(settings.video_segment_queue_url),
+    job_queue=job_queue,
+    segment_queue=segment_queue,
     notifier=SnsJobNotifier(),
     accountability=Accountability(
         AuditLog(DynamoAuditStore(settings.audit_table), on_append=log_anchor(logger.info)),
@@ -83,7 +85,20 @@ def record_handler(record: SQSRecord) -> None:
             if job is not None:
                 video_jobs.fail(job, f"internal error after {receives} attempts: {type(error).__name__}: {error}")
                 metrics.add_metric(name="VideoJobsFailed", unit=MetricUnit.Count, value=1)
+        _retry_soon(record, segment_queue if "segment" in message else job_queue, receives)
         raise
+
+
+def _retry_soon(record: SQSRecord, queue: SqsPublisher, receives: int) -> None:
+    """The failed message back in seconds, more with each receive, rather than after the queue's visibility
+    timeout: a job is not held up half an hour by a service that was briefly unreachable."""
+    delay = settings.video_retry_delay_s * receives
+    try:
+        queue.retry_in(record.receipt_handle, delay)
+    except Exception:  # the visibility timeout still brings it back
+        logger.warning("could not bring the message back sooner", exc_info=True)
+    else:
+        logger.info("message back in %d s", delay, extra={"message_id": record.message_id, "receives": receives})
 
 
 def start_upload(upload: dict[str, Any]) -> None:

@@ -94,6 +94,7 @@ class _Worker:
     env: dict[str, str]
     log: _FunctionLog
     echo: bool
+    tmp_dir: Path
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -106,6 +107,11 @@ class _Worker:
         self.config.dump(self.config_path)
         # Each instance, a replacement too, writes a log stream of its own within the function's log group.
         self.env["AWS_LAMBDA_LOG_STREAM_NAME"] = log_stream_name()
+        # Each instance has a /tmp of its own, empty when it starts, as each Lambda sandbox has: instances
+        # that shared one would delete or read each other's downloads.
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True)
+        self.env["TMPDIR"] = str(self.tmp_dir)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "candor_local.emulator.worker", str(self.config_path)],
             env=self.env,
@@ -270,7 +276,9 @@ class LocalEnvironment:
                 # The first instance alone polls the streams: one poller per shard keeps its records in order.
                 config = self._worker_config(spec, port, name, polls_streams=number == 1)
                 env = {**base_env, **self._function_env(spec, config, model_dir)}
-                self._workers[name] = _Worker(spec, config, self._run_dir / f"{name}.json", env, log, echo)
+                self._workers[name] = _Worker(
+                    spec, config, self._run_dir / f"{name}.json", env, log, echo, self._run_dir / "tmp" / name
+                )
         local = f"python{sys.version_info.major}.{sys.version_info.minor}"
         runtimes = {w.spec.runtime for w in self._workers.values()} - {local}
         if runtimes:
@@ -324,6 +332,8 @@ class LocalEnvironment:
             **self._function_env(spec, config, Path(model_dir) if model_dir else DEFAULT_MODEL_DIR),
         }
         scratch = Path(tempfile.mkdtemp(prefix="candor-invoke-", dir=self._run_dir))
+        (scratch / "tmp").mkdir()
+        env["TMPDIR"] = str(scratch / "tmp")
         config_path, event_path, result_path = scratch / "config.json", scratch / "event.json", scratch / "result.json"
         config.dump(config_path)
         event_path.write_text(json.dumps(event), encoding="utf-8")

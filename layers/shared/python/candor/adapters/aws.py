@@ -656,6 +656,12 @@ class SqsPublisher:
     def publish(self, body: dict[str, Any]) -> None:
         self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
 
+    def retry_in(self, receipt_handle: str, seconds: int) -> None:
+        """A received message visible again in `seconds` (SQS's limit is 12 hours)."""
+        self._sqs.change_message_visibility(
+            QueueUrl=self._queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=min(max(seconds, 0), 43_200)
+        )
+
 
 class S3ModelSource:
     """Model files in the model bucket (template parameter ModelBucket), under a prefix."""

@@ -131,6 +131,7 @@ class Settings:
     video_sample_interval_ms: int = 200
     video_result_days: int = 7
     video_max_receives: int = 3
+    video_retry_delay_s: int = 30
     # Stream processors (candor/live_processors.py; template.yaml's StreamProcessorsTable, LiveFrameStream).
     stream_processors_table: str = ""
     live_max_frame_age_ms: int = 1000
@@ -169,6 +170,7 @@ class Settings:
             video_sample_interval_ms=int(env.get("VIDEO_SAMPLE_INTERVAL_MS", str(VIDEO_SAMPLE_INTERVAL_MS))),
             video_result_days=int(env.get("VIDEO_RESULT_DAYS", str(VIDEO_RESULT_DAYS))),
             video_max_receives=int(env.get("VIDEO_MAX_RECEIVES", "3")),
+            video_retry_delay_s=int(env.get("VIDEO_RETRY_DELAY_S", "30")),
             stream_processors_table=env.get("STREAM_PROCESSORS_TABLE", ""),
             live_max_frame_age_ms=int(env.get("LIVE_MAX_FRAME_AGE_MS", str(LIVE_MAX_FRAME_AGE_MS))),
             policy_loosening_delay_hours=float(
