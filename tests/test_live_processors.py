@@ -23,6 +23,7 @@ import av
 import boto3
 import pytest
 from moto import mock_aws
+from PIL import Image
 from video_samples import ONE_PERSON, TWO_PEOPLE
 
 from candor.adapters.aws import DynamoAuditStore
@@ -356,6 +357,48 @@ def test_a_processor_past_its_identification_quota_fails_and_names_nobody_more(s
     (record,) = stack.outputs("quota-out")
     assert all(face["MatchedFaces"] == [] for face in record["FaceSearchResponse"])
     stack.ok("DeleteStreamProcessor", {"Name": "quota"})
+
+
+def test_a_face_that_stays_put_is_searched_once_a_second_and_one_that_moves_at_once(
+    stack: Stack, staff: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = stack.output_stream("desk-out")
+    stack.ok("CreateStreamProcessor", _processor("desk", "desk-cam", output, staff))
+    stack.ok("StartStreamProcessor", {"Name": "desk"})
+    embedded: list[int] = []
+    real = stack.live.live.embedder
+
+    class CountingEmbedder:
+        def embed_faces(self, pixels: Any, faces: list[Any]) -> Any:
+            embedded.append(len(faces))
+            return real.embed_faces(pixels, faces)
+
+    monkeypatch.setattr(stack.live.live, "embedder", CountingEmbedder())
+    frame = Image.open(io.BytesIO(_jpegs(ONE_PERSON)[0])).convert("RGB")
+    left, right = Image.new("RGB", (frame.width * 2, frame.height)), Image.new("RGB", (frame.width * 2, frame.height))
+    left.paste(frame, (0, 0))
+    right.paste(frame, (frame.width, 0))
+    encoded = []
+    for image in (left, right):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    now = time.time()
+    # 2 s of a still face at 5 frames/s, then the face is across the frame (the camera was moved).
+    timed = [(now + n * 0.2, encoded[0]) for n in range(11)] + [(now + 2.2, encoded[1])]
+    assert stack.feed("desk-cam", timed)["analysed"] == len(timed)
+
+    assert embedded == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1], "searched at 0, 1 and 2 s, and when it moved"
+    records = stack.outputs("desk-out")
+    assert len(records) == len(timed)
+    for record in records:
+        (face,) = record["FaceSearchResponse"]
+        assert [m["Face"]["ExternalImageId"] for m in face["MatchedFaces"]] == ["presenter"]
+    similarity = [r["FaceSearchResponse"][0]["MatchedFaces"][0]["Similarity"] for r in records]
+    assert similarity[1:5] == [similarity[0]] * 4, "the frames in between keep the search's match"
+    assert len({r["FaceSearchResponse"][0]["Person"]["Index"] for r in records}) == 1
+    stack.ok("StopStreamProcessor", {"Name": "desk"})
+    stack.ok("DeleteStreamProcessor", {"Name": "desk"})
 
 
 def _audit_entries(stack: Stack, collection: str) -> list[dict[str, Any]]:

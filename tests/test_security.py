@@ -45,6 +45,7 @@ BOTO3_ACTIONS = {
     "delete_objects": "s3:DeleteObject",
     "list_objects_v2": "s3:ListBucket",
     "send_message": "sqs:SendMessage",
+    "change_message_visibility": "sqs:ChangeMessageVisibility",
     "invoke": "lambda:InvokeFunction",
     "create_index": "s3vectors:CreateIndex",
     "delete_index": "s3vectors:DeleteIndex",

@@ -104,3 +104,22 @@ def test_merge_never_joins_two_faces_seen_at_the_same_time() -> None:
     tracker = FaceTracker()
     tracker.update(0, [(BoundingBox(0, 0, 40, 40), twin, 0.9), (BoundingBox(300, 0, 40, 40), twin, 0.9)])
     assert len(merge(tracker.tracks)) == 2
+
+
+def test_a_face_the_caller_links_to_a_track_joins_it_whatever_its_embedding() -> None:
+    tracker = FaceTracker()
+    box = BoundingBox(100, 100, 50, 50)
+    (first,) = tracker.update(0, [(box, unit(1, 0, 0), 0.9)])
+    # Turned away (an unlike embedding) but where she was: the tracker alone starts a new track.
+    turned = unit(0, 0, 1)
+    (alone,) = _copy(tracker).update(200, [(BoundingBox(102, 100, 50, 50), turned, 0.9)])
+    assert alone != first
+    (linked,) = tracker.update(200, [(BoundingBox(102, 100, 50, 50), turned, 0.9)], continuing={0: first})
+    assert linked == first
+
+
+def _copy(tracker: FaceTracker) -> FaceTracker:
+    copy = FaceTracker(first_track_id=tracker.next_track_id)
+    for track in tracker.active_tracks:
+        copy.restore(Track(track.track_id, list(track.faces), track.missed))
+    return copy

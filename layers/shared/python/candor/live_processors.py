@@ -32,11 +32,12 @@ from candor.live.processors import (
     LiveSession,
     ProcessorStatus,
     StreamProcessor,
+    TrackSearch,
     output_record,
 )
 from candor.ports import FaceDetector, FaceEmbedder, RecordWriter, StreamProcessorRepository
 from candor.search import CollectionIndexes, authorize_collection_search, match_faces, returned_per_person
-from candor.video.tracking import FaceTracker
+from candor.video.tracking import FaceTracker, Track
 from candor.vision.images import decode_image
 from candor.vision.quality import assess_face
 
@@ -249,13 +250,18 @@ class LiveFrames:
             failure = {"Code": error.code, "Message": error.message}
             return output_record(processor, frame, [], dropped_frames=dropped, error=failure), None
         pixels = decoded.pixels
+        now_ms = int(frame.producer_timestamp * 1000)
         found = self.detector.detect(pixels, max_faces=MAX_FACES, min_confidence=self.min_confidence)
-        vectors = self.embedder.embed_faces(pixels, found)
-        matched = match_faces(index, records, vectors, threshold, MAX_MATCHES_PER_FACE) if found else []
+        continuing = session.continuing([face.bounding_box for face in found])
+        vectors, matched, searched = self._search(session, pixels, found, continuing, now_ms, index, records, threshold)
         tracks = session.tracker.update(
-            int(frame.producer_timestamp * 1000),
+            now_ms,
             [(face.bounding_box, vector, face.confidence) for face, vector in zip(found, vectors, strict=True)],
+            continuing={position: track.track_id for position, track in continuing.items()},
         )
+        for position in searched:
+            session.searched(tracks[position], now_ms, matched[position])
+        session.forget_ended_searches()
         height, width = pixels.shape[:2]
         faces = []
         for face, track, matches in zip(found, tracks, matched, strict=True):
@@ -270,6 +276,43 @@ class LiveFrames:
                 }
             )
         return output_record(processor, frame, faces, dropped_frames=dropped), tracks
+
+    def _search(
+        self,
+        session: LiveSession,
+        pixels: np.ndarray,
+        found: list[DetectedFace],
+        continuing: dict[int, Track],
+        now_ms: int,
+        index: Any,
+        records: Any,
+        threshold: float,
+    ) -> tuple[list[np.ndarray], list[list[Match]], list[int]]:
+        """Each face's embedding and matches, and which faces were embedded and searched for this frame: a face
+        that continues a track keeps that track's last search while it is recent."""
+        kept: dict[int, tuple[Track, TrackSearch]] = {}
+        for position, track in continuing.items():
+            if (search := session.recent_search(track.track_id, now_ms)) is not None:
+                kept[position] = (track, search)
+        fresh = [position for position in range(len(found)) if position not in kept]
+        fresh_vectors = self.embedder.embed_faces(pixels, [found[position] for position in fresh])
+        fresh_matches = match_faces(index, records, fresh_vectors, threshold, MAX_MATCHES_PER_FACE) if fresh else []
+        # A face erased since the kept search is not named again.
+        kept_ids = {match.face_id for _, search in kept.values() for match in search.matches}
+        alive = records.existing(sorted(kept_ids)) if kept_ids else set()
+        searched_now = {position: (fresh_vectors[n], fresh_matches[n]) for n, position in enumerate(fresh)}
+        vectors: list[np.ndarray] = []
+        matched: list[list[Match]] = []
+        for position in range(len(found)):
+            if position in searched_now:
+                vector, matches = searched_now[position]
+            else:
+                track, search = kept[position]
+                vector = track.embedding
+                matches = [match for match in search.matches if match.face_id in alive]
+            vectors.append(vector)
+            matched.append(matches)
+        return vectors, matched, fresh
 
     def _count_identifications(
         self, processor: StreamProcessor, session: LiveSession, record: dict[str, Any], new_faces: list[int]

@@ -207,4 +207,9 @@ TRACK_MERGE_MIN_COSINE = 0.45
 # (counted, and reported in the next output record): an overloaded processor catches up rather than falling
 # behind. A frame is a photo of at most LIVE_MAX_FRAME_BYTES (a Kinesis record holds 1 MiB with its framing).
 LIVE_MAX_FRAME_AGE_MS = 1000
+# A face that stays where its track was in the last frame (boxes overlapping by LIVE_REUSE_MIN_IOU, nobody
+# else near) keeps the track's last embedding and matches, up to LIVE_SEARCH_MAX_AGE_MS after that search:
+# a still face is embedded and searched once a second, not once a frame.
+LIVE_REUSE_MIN_IOU = 0.6
+LIVE_SEARCH_MAX_AGE_MS = 1000
 LIVE_MAX_FRAME_BYTES = 700 * 1024

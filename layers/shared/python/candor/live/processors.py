@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from candor.core.errors import InvalidParameterError
-from candor.core.faces import BoundingBox
-from candor.video.tracking import FaceTracker, Track, TrackedFace
+from candor.core.faces import BoundingBox, Match
+from candor.core.settings import LIVE_REUSE_MIN_IOU, LIVE_SEARCH_MAX_AGE_MS
+from candor.video.tracking import FaceTracker, Track, TrackedFace, box_overlap
 
 STREAM_PROCESSOR_API = "StartStreamProcessor"  # the operation a processor's searches are audited under
 _KVS_ARN = re.compile(r"^arn:[a-z\d-]+:kinesisvideo:[a-z\d-]+:\d{12}:stream/(?P<name>[a-zA-Z0-9_.-]+)/\d+$")
@@ -182,6 +184,34 @@ class LiveSession:
     last_producer_timestamp: float = 0.0
     matches: dict[int, dict[str, float]] = field(default_factory=dict)  # track id -> face id -> best similarity
     counted: set[int] = field(default_factory=set)  # tracks counted as identifications
+    searches: dict[int, TrackSearch] = field(default_factory=dict)  # track id -> its last search
+
+    def continuing(self, boxes: Sequence[BoundingBox], min_iou: float = LIVE_REUSE_MIN_IOU) -> dict[int, Track]:
+        """The faces of this frame (by position) that plainly continue a track seen in the last frame: the
+        face's box and the track's overlap by `min_iou` at least, and neither comes near any other face or
+        track (people close together are left to the tracker, which weighs their embeddings too)."""
+        tracks = [track for track in self.tracker.active_tracks if track.missed == 0]
+        near = [[box_overlap(track.faces[-1].box, box) for track in tracks] for box in boxes]
+        continuing: dict[int, Track] = {}
+        for position, overlaps in enumerate(near):
+            close = [t for t, overlap in enumerate(overlaps) if overlap > 0.0]
+            if len(close) != 1 or overlaps[close[0]] < min_iou:
+                continue
+            if sum(1 for other in near if other[close[0]] > 0.0) == 1:
+                continuing[position] = tracks[close[0]]
+        return continuing
+
+    def recent_search(self, track_id: int, now_ms: int, max_age_ms: int = LIVE_SEARCH_MAX_AGE_MS) -> TrackSearch | None:
+        """The track's last search, if it is under `max_age_ms` old: a face continuing the track keeps it."""
+        search = self.searches.get(track_id)
+        return search if search is not None and now_ms - search.at_ms < max_age_ms else None
+
+    def searched(self, track_id: int, at_ms: int, matches: Sequence[Match]) -> None:
+        self.searches[track_id] = TrackSearch(at_ms, tuple(matches))
+
+    def forget_ended_searches(self) -> None:
+        active = {track.track_id for track in self.tracker.active_tracks}
+        self.searches = {track: search for track, search in self.searches.items() if track in active}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -194,6 +224,7 @@ class LiveSession:
             "matches": {str(track): best for track, best in self.matches.items()},
             "counted": sorted(self.counted),
             "tracker": tracker_state(self.tracker),
+            "searches": {str(track): search.to_dict() for track, search in self.searches.items()},
         }
 
     @classmethod
@@ -210,7 +241,34 @@ class LiveSession:
                 int(track): {face: float(s) for face, s in best.items()} for track, best in data["matches"].items()
             },
             counted={int(track) for track in data.get("counted", [])},
+            searches={int(track): TrackSearch.from_dict(s) for track, s in data.get("searches", {}).items()},
         )
+
+
+@dataclass(frozen=True)
+class TrackSearch:
+    """When a track's face was last embedded and searched, and the matches that search found."""
+
+    at_ms: int
+    matches: tuple[Match, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "matches": [
+                {"face_id": m.face_id, "external_image_id": m.external_image_id, "similarity": m.similarity,
+                 "photo_id": m.photo_id}
+                for m in self.matches
+            ],
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackSearch:
+        matches = tuple(
+            Match(str(m["face_id"]), m.get("external_image_id"), float(m["similarity"]), m.get("photo_id"))
+            for m in data.get("matches", [])
+        )
+        return cls(int(data["at_ms"]), matches)
 
 
 def tracker_state(tracker: FaceTracker) -> dict[str, Any]:

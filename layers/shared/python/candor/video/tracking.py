@@ -7,7 +7,7 @@ track that `merge` joins to its person by embedding. No I/O: plain records in, p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,14 +76,24 @@ class FaceTracker:
         self._active: list[Track] = []
         self._ended: list[Track] = []
 
-    def update(self, timestamp_ms: int, faces: Sequence[tuple[BoundingBox, np.ndarray, float]]) -> list[int]:
-        """Link one sample's faces (box, unit embedding, confidence) to tracks; returns each face's track id."""
+    def update(
+        self,
+        timestamp_ms: int,
+        faces: Sequence[tuple[BoundingBox, np.ndarray, float]],
+        continuing: Mapping[int, int] | None = None,
+    ) -> list[int]:
+        """Link one sample's faces (box, unit embedding, confidence) to tracks; returns each face's track id.
+        `continuing` names faces (by position) the caller has linked to a track (by id) already."""
         pairs: list[tuple[float, int, int]] = []
+        position = {track.track_id: t for t, track in enumerate(self._active)}
+        for f, track_id in (continuing or {}).items():
+            if track_id in position:
+                pairs.append((float("inf"), position[track_id], f))
         for t, track in enumerate(self._active):
             last = track.faces[-1]
             reference = track.embedding
             for f, (box, embedding, _) in enumerate(faces):
-                iou = _iou(last.box, box)
+                iou = box_overlap(last.box, box)
                 cosine = float(np.dot(reference, embedding))
                 # Overlap with some likeness (a turning head), or a clear likeness after the box moved.
                 if (iou >= self.min_iou and cosine >= self.min_cosine) or cosine >= self.reidentify_cosine:
@@ -172,7 +182,8 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
-def _iou(a: BoundingBox, b: BoundingBox) -> float:
+def box_overlap(a: BoundingBox, b: BoundingBox) -> float:
+    """Intersection over union."""
     left, top = max(a.left, b.left), max(a.top, b.top)
     right, bottom = min(a.left + a.width, b.left + b.width), min(a.top + a.height, b.top + b.height)
     inter = max(right - left, 0.0) * max(bottom - top, 0.0)
