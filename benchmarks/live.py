@@ -2,9 +2,10 @@
 local runtime.
 
 Frames are put on LiveFrameStream as `candor live` puts them (candor_local/cli/live.py: each one sent when it
-is due, its ProducerTimestamp the moment it is sent), and the processor's output stream is read every 0.1 s;
-a frame's latency is the time its record is read minus its ProducerTimestamp: the local Kinesis event
-source's wait for the frame, LiveFunction's analysis and write, and the reader's wait. Runs, each with a new
+is due, its ProducerTimestamp the moment it is sent), and the processor's output stream is read every 0.1 s.
+A frame's latency is the time its record arrived on the output stream (Kinesis's ApproximateArrivalTimestamp)
+minus its ProducerTimestamp: the local Kinesis event source's wait for the frame, LiveFunction's analysis
+and its write; the time the reader got it (its own polling added) is given too. Runs, each with a new
 processor searching one collection (the presenter and the three portraits enrolled):
 
 - one face per frame at 5 frames/s: the frames of head-pose-face-detection-female.gif played to and fro;
@@ -162,7 +163,7 @@ def measure(
     with log.open("rb") as handle:
         handle.seek(log_start)
         busy_ms = sum(report_durations_ms(handle.read().decode(errors="replace")))
-    latencies = [latency for _, latency in summary.latencies]
+    latencies = [latency for _, latency in summary.written]
     result: dict[str, Any] = {
         "run": run.label,
         "fps": run.fps,
@@ -180,11 +181,13 @@ def measure(
         "function_ms_per_frame": round(busy_ms / (summary.records or 1), 1),
         "function_busy": round(busy_ms / 1000 / (run.frames / run.fps), 2),
         **latency_figures(latencies),
+        # The same frames as `candor live` read them back: its polling of the output stream added.
+        "read": latency_figures([latency for _, latency in summary.latencies]),
     }
     if run.overload:
         third = run.frames / run.fps / 3
-        result["first_third"] = latency_figures([ms for at, ms in summary.latencies if at < third])
-        result["last_third"] = latency_figures([ms for at, ms in summary.latencies if at >= 2 * third])
+        result["first_third"] = latency_figures([ms for at, ms in summary.written if at < third])
+        result["last_third"] = latency_figures([ms for at, ms in summary.written if at >= 2 * third])
     return result
 
 
@@ -237,8 +240,8 @@ def _markdown(result: dict[str, Any]) -> str:
         rows.append(
             f"| {run['run']} | {run['faces_found_per_frame']} | {run['frames_sent']} | {run['analysed']} | "
             f"{run['dropped']} | {run['unaccounted']} | {_ms(run['p50_ms'])} | {_ms(run['p90_ms'])} | "
-            f"{_ms(run['p99_ms'])} | {_ms(run['max_ms'])} | {_ms(run['function_ms_per_frame'])} | "
-            f"{run['function_busy']:.0%} |"
+            f"{_ms(run['p99_ms'])} | {_ms(run['max_ms'])} | {_ms(run['read']['p50_ms'])} | "
+            f"{_ms(run['read']['p99_ms'])} | {_ms(run['function_ms_per_frame'])} | {run['function_busy']:.0%} |"
         )
     steady = [run for run in result["runs"] if run["fps"] == 5.0]
     missed = [run for run in steady if run["p50_ms"] is None or run["p50_ms"] > result["target_p50_ms"]]
@@ -268,24 +271,29 @@ def _markdown(result: dict[str, Any]) -> str:
 a collection of the presenter and three portraits, its output stream read every {POLL_S} s. {result["date"]},
 {result["machine"]}, one LiveFunction worker (LiveFrameStream has one shard).
 
-| run | faces found | sent | analysed | dropped | unaccounted | p50 | p90 | p99 | max | function per frame | busy |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| run | faces | sent | done | dropped | unaccounted | p50 | p90 | p99 | max | read p50 | read p99 | function | busy |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 Outcome: {verdict}. {caught_up}
 
-Latency is capture to result: the time the reader gets a frame's output record minus the frame's
-ProducerTimestamp (the moment it was put on LiveFrameStream; both clocks are this machine's). It includes the
-reader's own polling (every {POLL_S} s) and the local Kinesis event source's: it reads an idle shard every
-{SHARD_POLL_S} s (`SHARD_POLL_S`, infra/candor_local/emulator/worker.py), where Lambda's standard poller
-reads a shard about once a second, so on AWS expect up to about 0.75 s more per frame from polling alone
-(an enhanced fan-out consumer pushes records instead). "Dropped" is the sum of the records'
+Latency (p50..max) is capture to result: the moment a frame's output record arrived on the processor's
+output stream (its ApproximateArrivalTimestamp) minus the frame's ProducerTimestamp (the moment it was put on
+LiveFrameStream; both clocks are this machine's). "Read" is the same frames as `candor live` got them back:
+its own polling of the output stream (every {POLL_S} s; a consumer's choice, about {POLL_S / 2:g} s on
+average) added. Both include the local Kinesis event source's wait: it reads an idle shard every
+{SHARD_POLL_S} s (`SHARD_POLL_S`, infra/candor_local/emulator/worker.py), about {SHARD_POLL_S / 2:g} s on
+average, where Lambda's standard poller reads a shard about once a second, so on AWS expect up to about
+0.75 s more per frame from polling alone (an enhanced fan-out consumer pushes records instead). "Faces" is
+faces found per frame, "done" frames analysed. "Dropped" is the sum of the records'
 `CandorFrame.DroppedFrames`; "unaccounted" is frames sent minus records minus dropped: frames dropped after
-the last record (reported by none) or never read back. "Function per frame" is LiveFunction's invocation
+the last record (reported by none) or never read back. "Function" is LiveFunction's invocation
 time (its REPORT lines) per record written, "busy" that time as a share of the run: near 100% the
 function has no slack, frames wait for the batch before them and, past LIVE_MAX_FRAME_AGE_MS, are dropped.
 Each record is written as soon as its frame is analysed; LiveFunction runs two model threads (template.yaml:
-two vCPUs on Lambda). Polling accounts for about 0.18 s of the p50 on average (half of each interval).
+two vCPUs on Lambda). Every face is detected in every frame; a face that stays in its track's box keeps the
+track's embedding and matches for up to LIVE_SEARCH_MAX_AGE_MS (1000 ms), so still faces are embedded about
+once a second.
 The one-face frames are head-pose-face-detection-female.gif (480x270) played to and fro; the four-face
 frames a 960x540 mosaic of that frame and three enrolment portraits (Obama, Biden, Rose Leslie, fitted
 to 480x270). A short warm-up run first, not counted.

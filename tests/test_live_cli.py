@@ -5,6 +5,7 @@ command end to end through the local runtime on a real clip (sample video by Int
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import re
@@ -104,6 +105,23 @@ def test_the_summary_counts_records_drops_bad_frames_persons_and_latency() -> No
     assert [round(at, 1) for at, _ in summary.latencies] == [0.0, 0.2, 0.8, 1.0]
     (line,) = live.summary_lines(summary)
     assert line == ("frames sent 6, records 4 (bad 1), dropped 2, persons 2 (0: anna); latency p50 250 ms, p99 397 ms")
+
+
+def test_records_are_read_with_when_they_reached_the_stream_and_both_latencies_kept() -> None:
+    arrived = datetime.datetime(2026, 12, 6, 12, 0, 0, 250000, tzinfo=datetime.UTC)
+    record = _record(0.0, _face(0, ("anna", 95.0)))
+
+    class Shard:
+        def get_records(self, ShardIterator: str) -> dict[str, Any]:
+            data = json.dumps(record).encode()
+            return {"Records": [{"Data": data, "ApproximateArrivalTimestamp": arrived}], "NextShardIterator": "next"}
+
+    iterators = {"shard-0": "first"}
+    ((read, arrival),) = live.read_records(Shard(), iterators)
+    assert read == record and arrival == arrived.timestamp() and iterators == {"shard-0": "next"}
+    summary = live.LiveSummary(frames_sent=1)
+    summary.add(read, STARTED, 320.0, 250.0)
+    assert summary.latencies == [(0.0, 320.0)] and summary.written == [(0.0, 250.0)]
 
 
 def test_a_summary_without_records_says_so_and_a_failure_is_said() -> None:

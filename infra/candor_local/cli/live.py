@@ -15,6 +15,7 @@ The lines and the summary are plain functions of the output records, so they run
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import os
@@ -353,10 +354,12 @@ class LiveSummary:
     persons: set[int] = field(default_factory=set)
     matched: dict[int, str] = field(default_factory=dict)  # person -> the name of their best match so far
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (capture offset s, latency ms)
+    # (capture offset s, ms from capture until the record was on the output stream: its arrival there)
+    written: list[tuple[float, float]] = field(default_factory=list)
     interrupted: bool = False
     failure: str | None = None
 
-    def add(self, record: dict[str, Any], started: float, latency_ms: float) -> None:
+    def add(self, record: dict[str, Any], started: float, latency_ms: float, written_ms: float | None = None) -> None:
         self.records += 1
         extension = record.get("CandorFrame") or {}
         self.dropped += int(extension.get("DroppedFrames", 0))
@@ -368,6 +371,8 @@ class LiveSummary:
                 if face.get("MatchedFaces") and int(index) not in self.matched:
                     self.matched[int(index)] = _best_name(face["MatchedFaces"])[0]
         self.latencies.append((_produced(record) - started, latency_ms))
+        if written_ms is not None:
+            self.written.append((_produced(record) - started, written_ms))
 
 
 def feed(
@@ -409,9 +414,9 @@ def feed(
         while True:
             records = read_records(kinesis, iterators)
             now = time.time()
-            for record in records:
+            for record, arrived in records:
                 latency_ms = (now - _produced(record)) * 1000
-                summary.add(record, started_wall, latency_ms)
+                summary.add(record, started_wall, latency_ms, (arrived - _produced(record)) * 1000)
                 on_record(record, started_wall, latency_ms)
             if records or sender.is_alive():
                 last_news = time.monotonic()
@@ -448,20 +453,25 @@ def latest_iterators(kinesis: Any, stream: str) -> dict[str, str]:
     }
 
 
-def read_records(kinesis: Any, iterators: dict[str, str]) -> list[dict[str, Any]]:
-    """The records written since the last read, each shard's in order; the iterators move on."""
+def read_records(kinesis: Any, iterators: dict[str, str]) -> list[tuple[dict[str, Any], float]]:
+    """The records written since the last read, each shard's in order, with when each arrived on the stream
+    (epoch seconds); the iterators move on."""
     found = []
     for shard, iterator in list(iterators.items()):
         try:
             response = kinesis.get_records(ShardIterator=iterator)
         except kinesis.exceptions.ProvisionedThroughputExceededException:
             continue  # AWS allows 5 reads a second per shard: this one waits for the next round
-        found += [json.loads(record["Data"]) for record in response["Records"]]
+        found += [(json.loads(r["Data"]), _epoch(r["ApproximateArrivalTimestamp"])) for r in response["Records"]]
         if response.get("NextShardIterator"):
             iterators[shard] = response["NextShardIterator"]
         else:
             del iterators[shard]  # closed
     return found
+
+
+def _epoch(moment: datetime.datetime | float) -> float:
+    return moment.timestamp() if isinstance(moment, datetime.datetime) else float(moment)
 
 
 # --- what is printed: plain functions of the records ----------------------------------------------------------
