@@ -21,13 +21,16 @@ from typing import Any
 
 import av
 import boto3
+import numpy as np
 import pytest
 from moto import mock_aws
 from PIL import Image
 from video_samples import ONE_PERSON, TWO_PEOPLE
 
 from candor.adapters.aws import DynamoAuditStore
-from candor.live.processors import frame_record
+from candor.core.faces import BoundingBox
+from candor.live.processors import LiveSession, frame_record
+from candor.video.tracking import FaceTracker
 from candor_local.emulator.moto_server import EMULATOR_CREDENTIALS
 from candor_local.emulator.stack import Endpoint, deploy_stack
 from candor_local.emulator.template import load_template
@@ -403,3 +406,17 @@ def test_a_face_that_stays_put_is_searched_once_a_second_and_one_that_moves_at_o
 
 def _audit_entries(stack: Stack, collection: str) -> list[dict[str, Any]]:
     return [record.fields for record in DynamoAuditStore(stack.deployed.physical_ids["AuditTable"]).entries(collection)]
+
+
+def test_faces_that_arrived_together_are_searched_again_one_a_frame_and_never_twice_the_age_apart() -> None:
+    tracker = FaceTracker()
+    boxes = [BoundingBox(100.0 * n, 0, 50, 50) for n in range(4)]
+    session = LiveSession("run", tracker)
+    tracks = tracker.update(0, [(box, np.eye(4, dtype=np.float32)[n], 0.9) for n, box in enumerate(boxes)])
+    for track in tracks:
+        session.searched(track, 0, [])
+    continuing = session.continuing(boxes)
+    assert sorted(continuing) == [0, 1, 2, 3]
+    assert sorted(session.kept_searches(continuing, 800)) == [0, 1, 2, 3]  # all under a second old
+    assert len(session.kept_searches(continuing, 1000)) == 3  # one searched again in this frame
+    assert session.kept_searches(continuing, 2000) == {}  # two seconds: every one, whatever the order

@@ -32,7 +32,6 @@ from candor.live.processors import (
     LiveSession,
     ProcessorStatus,
     StreamProcessor,
-    TrackSearch,
     output_record,
 )
 from candor.ports import FaceDetector, FaceEmbedder, RecordWriter, StreamProcessorRepository
@@ -290,10 +289,7 @@ class LiveFrames:
     ) -> tuple[list[np.ndarray], list[list[Match]], list[int]]:
         """Each face's embedding and matches, and which faces were embedded and searched for this frame: a face
         that continues a track keeps that track's last search while it is recent."""
-        kept: dict[int, tuple[Track, TrackSearch]] = {}
-        for position, track in continuing.items():
-            if (search := session.recent_search(track.track_id, now_ms)) is not None:
-                kept[position] = (track, search)
+        kept = session.kept_searches(continuing, now_ms)
         fresh = [position for position in range(len(found)) if position not in kept]
         fresh_vectors = self.embedder.embed_faces(pixels, [found[position] for position in fresh])
         fresh_matches = match_faces(index, records, fresh_vectors, threshold, MAX_MATCHES_PER_FACE) if fresh else []

@@ -201,10 +201,22 @@ class LiveSession:
                 continuing[position] = tracks[close[0]]
         return continuing
 
-    def recent_search(self, track_id: int, now_ms: int, max_age_ms: int = LIVE_SEARCH_MAX_AGE_MS) -> TrackSearch | None:
-        """The track's last search, if it is under `max_age_ms` old: a face continuing the track keeps it."""
-        search = self.searches.get(track_id)
-        return search if search is not None and now_ms - search.at_ms < max_age_ms else None
+    def kept_searches(
+        self, continuing: dict[int, Track], now_ms: int, max_age_ms: int = LIVE_SEARCH_MAX_AGE_MS
+    ) -> dict[int, tuple[Track, TrackSearch]]:
+        """Which continuing faces keep their track's last search: those under `max_age_ms` old, and of those
+        older only all but the oldest, while under twice that. One face is searched again a frame, so faces
+        that arrived together do not all cost an embedding in the same frame a second later."""
+        kept: dict[int, tuple[Track, TrackSearch]] = {}
+        for position, track in continuing.items():
+            search = self.searches.get(track.track_id)
+            if search is not None and now_ms - search.at_ms < 2 * max_age_ms:
+                kept[position] = (track, search)
+        due = sorted((p for p, (_, search) in kept.items() if now_ms - search.at_ms >= max_age_ms),
+                     key=lambda p: kept[p][1].at_ms)  # fmt: skip
+        for position in due[:1]:
+            del kept[position]
+        return kept
 
     def searched(self, track_id: int, at_ms: int, matches: Sequence[Match]) -> None:
         self.searches[track_id] = TrackSearch(at_ms, tuple(matches))
