@@ -47,3 +47,25 @@ def moto(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         yield
+
+
+# A failing test that ran on the local runtime shows the end of each function's log in its report: what a
+# worker did (or raised) is otherwise gone with the runtime's temporary folder, on CI above all.
+LOG_TAIL_LINES = 25
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    from candor_local.emulator.runtime import LocalEnvironment
+
+    funcargs = getattr(item, "funcargs", {})
+    for env in {id(v): v for v in funcargs.values() if isinstance(v, LocalEnvironment)}.values():
+        for log in sorted(env.log_dir.glob("*.log")):
+            lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+            if lines:
+                tail = "\n".join(lines[-LOG_TAIL_LINES:])
+                report.sections.append((f"{log.name} (last {LOG_TAIL_LINES} lines)", tail))
