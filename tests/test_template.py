@@ -332,7 +332,8 @@ def test_each_function_may_touch_only_what_it_uses(template: Template) -> None:
     for target in ("UploadBucket", "FacesTable", "PhotosTable", "UsersTable", "CollectionsTable", "IndexBucket"):
         assert video.get(target, set()) <= reads, (target, video[target])
     assert video.get("VectorBucket", set()) <= reads and video["AuditTable"] == append_only
-    assert video["VideoSegmentQueue"] == {"sqs:SendMessage"}
+    # A plan queues segments; a failed message is brought back sooner (VIDEO_RETRY_DELAY_S), on both queues.
+    assert video["VideoSegmentQueue"] == video["VideoJobQueue"] == {"sqs:SendMessage", "sqs:ChangeMessageVisibility"}
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem"} <= video["VideoJobsTable"]
     # Live frames read the same, and write only their processors' state and the audit (the output records go
     # to the caller's stream as the caller's role).
