@@ -15,12 +15,13 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from botocore.parsers import create_parser
+from lambda_helpers import lambda_context
 from moto import mock_aws
 from video_samples import TWO_PEOPLE, as_mp4
 
@@ -94,25 +95,12 @@ def _import_search() -> ModuleType:
         sys.path.remove(str(SEARCH))
 
 
-def _context() -> SimpleNamespace:
-    return SimpleNamespace(
-        function_name="SearchFunction",
-        function_version="$LATEST",
-        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:SearchFunction",
-        memory_limit_in_mb=2048,
-        aws_request_id="c6af9ac6-7b61-11e6-9a41-93e812345678",
-        log_group_name="/aws/lambda/SearchFunction",
-        log_stream_name="2026/11/22/[$LATEST]abcdef",
-        get_remaining_time_in_millis=lambda: 60_000,
-    )
-
-
 def invoke(search: ModuleType, target: str, body: str, **headers: str) -> tuple[int, bytes]:
     """One Function URL request to the handler: (status, response body). X_Candor_Consent is X-Candor-Consent."""
     event = copy.deepcopy(EVENT)
     event["headers"].update({"x-amz-target": target, **{k.lower().replace("_", "-"): v for k, v in headers.items()}})
     event["body"] = body
-    response = search.lambda_handler(event, _context())
+    response = search.lambda_handler(event, lambda_context("SearchFunction"))
     return response["statusCode"], response["body"].encode()
 
 

@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import EndpointConnectionError
+from lambda_helpers import lambda_context
 from moto import mock_aws
 
 from candor.core.enrolment import photo_id_for
@@ -36,19 +37,6 @@ CONSENT = "consent-form-0001"
 
 def _event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
-
-
-def _context(name: str) -> SimpleNamespace:
-    return SimpleNamespace(
-        function_name=name,
-        function_version="$LATEST",
-        invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{name}",
-        memory_limit_in_mb=2048,
-        aws_request_id="c6af9ac6-7b61-11e6-9a41-93e812345678",
-        log_group_name=f"/aws/lambda/{name}",
-        log_stream_name="2026/11/22/[$LATEST]abcdef",
-        get_remaining_time_in_millis=lambda: 60_000,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +106,7 @@ def test_detect_handler_records_faces_and_passes_them_on(stack: DeployedStack, f
     _put("photos/two+people at lunch.jpg", faces_dir / "probe/two_people.jpg")
     detect = _handler(stack, "detect")
 
-    response = detect.lambda_handler(_event("detect-s3-upload.json"), _context("DetectFunction"))
+    response = detect.lambda_handler(_event("detect-s3-upload.json"), lambda_context("DetectFunction"))
 
     assert response == {"batchItemFailures": []}
     enrolled = _photo(stack, "enroll/demo/obama/obama.jpg")
@@ -137,7 +125,7 @@ def test_malformed_batch_is_consumed_without_losing_the_good_record(stack: Deplo
     _put("photos/not-a-photo.jpg", data=b"plain text, not an image")
     detect = _handler(stack, "detect")
 
-    response = detect.lambda_handler(_event("detect-malformed-batch.json"), _context("DetectFunction"))
+    response = detect.lambda_handler(_event("detect-malformed-batch.json"), lambda_context("DetectFunction"))
 
     # Malformed events are logged and consumed (retrying cannot fix them); nothing is retried forever.
     assert response == {"batchItemFailures": []}
@@ -152,7 +140,7 @@ def test_embed_handler_stores_vectors_and_enrols_the_face(stack: DeployedStack, 
     _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg", consent=CONSENT)
     embed = _handler(stack, "embed")
 
-    response = embed.lambda_handler(_event("embed-faces.json"), _context("EmbedFunction"))
+    response = embed.lambda_handler(_event("embed-faces.json"), lambda_context("EmbedFunction"))
 
     assert response == {"batchItemFailures": []}
     assert _photo(stack, "enroll/demo/obama/obama.jpg")["status"] == "COMPLETE"  # type: ignore[index]
@@ -168,7 +156,7 @@ def test_embed_handler_stores_vectors_and_enrols_the_face(stack: DeployedStack, 
 
 
 def _invoke_api(search: ModuleType, name: str) -> tuple[int, dict[str, Any]]:
-    response = search.lambda_handler(_event(name), _context("SearchFunction"))
+    response = search.lambda_handler(_event(name), lambda_context("SearchFunction"))
     return response["statusCode"], json.loads(response["body"])
 
 
@@ -184,7 +172,7 @@ def test_search_handler_speaks_rekognitions_protocol(stack: DeployedStack, faces
     # Enrol through the two pipeline handlers, then search with the recorded request (an S3Object probe).
     _put("enroll/demo/obama/obama.jpg", faces_dir / "enroll/obama/obama.jpg", consent=CONSENT)
     _put("probes/obama2.jpg", faces_dir / "probe/obama1.jpg")
-    _handler(stack, "embed").lambda_handler(_event("embed-faces.json"), _context("EmbedFunction"))
+    _handler(stack, "embed").lambda_handler(_event("embed-faces.json"), lambda_context("EmbedFunction"))
     status, body = _invoke_api(search, "search-faces-by-image.json")
     assert status == 200, body
     assert [m["Face"]["ExternalImageId"] for m in body["FaceMatches"]] == ["obama"]
@@ -225,7 +213,7 @@ def test_a_video_job_whose_handling_fails_comes_back_in_seconds_not_after_the_vi
 
     monkeypatch.setattr(video.video_jobs.store, "fetch", unreachable)
     with pytest.raises(BatchProcessingError):  # a batch of one that failed: the invocation fails, as Lambda sees
-        video.lambda_handler({"Records": [record]}, _context("VideoFunction"))
+        video.lambda_handler({"Records": [record]}, lambda_context("VideoFunction"))
 
     assert "Messages" not in sqs.receive_message(QueueUrl=queue_url)  # not at once: the service may be back soon
     time.sleep(1.5)

@@ -5,7 +5,6 @@ processor's output stream; then the same with LiveFunction killed mid-feed."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import time
@@ -14,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import pytest
-from video_samples import ONE_PERSON, TWO_PEOPLE
+from lambda_helpers import rekognition_with_consent
+from video_samples import ONE_PERSON, TWO_PEOPLE, jpeg_frames
 
 from candor.adapters.aws import DynamoAuditStore
 from candor.live.processors import frame_record
@@ -38,31 +37,14 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 @pytest.fixture(scope="module")
 def rekognition(env: LocalEnvironment) -> Any:
-    client = env.session.client("rekognition", endpoint_url=env.api_url)
-
-    def add_consent(request: Any, **_: Any) -> None:
-        request.headers["X-Candor-Consent"] = CONSENT
-
-    client.meta.events.register("before-sign.rekognition", add_consent)
-    return client
-
-
-def _jpegs(path: Path, every: int = 1) -> list[bytes]:
-    with av.open(str(path)) as video:
-        images = [frame.to_image() for frame in video.decode(video=0)][::every]
-    encoded = []
-    for image in images:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return rekognition_with_consent(env, CONSENT)
 
 
 @pytest.fixture(scope="module")
 def staff(rekognition: Any) -> str:
     collection = f"staff-{uuid.uuid4().hex[:8]}"
     rekognition.create_collection(CollectionId=collection)
-    first = _jpegs(ONE_PERSON)[0]
+    first = jpeg_frames(ONE_PERSON)[0]
     indexed = rekognition.index_faces(
         CollectionId=collection, Image={"Bytes": first}, ExternalImageId="presenter", MaxFaces=1
     )
@@ -120,7 +102,7 @@ def test_a_live_feed_is_searched_as_it_arrives_and_its_run_audited(
     name, stream, output = _processor(env, rekognition, staff)
     assert rekognition.describe_stream_processor(Name=name)["Status"] == "RUNNING"
     assert {"Name": name, "Status": "RUNNING"} in rekognition.list_stream_processors()["StreamProcessors"]
-    images = _jpegs(ONE_PERSON, every=5)
+    images = jpeg_frames(ONE_PERSON, every=5)
     _put(env, stream, images)
     records = _records(env, output, len(images))
     assert len(records) == len(images)
@@ -144,7 +126,7 @@ def test_a_killed_function_is_replaced_and_the_feed_goes_on_with_the_same_person
     env: LocalEnvironment, rekognition: Any, staff: str
 ) -> None:
     name, stream, output = _processor(env, rekognition, staff)
-    images = _jpegs(TWO_PEOPLE, every=5)
+    images = jpeg_frames(TWO_PEOPLE, every=5)
     half = len(images) // 2
     _put(env, stream, images[:half])
     assert len(_records(env, output, half)) == half
@@ -195,7 +177,7 @@ def test_bad_and_late_frames_are_reported_and_the_stream_goes_on(
 ) -> None:
     name, stream, output = _processor(env, rekognition, staff)
     kinesis, frames_stream = env.client("kinesis"), env.resources["LiveFrameStream"]
-    good = _jpegs(ONE_PERSON)[0]
+    good = jpeg_frames(ONE_PERSON)[0]
     now = time.time()
     sent = [
         frame_record(stream, now - 20, good),  # a backlog: captured 20 s ago, too late to be worth analysing

@@ -16,16 +16,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
-import av
 import boto3
 import numpy as np
 import pytest
+from lambda_helpers import lambda_context
 from moto import mock_aws
 from PIL import Image
-from video_samples import ONE_PERSON, TWO_PEOPLE
+from video_samples import ONE_PERSON, TWO_PEOPLE, jpeg_frames
 
 from candor.adapters.aws import DynamoAuditStore
 from candor.core.faces import BoundingBox
@@ -93,7 +93,7 @@ class Stack:
         named = {key.lower().replace("_", "-"): value for key, value in headers.items()}
         event["headers"].update({"x-amz-target": f"{service}.{operation}", **named})
         event["body"] = json.dumps(request)
-        response = self.search.lambda_handler(event, _context("SearchFunction"))
+        response = self.search.lambda_handler(event, lambda_context("SearchFunction"))
         return response["statusCode"], json.loads(response["body"])
 
     def ok(self, operation: str, request: dict[str, Any], **headers: str) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class Stack:
                     "eventName": "aws:kinesis:record",
                 }
             )
-        counts: dict[str, int] = self.live.lambda_handler({"Records": records}, _context("LiveFunction"))
+        counts: dict[str, int] = self.live.lambda_handler({"Records": records}, lambda_context("LiveFunction"))
         return counts
 
     def outputs(self, stream_name: str) -> list[dict[str, Any]]:
@@ -132,30 +132,6 @@ class Stack:
             StreamName=stream_name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
         return [json.loads(r["Data"]) for r in self.kinesis.get_records(ShardIterator=iterator)["Records"]]
-
-
-def _context(function: str) -> SimpleNamespace:
-    return SimpleNamespace(
-        function_name=function,
-        function_version="$LATEST",
-        invoked_function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}",
-        memory_limit_in_mb=2048,
-        aws_request_id="c6af9ac6-7b61-11e6-9a41-93e812345678",
-        log_group_name=f"/aws/lambda/{function}",
-        log_stream_name="2026/12/06/[$LATEST]abcdef",
-        get_remaining_time_in_millis=lambda: 60_000,
-    )
-
-
-def _jpegs(path: Path, every: int = 1) -> list[bytes]:
-    with av.open(str(path)) as video:
-        frames = [frame.to_image() for frame in video.decode(video=0)]
-    encoded = []
-    for image in frames[::every]:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    return encoded
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +149,7 @@ def stack(model_dir: Path) -> Iterator[Stack]:
 def staff(stack: Stack) -> str:
     """A collection with the woman of the one-person clip enrolled from its first frame."""
     stack.ok("CreateCollection", {"CollectionId": "staff"})
-    first = base64.b64encode(_jpegs(ONE_PERSON)[0]).decode()
+    first = base64.b64encode(jpeg_frames(ONE_PERSON)[0]).decode()
     indexed = stack.ok(
         "IndexFaces",
         {"CollectionId": "staff", "Image": {"Bytes": first}, "ExternalImageId": "presenter", "MaxFaces": 1},
@@ -253,7 +229,7 @@ def test_frames_are_searched_in_order_and_the_run_is_audited_once(stack: Stack, 
     output = stack.output_stream("door-out")
     stack.ok("CreateStreamProcessor", _processor("door", "door-cam", output, staff, FaceMatchThreshold=80))
     stack.ok("StartStreamProcessor", {"Name": "door"})
-    frames = _jpegs(ONE_PERSON, every=5)
+    frames = jpeg_frames(ONE_PERSON, every=5)
     now = time.time()
     counts = stack.feed("door-cam", [(now + n * 0.2, image) for n, image in enumerate(frames)])
     assert counts["analysed"] == len(frames) and counts["dropped"] == counts["bad"] == 0
@@ -288,7 +264,7 @@ def test_late_frames_are_dropped_and_reported_and_bad_frames_do_not_stop_the_str
     output = stack.output_stream("hall-out")
     stack.ok("CreateStreamProcessor", _processor("hall", "hall-cam", output, staff))
     stack.ok("StartStreamProcessor", {"Name": "hall"})
-    image = _jpegs(ONE_PERSON)[0]
+    image = jpeg_frames(ONE_PERSON)[0]
     now = time.time()
     counts = stack.feed(
         "hall-cam",
@@ -319,7 +295,7 @@ def test_the_tracker_survives_a_restart_and_a_redelivered_batch_is_not_redone(st
     output = stack.output_stream("lobby-out")
     stack.ok("CreateStreamProcessor", _processor("lobby", "lobby-cam", output, staff))
     stack.ok("StartStreamProcessor", {"Name": "lobby"})
-    frames = _jpegs(TWO_PEOPLE, every=5)
+    frames = jpeg_frames(TWO_PEOPLE, every=5)
     now = time.time()
     timed = [(now + n * 0.2, image) for n, image in enumerate(frames)]
     half = len(timed) // 2
@@ -347,7 +323,7 @@ def test_a_processor_past_its_identification_quota_fails_and_names_nobody_more(s
     finally:
         stack.search.face_api.role = "search"
     assert status == 200, body
-    frames = _jpegs(TWO_PEOPLE)
+    frames = jpeg_frames(TWO_PEOPLE)
     first = base64.b64encode(frames[0]).decode()
     stack.ok("IndexFaces", {"CollectionId": collection, "Image": {"Bytes": first}, "ExternalImageId": "pair"},
              X_Candor_Consent=CONSENT)  # fmt: skip
@@ -377,7 +353,7 @@ def test_a_face_that_stays_put_is_searched_once_a_second_and_one_that_moves_at_o
             return real.embed_faces(pixels, faces)
 
     monkeypatch.setattr(stack.live.live, "embedder", CountingEmbedder())
-    frame = Image.open(io.BytesIO(_jpegs(ONE_PERSON)[0])).convert("RGB")
+    frame = Image.open(io.BytesIO(jpeg_frames(ONE_PERSON)[0])).convert("RGB")
     left, right = Image.new("RGB", (frame.width * 2, frame.height)), Image.new("RGB", (frame.width * 2, frame.height))
     left.paste(frame, (0, 0))
     right.paste(frame, (frame.width, 0))

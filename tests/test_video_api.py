@@ -20,6 +20,7 @@ import av
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from lambda_helpers import rekognition_with_consent
 from video_samples import ONE_PERSON, SIGNING, TWO_PEOPLE, as_mp4
 
 from candor.adapters.aws import DynamoAuditStore
@@ -47,13 +48,7 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 @pytest.fixture(scope="module")
 def rekognition(env: LocalEnvironment) -> Any:
-    client = env.session.client("rekognition", endpoint_url=env.api_url)
-
-    def add_consent(request: Any, **_: Any) -> None:
-        request.headers["X-Candor-Consent"] = CONSENT
-
-    client.meta.events.register("before-sign.rekognition", add_consent)
-    return client
+    return rekognition_with_consent(env, CONSENT)
 
 
 @pytest.fixture(scope="module")

@@ -28,3 +28,19 @@ def as_mp4(source_path: Path, target_path: Path, plays: int = 1) -> Path:
             target.mux(stream.encode(frame.reformat(format="yuv420p")))
         target.mux(stream.encode())
     return target_path
+
+
+def jpeg_frames(path: Path, every: int = 1) -> list[bytes]:
+    """Every `every`-th frame of a video, each as a JPEG (quality 90): the frames a camera gateway would send."""
+    import io
+
+    import av
+
+    with av.open(str(path)) as video:
+        images = [frame.to_image() for frame in video.decode(video=0)][::every]
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return encoded
