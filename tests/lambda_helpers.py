@@ -1,10 +1,14 @@
-"""What tests that call handlers or the face API need again and again: Lambda's context object, and a boto3
-rekognition client of the local runtime that states a consent reference with each request."""
+"""What tests that call handlers, the face API or the CLI need again and again: Lambda's context object, a
+boto3 rekognition client of the local runtime that states a consent reference with each request, and the
+CLI's connection to a local runtime as `candor up` leaves it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 REGION, ACCOUNT = "us-east-1", "123456789012"
 
@@ -33,3 +37,15 @@ def rekognition_with_consent(env: Any, consent: str) -> Any:
 
     client.meta.events.register("before-sign.rekognition", add_consent)
     return client
+
+
+def connect_cli(env: Any, state_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's commands talk to `env` through a state file, as after `candor up` (which writes it the same
+    way); no variable of the caller's shell points them elsewhere."""
+    from candor_local.cli import connection
+    from candor_local.cli.client import client_for
+
+    monkeypatch.setattr(connection, "STATE_FILE", state_file)
+    connection.save_state(client_for(env).stack)
+    for name in ("CANDOR_API", "AWS_ENDPOINT_URL", "CANDOR_DEPLOYED_STACK", *connection.ADMIN_VARIABLES):
+        monkeypatch.delenv(name, raising=False)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lambda_helpers import connect_cli
 
-from candor_local.cli.connection import ADMIN_VARIABLES
 from candor_local.emulator.runtime import LocalEnvironment
 
 pytestmark = pytest.mark.integration
@@ -33,26 +33,10 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 @pytest.fixture
 def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`candor` connected to this environment through the state file `candor up` writes."""
-    from candor_local.cli import connection
     from candor_local.cli import main as candor_cli
 
-    state = tmp_path / "up.json"
-    state.write_text(
-        json.dumps(
-            {
-                "endpoint_url": env.endpoint_url,
-                "api_url": env.api_url,
-                "bucket": env.resources["UploadBucket"],
-                "photos_table": env.resources["PhotosTable"],
-                "region": env.region,
-                "admin_api_url": env.admin_url,
-                "admin_access_key_id": env.admin_credentials.access_key_id,
-                "admin_secret_access_key": env.admin_credentials.secret_access_key,
-            }
-        )
-    )
-    monkeypatch.setattr(connection, "STATE_FILE", state)
-    for name in ("CANDOR_API", "AWS_ENDPOINT_URL", *STATEMENT_VARIABLES, *ADMIN_VARIABLES):
+    connect_cli(env, tmp_path / "up.json", monkeypatch)
+    for name in STATEMENT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return candor_cli.main
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from lambda_helpers import connect_cli
 from PIL import Image, ImageFilter
 
 from candor.core.settings import EMBEDDER_VERSION
@@ -467,29 +468,9 @@ def _faces_by_id(rekognition: Any, collection: str) -> dict[str, dict[str, Any]]
 @pytest.fixture
 def cli(env: LocalEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`candor` connected to this environment through the state file `candor up` writes."""
-    from candor_local.cli import connection
     from candor_local.cli import main as candor_cli
 
-    state = tmp_path / "up.json"
-    state.write_text(
-        json.dumps(
-            {
-                "endpoint_url": env.endpoint_url,
-                "api_url": env.api_url,
-                "bucket": env.resources["UploadBucket"],
-                "photos_table": env.resources["PhotosTable"],
-                "region": env.region,
-                "admin_api_url": env.admin_url,
-                "admin_access_key_id": env.admin_credentials.access_key_id,
-                "admin_secret_access_key": env.admin_credentials.secret_access_key,
-            }
-        )
-    )
-    monkeypatch.setattr(connection, "STATE_FILE", state)
-    monkeypatch.delenv("CANDOR_API", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    for name in ("CANDOR_ADMIN_API", "CANDOR_ADMIN_ACCESS_KEY_ID", "CANDOR_ADMIN_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name, raising=False)
+    connect_cli(env, tmp_path / "up.json", monkeypatch)
     return candor_cli.main
 
 
