@@ -15,7 +15,6 @@ The lines and the summary are plain functions of the output records, so they run
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
@@ -36,6 +35,7 @@ from candor.live.processors import frame_record
 from candor_local.cli import connection
 from candor_local.cli.client import CandorClient, CandorError
 from candor_local.cli.face_api import SEARCH_THRESHOLD_HELP
+from candor_local.emulator.worker import epoch_seconds
 
 OUTPUT_STREAM_PREFIX = "candor-live-"
 DEFAULT_ACCOUNT = "123456789012"  # when the endpoint has no STS (moto and LocalStack answer with this one)
@@ -462,16 +462,12 @@ def read_records(kinesis: Any, iterators: dict[str, str]) -> list[tuple[dict[str
             response = kinesis.get_records(ShardIterator=iterator)
         except kinesis.exceptions.ProvisionedThroughputExceededException:
             continue  # AWS allows 5 reads a second per shard: this one waits for the next round
-        found += [(json.loads(r["Data"]), _epoch(r["ApproximateArrivalTimestamp"])) for r in response["Records"]]
+        found += [(json.loads(r["Data"]), epoch_seconds(r["ApproximateArrivalTimestamp"])) for r in response["Records"]]
         if response.get("NextShardIterator"):
             iterators[shard] = response["NextShardIterator"]
         else:
             del iterators[shard]  # closed
     return found
-
-
-def _epoch(moment: datetime.datetime | float) -> float:
-    return moment.timestamp() if isinstance(moment, datetime.datetime) else float(moment)
 
 
 # --- what is printed: plain functions of the records ----------------------------------------------------------

@@ -311,6 +311,11 @@ KINESIS_MAX_RECORDS = 10000  # GetRecords' Limit
 _RETRY_BACKOFF_MAX_S = 5.0
 
 
+def epoch_seconds(moment: datetime | float) -> float:
+    """A Kinesis record's ApproximateArrivalTimestamp (a datetime from boto3, a number in raw JSON) in epoch s."""
+    return moment.timestamp() if isinstance(moment, datetime) else float(moment)
+
+
 def kinesis_record(record: Mapping[str, Any], shard_id: str, source: StreamSource, region: str) -> dict[str, Any]:
     """One record of the Kinesis event Lambda delivers, built from a GetRecords result."""
     arrival = record["ApproximateArrivalTimestamp"]
@@ -320,7 +325,7 @@ def kinesis_record(record: Mapping[str, Any], shard_id: str, source: StreamSourc
             "partitionKey": record["PartitionKey"],
             "sequenceNumber": record["SequenceNumber"],
             "data": base64.b64encode(record["Data"]).decode(),
-            "approximateArrivalTimestamp": arrival.timestamp() if isinstance(arrival, datetime) else float(arrival),
+            "approximateArrivalTimestamp": epoch_seconds(arrival),
         },
         "eventSource": "aws:kinesis",
         "eventVersion": "1.0",

@@ -14,7 +14,7 @@ import binascii
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -212,10 +212,9 @@ class LiveSession:
             search = self.searches.get(track.track_id)
             if search is not None and now_ms - search.at_ms < 2 * max_age_ms:
                 kept[position] = (track, search)
-        due = sorted((p for p, (_, search) in kept.items() if now_ms - search.at_ms >= max_age_ms),
-                     key=lambda p: kept[p][1].at_ms)  # fmt: skip
-        for position in due[:1]:
-            del kept[position]
+        due = [position for position, (_, search) in kept.items() if now_ms - search.at_ms >= max_age_ms]
+        if due:
+            del kept[min(due, key=lambda position: kept[position][1].at_ms)]
         return kept
 
     def searched(self, track_id: int, at_ms: int, matches: Sequence[Match]) -> None:
@@ -265,22 +264,11 @@ class TrackSearch:
     matches: tuple[Match, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "at_ms": self.at_ms,
-            "matches": [
-                {"face_id": m.face_id, "external_image_id": m.external_image_id, "similarity": m.similarity,
-                 "photo_id": m.photo_id}
-                for m in self.matches
-            ],
-        }  # fmt: skip
+        return {"at_ms": self.at_ms, "matches": [asdict(match) for match in self.matches]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackSearch:
-        matches = tuple(
-            Match(str(m["face_id"]), m.get("external_image_id"), float(m["similarity"]), m.get("photo_id"))
-            for m in data.get("matches", [])
-        )
-        return cls(int(data["at_ms"]), matches)
+        return cls(int(data["at_ms"]), tuple(Match(**match) for match in data.get("matches", [])))
 
 
 def tracker_state(tracker: FaceTracker) -> dict[str, Any]:
