@@ -30,6 +30,17 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def no_face_samples_dir() -> Path:
+    """The detector's check photos (animals, objects, two people), as the setup step cached them."""
+    from candor_local.packaging.models import NO_FACE_SAMPLES, NO_FACE_SAMPLES_DIR
+
+    missing = [photo.name for photo in NO_FACE_SAMPLES if not (NO_FACE_SAMPLES_DIR / photo.name).is_file()]
+    if missing:
+        pytest.fail(f"photos missing from {NO_FACE_SAMPLES_DIR}: {missing}; run `bash scripts/setup.sh` first")
+    return NO_FACE_SAMPLES_DIR
+
+
+@pytest.fixture(scope="session")
 def models(model_dir: Path):  # type: ignore[no-untyped-def]
     from candor.vision.models import load_models
 

@@ -23,6 +23,7 @@ from candor.core.settings import EMBEDDER_VERSION
 from candor_local.cli.migrate import migrate_in_stack
 from candor_local.emulator.function_url import MAX_REQUEST_BYTES, invoke_function_url
 from candor_local.emulator.runtime import LocalEnvironment
+from candor_local.packaging.models import NO_FACE_SAMPLES, sample_photo_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -350,6 +351,17 @@ def test_detect_faces_reports_boxes_landmarks_pose_and_quality(
         Image={"S3Object": {"Bucket": env.resources["UploadBucket"], "Name": "api/two_people.jpg"}}
     )
     assert [d["BoundingBox"] for d in from_s3["FaceDetails"]] == [d["BoundingBox"] for d in details]
+
+
+def test_detect_faces_finds_no_face_on_animals_and_objects_and_the_one_person_where_there_is_one(
+    rekognition: Any, no_face_samples_dir: Path
+) -> None:
+    seen = {}
+    for photo in NO_FACE_SAMPLES:
+        image = {"Bytes": sample_photo_bytes(photo, no_face_samples_dir)}
+        seen[f"{photo.name} ({photo.shows})"] = len(rekognition.detect_faces(Image=image)["FaceDetails"])
+    assert seen == {f"{photo.name} ({photo.shows})": photo.faces for photo in NO_FACE_SAMPLES}
+    assert {"chelsea.png (a cat)", "quokka.jpg (a quokka)", "raccoon.dat (a raccoon)"} <= set(seen)
 
 
 def test_bad_images_are_refused_with_rekognitions_errors(env: LocalEnvironment, rekognition: Any, people: dict) -> None:

