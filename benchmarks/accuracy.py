@@ -696,7 +696,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
     ]
     unseen = [v for v in check["measured_fmr_on_other_half"]["80"]]
-    within = all(0.5 <= v / 1e-4 <= 2.0 for v in unseen)
+    promised_at_80 = similarity.fmr_of_similarity(80.0)
+    within = all(0.5 <= v / promised_at_80 <= 2.0 for v in unseen)
     target_rows = [
         [
             "accuracy at 80 on pairs.txt",
@@ -705,7 +706,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
             _met(main["pairs_accuracy_at_80"] >= 0.99),
         ],
         ["TAR at FMR 1e-4", ">= 0.95", main["tar_at_fmr_1e-4"], _met(main["tar_at_fmr_1e-4"] >= 0.95)],
-        ["FMR at 80 on unseen people", "1e-4, within a factor 2", " / ".join(_rate(v) for v in unseen), _met(within)],
+        [
+            "FMR at 80 on unseen people",
+            f"{_rate(promised_at_80)}, within a factor 2",
+            " / ".join(_rate(v) for v in unseen),
+            _met(within),
+        ],
         ["FNMR at 99", "stated", _rate(main["fnmr_at_99"]), "stated"],
     ]
     lines += ["Against the targets:", "", table(["target", "wanted", "measured", ""], target_rows), ""]

@@ -36,7 +36,7 @@ from benchmarks.scoring import (
 )
 from candor.core.faces import BoundingBox, DetectedFace
 from candor.core.settings import DEFAULT_FACE_MATCH_THRESHOLD
-from candor.core.similarity import similarity_from_cosine
+from candor.core.similarity import fmr_of_similarity, similarity_from_cosine
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -713,7 +713,8 @@ def _peer_section(s: dict[str, Any], speed: dict[str, Any], acc: dict[str, Any],
         f"face_recognition {speed['peer_version']} (dlib, installed from PyPI into its own virtualenv, run in a "
         "subprocess) with its defaults: HOG detector upsampled once, 128-d encodings, same person at distance "
         f"≤ {PEER_DEFAULT_TOLERANCE}. Candor at its defaults: detection confidence ≥ 0.8, same person at "
-        f"similarity ≥ {DEFAULT_FACE_MATCH_THRESHOLD:.0f} (a false-match rate of 1 in 10,000, "
+        f"similarity ≥ {DEFAULT_FACE_MATCH_THRESHOLD:.0f} (a false-match rate of 1 in "
+        f"{1 / fmr_of_similarity(DEFAULT_FACE_MATCH_THRESHOLD):,.0f}, "
         "`candor.core.similarity`). "
         "Same photos, same run; "
         f"the peer timed once per photo after a warm-up photo (its import, loading dlib's models, took "
