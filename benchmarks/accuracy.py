@@ -501,21 +501,21 @@ def variant_figures(lfw: Lfw, detections: Detections, embedder: FaceEmbedder, mi
 
 
 def detection_figures(
-    detections: Detections, detect_dir: Path | None, no_face_dir: Path | None = None
+    detections: Detections, detector: FaceDetector, detect_dir: Path | None, no_face_dir: Path | None = None
 ) -> dict[str, Any]:
     """LFW detect rate per threshold; faces found on the photos of shared/data/faces/detect that no
     hand-drawn box covers (false positives), per threshold; and on the setup step's photos of animals and
     objects (faces found where there is none, and faces missed on its two photos of a person)."""
     per_threshold: dict[str, Any] = {}
-    false_positives = _false_positives(detect_dir) if detect_dir else {}
-    scores = _sample_photo_scores(no_face_dir) if no_face_dir and no_face_dir.is_dir() else {}
+    false_positives = _false_positives(detect_dir, detector) if detect_dir else {}
+    scores = _sample_photo_scores(no_face_dir, detector) if no_face_dir and no_face_dir.is_dir() else {}
     for threshold in DETECTION_THRESHOLDS:
         found = np.mean([any(f.confidence >= threshold for f in faces) for faces in detections.faces])
         figures: dict[str, Any] = {"lfw_detect_rate": round(float(found), 4)}
         if false_positives:
             figures["false_positives_on_detect_photos"] = false_positives[threshold]
         if scores:
-            counts = {name: sum(score >= threshold for score in found) for name, (_, _, found) in scores.items()}
+            counts = {name: sum(s >= threshold for s in boxes) for name, (_, _, boxes) in scores.items()}
             figures["faces_on_no_face_photos"] = sum(n for name, n in counts.items() if scores[name][1] == 0)
             figures["faces_missed_on_person_photos"] = sum(
                 max(scores[name][1] - n, 0) for name, n in counts.items() if scores[name][1] > 0
@@ -530,11 +530,10 @@ def detection_figures(
     return result
 
 
-def _false_positives(detect_dir: Path) -> dict[float, int]:
+def _false_positives(detect_dir: Path, detector: FaceDetector) -> dict[float, int]:
     from benchmarks.preprocessing import ground_truth, match  # training.xml's boxes, matched at IoU >= 0.5
 
     truth = ground_truth(detect_dir / "training.xml")
-    detector = load_detector(settings.Settings.from_env().model_dir)
     counts = {threshold: 0 for threshold in DETECTION_THRESHOLDS}
     for name, boxes in truth.items():
         image = decode_image((detect_dir / name).read_bytes(), settings.MAX_OBJECT_IMAGE_BYTES)
@@ -547,10 +546,9 @@ def _false_positives(detect_dir: Path) -> dict[float, int]:
     return counts
 
 
-def _sample_photo_scores(samples_dir: Path) -> dict[str, tuple[str, int, list[float]]]:
+def _sample_photo_scores(samples_dir: Path, detector: FaceDetector) -> dict[str, tuple[str, int, list[float]]]:
     """For each of the setup step's check photos: what it shows, its faces, and the detector's scores there
     (every box down to the lowest threshold measured)."""
-    detector = load_detector(settings.Settings.from_env().model_dir)
     scores = {}
     for photo in NO_FACE_SAMPLES:
         image = decode_image(sample_photo_bytes(photo, samples_dir), settings.MAX_OBJECT_IMAGE_BYTES)
@@ -573,7 +571,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"bench accuracy: {len(lfw.photos)} photos of {len(lfw.names)} people, {len(lfw.pairs)} pairs", file=sys.stderr
     )
-    detections = cached_detections(lfw.photos, load_detector(model_dir, args.threads), args.cache)
+    detector = load_detector(model_dir, args.threads)
+    detections = cached_detections(lfw.photos, detector, args.cache)
     peer_rows = peer_subset(lfw, args.peer_photos) if args.peer else None
     models = {}
     for version in versions:
@@ -591,7 +590,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = dict(models[versions[0]])
     result["data"] = f"{args.lfw} ({len(lfw.photos)} photos, {len(lfw.names)} people, {len(lfw.pairs)} pairs)"
     result["models"] = models
-    result["detection"] = detection_figures(detections, args.detect_photos, args.no_face_photos)
+    result["detection"] = detection_figures(detections, detector, args.detect_photos, args.no_face_photos)
     if args.variants:
         embedder = load_embedder_version(model_dir, settings.EMBEDDER_VERSION, args.threads)
         result["crop_variants"] = variant_figures(lfw, detections, embedder, settings.MIN_DETECTION_CONFIDENCE)

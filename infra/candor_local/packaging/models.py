@@ -23,9 +23,11 @@ so a second run only re-hashes the files. layers/models/MODEL_CARD.md describes 
 from __future__ import annotations
 
 import argparse
+import bz2
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -985,9 +987,6 @@ def sample_photo_bytes(photo: SamplePhoto, samples_dir: Path | None = None) -> b
     data = path.read_bytes()
     if not photo.name.endswith(".dat"):
         return data
-    import bz2
-    import io
-
     import numpy as np
     from PIL import Image
 
